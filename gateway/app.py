@@ -1,0 +1,135 @@
+"""Builds the aiohttp application and runs it: routes, the JSON error middleware, and the
+background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works),
+prints one ready line with the real URL, and shuts down gracefully on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import handlers
+from .clock import RedisClock
+from .errors import BackendUnavailable, RequestError
+from .queue import RequestQueue
+from .results import ResultReader, Waiters
+from .routing import Router
+from .settings import Settings
+from .state import STATE, GatewayState
+
+log = logging.getLogger(__name__)
+
+CLOCK_SYNC_S = 30.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return handlers.json_response({"error": {"type": code, "message": message}}, status=status)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        log.info("request refused", extra={"path": request.path, "status": exc.status, "error": exc.code})
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "payload_too_large", f"the body exceeds the limit of {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return error_response(500, "internal_error", "internal error; the gateway log has the details")
+
+
+def new_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def build_app(settings: Settings, redis_url: str, gateway_id: str | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.gateway.max_body_bytes, middlewares=[error_middleware])
+    app.router.add_post("/v1/infer", handlers.infer)
+    app.router.add_get("/v1/requests/{id}", handlers.request_status)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id()))
+    return app
+
+
+def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        r = settings.redis
+        redis = Redis.from_url(
+            redis_url, max_connections=r.max_connections, socket_timeout=r.socket_timeout_s,
+            socket_connect_timeout=r.connect_timeout_s, health_check_interval=30,
+        )  # fmt: skip
+        waiters = Waiters()
+        state = GatewayState(
+            settings=settings, gateway_id=gateway_id, redis=redis, router=Router(settings),
+            queue=RequestQueue(redis), waiters=waiters, clock=RedisClock(),
+        )  # fmt: skip
+        app[STATE] = state
+        reader = ResultReader(redis, gateway_id, waiters)
+        tasks = [asyncio.create_task(reader.run()), asyncio.create_task(_clock_loop(state))]
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        waiters.fail_all(BackendUnavailable("the gateway is shutting down"))
+        await state.queue.close()
+        await reader.close()
+        await redis.aclose()
+
+    return context
+
+
+async def _clock_loop(state: GatewayState) -> None:
+    while True:
+        try:
+            await state.clock.sync(state.redis)
+            await asyncio.sleep(CLOCK_SYNC_S)
+        except (RedisError, OSError):
+            await asyncio.sleep(1.0)
+
+
+async def serve(settings: Settings, redis_url: str, host: str, port: int) -> None:
+    """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully."""
+    app = build_app(settings, redis_url)
+    runner = web.AppRunner(app, shutdown_timeout=settings.gateway.shutdown_grace_s, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = runner.addresses[0]
+    url = f"http://{bound[0]}:{bound[1]}"
+    print(msgspec.json.encode({"event": "ready", "url": url, "gateway": app[STATE].gateway_id}).decode(), flush=True)
+    log.info("gateway ready", extra={"url": url})
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway stopping", extra={"in_flight": len(app[STATE].waiters)})
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        sys.stdout.flush()

@@ -1,0 +1,172 @@
+"""The `tiergate` command: `up`, `gateway`, `worker` and `config check`.
+
+Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
+(flag, then config/environment, then - for `up` only - a private embedded Redis) and run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+
+from .errors import ConfigError
+from .settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+
+
+def _run(coro: object) -> None:
+    import uvloop
+
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def _redis_url(args: argparse.Namespace, settings: Settings) -> str:
+    url = args.redis_url or settings.redis.url
+    if not url:
+        raise SystemExit("tiergate: no Redis URL: pass --redis-url, set TIERGATE_REDIS_URL, or use `tiergate up`")
+    return str(url)
+
+
+def _child_argv(args: argparse.Namespace, *command: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *command, "--config", str(args.config)]
+
+
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
+    from .app import serve
+
+    host = args.host or settings.gateway.host
+    port = settings.gateway.port if args.port is None else args.port
+    _run(serve(settings, _redis_url(args, settings), host, port))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    if args.pool not in settings.pools:
+        raise SystemExit(f"tiergate: unknown pool {args.pool!r} (configured: {', '.join(settings.pools)})")
+    url = _redis_url(args, settings)
+    replicas = args.replicas or settings.pools[args.pool].replicas
+    if replicas == 1:
+        from workers.process import serve
+
+        _run(serve(settings, args.pool, url, ready=_print_ready))
+        return
+    from .supervisor import Child, stop_all, wait_for_stop
+
+    async def supervise() -> None:
+        argv = _child_argv(args, "worker", "--pool", args.pool, "--replicas", "1", "--redis-url", url)
+        children = [Child(f"{args.pool}[{i}]", argv) for i in range(replicas)]
+        try:
+            await asyncio.gather(*(c.start() for c in children))
+            _print_ready(pool=args.pool, replicas=replicas)
+            await wait_for_stop(children)
+        finally:
+            await stop_all([children], grace_s=30.0)
+
+    _run(supervise())
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
+    from .embedded import EmbeddedRedis
+    from .supervisor import Child, stop_all, wait_for_stop
+
+    url = args.redis_url or settings.redis.url
+    embedded = None if url else EmbeddedRedis()
+    if embedded is not None:
+        url = embedded.start()
+    host = args.host or settings.gateway.host
+    port = settings.gateway.port if args.port is None else args.port
+
+    async def supervise() -> int:
+        gateway = Child("gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port)))
+        workers = [
+            Child(f"worker:{name}", _child_argv(args, "worker", "--pool", name, "--redis-url", url))
+            for name in settings.pools
+        ]
+        try:
+            await asyncio.gather(gateway.start(), *(w.start() for w in workers))
+            _print_ready(
+                url=gateway.ready["url"], redis=url, redis_kind=embedded.kind if embedded else "external",
+                pools={name: settings.pools[name].replicas for name in settings.pools},
+            )  # fmt: skip
+            why = await wait_for_stop([gateway, *workers])
+            print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
+            return 0 if why == "signal" else 1
+        finally:
+            await stop_all([[gateway], workers], grace_s=settings.gateway.shutdown_grace_s + 5)
+
+    try:
+        code = asyncio.run(supervise())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(msgspec.json.encode({"event": "stopped"}).decode(), flush=True)
+    raise SystemExit(code)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .routing import Router
+
+    path = args.path or args.config
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    rows = [("TIER", "REGION", "STREAM", "POOLS (processor, mode)")]
+    for tier, region, stream, pools in Router(settings).table():
+        described = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in pools)
+        rows.append((tier, region, stream, described))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+    print(f"\n{path}: ok ({len(settings.pools)} pools, {len(settings.processors)} processors, {len(settings.models)} models)")
+    return 0
+
+
+def _print_ready(**fields: object) -> None:
+    print(msgspec.json.encode({"event": "ready", **fields}).decode(), flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tiergate", description="Tiered inference gateway over Redis Streams.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, default=None, help=f"config file (default: $TIERGATE_CONFIG or {DEFAULT_CONFIG_PATH})")
+        sp.add_argument("--redis-url", default=None, help="Redis URL (default: [redis].url or $TIERGATE_REDIS_URL)")
+        sp.add_argument("--log-level", default="INFO")
+
+    up = sub.add_parser("up", help="run Redis (if none given), the gateway and every pool's workers")
+    gw = sub.add_parser("gateway", help="run one gateway process")
+    for sp in (up, gw):
+        common(sp)
+        sp.add_argument("--host", default=None, help="bind address (default: [gateway].host)")
+        sp.add_argument("--port", type=int, default=None, help="port, 0 for any free one (default: [gateway].port)")
+    wk = sub.add_parser("worker", help="run the worker processes of one pool")
+    common(wk)
+    wk.add_argument("--pool", required=True, help="pool name from the config")
+    wk.add_argument("--replicas", type=int, default=None, help="processes to run (default: the pool's replicas)")
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file and print its routing table")
+    check.add_argument("path", nargs="?", type=Path, default=None)
+    check.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.config = args.config or Path(os.environ.get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+    if args.command == "config":
+        raise SystemExit(cmd_config_check(args))
+    from . import logs
+
+    logs.configure(args.log_level)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"tiergate: {exc}") from None
+    {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker}[args.command](args, settings)

@@ -1,0 +1,31 @@
+"""One clock for every process: Redis's own, estimated from a local clock plus a measured offset.
+
+Stream entry ids carry Redis's time at enqueue; gateways stamp deadlines and workers measure
+queue wait against that same clock, so hosts with skewed clocks still agree. `sync` calls TIME.
+"""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+
+class RedisClock:
+    def __init__(self) -> None:
+        self.offset_ms = 0.0
+
+    def now_ms(self) -> float:
+        return time.time() * 1000.0 + self.offset_ms
+
+    async def sync(self, redis: Redis, samples: int = 5) -> None:
+        """Measure the offset to Redis's clock from the sample with the shortest round trip:
+        a busy event loop delays some replies, and only the error of the best one remains."""
+        best_rtt = float("inf")
+        for _ in range(samples):
+            before = time.time()
+            seconds, micros = await redis.time()
+            after = time.time()
+            if after - before < best_rtt:
+                best_rtt = after - before
+                self.offset_ms = seconds * 1000.0 + micros / 1000.0 - (before + after) * 500.0

@@ -1,0 +1,87 @@
+"""The one error tree of tiergate; each class knows its HTTP status and its error code.
+
+    TiergateError
+    ├── ConfigError                 a config file is unreadable or invalid (not an HTTP error)
+    └── RequestError                anything a client is told about
+        ├── InvalidRequest          400 invalid_request
+        ├── NotFound                404 not_found
+        │   └── ModelNotFound       404 model_not_found
+        ├── PayloadTooLarge         413 payload_too_large
+        ├── QueueFull               429 queue_full
+        ├── BackendUnavailable      503 redis_unavailable
+        ├── DeadlineExceeded        504 deadline_exceeded
+        └── WorkerFailed            500 worker_error (the worker reported a failure)
+
+Foreign exceptions (redis, msgspec) are translated at the boundary with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TiergateError(Exception):
+    """Base of every error tiergate raises on purpose."""
+
+
+class ConfigError(TiergateError):
+    """The configuration cannot be used; the message names the file, the key and the problem."""
+
+
+class RequestError(TiergateError):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RequestError):
+    status = 400
+    code = "invalid_request"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class QueueFull(RequestError):
+    status = 429
+    code = "queue_full"
+
+
+class BackendUnavailable(RequestError):
+    status = 503
+    code = "redis_unavailable"
+
+
+class DeadlineExceeded(RequestError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class WorkerFailed(RequestError):
+    status = 500
+    code = "worker_error"
+
+
+# Codes a worker may put in an ErrorReply, mapped back to the class the gateway raises.
+BY_CODE: dict[str, type[RequestError]] = {
+    cls.code: cls
+    for cls in (InvalidRequest, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed)
+}
+
+
+def from_code(code: str, message: str) -> RequestError:
+    return BY_CODE.get(code, WorkerFailed)(message)

@@ -1,0 +1,108 @@
+"""The contracts between processes: what travels through Redis, and the names of Redis keys.
+
+Both the gateway and the workers import this module. Messages are MessagePack-encoded msgspec
+Structs in the `PAYLOAD_FIELD` field of a stream entry or in a plain string key. Every key name
+is built here and carries a Redis Cluster hash tag (`{...}`) so keys can spread across shards.
+No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+KEY_PREFIX = "tg"
+GROUP = "workers"  # one consumer group per request stream, shared by every pool reading it
+PAYLOAD_FIELD = b"m"
+
+
+def stream_key(tier: str, region: str) -> str:
+    """The request stream of one tier in one data region."""
+    return f"{KEY_PREFIX}:{{{tier}.{region}}}:requests"
+
+
+def dead_letter_key(tier: str, region: str) -> str:
+    """Entries no worker could use; same hash slot as their request stream."""
+    return f"{KEY_PREFIX}:{{{tier}.{region}}}:dead"
+
+
+def reply_key(gateway_id: str) -> str:
+    """The stream a gateway process reads every reply addressed to it from."""
+    return f"{KEY_PREFIX}:{{gw.{gateway_id}}}:replies"
+
+
+def request_key(request_id: str) -> str:
+    """A request's state: `Accepted` while queued, then its `Result` or `Failure` (with a TTL)."""
+    return f"{KEY_PREFIX}:{{req.{request_id}}}"
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """Redis's own clock (ms) at the moment it appended the entry: `1700000000000-0`."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.split("-", 1)[0])
+
+
+class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
+    """One inference request as queued in a tier stream."""
+
+    id: str
+    model: str
+    input: str
+    tier: str
+    region: str
+    reply_to: str  # gateway id: the result goes to reply_key(reply_to)
+    deadline_at_ms: int  # absolute, on Redis's clock
+
+
+class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
+    """Stored under request_key while an async request waits for a worker."""
+
+    id: str
+    model: str
+    tier: str
+    deadline_at_ms: int
+
+
+class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
+    id: str
+    model: str
+    output: str | list[float]
+    tier: str
+    processor: str
+    pool: str
+    worker: str
+    batch_size: int
+    enqueued_at_ms: int  # Redis clock, from the stream entry id
+    queue_ms: float
+    service_ms: float
+    finished_at_ms: int  # Redis clock
+    energy_j: float
+    cost: float
+
+
+class Failure(msgspec.Struct, tag="failure", omit_defaults=True, frozen=True):
+    id: str
+    code: str  # an errors.RequestError code
+    message: str
+    tier: str = ""
+    pool: str = ""
+    worker: str = ""
+    enqueued_at_ms: int = 0
+    finished_at_ms: int = 0
+
+
+class DeadLetter(msgspec.Struct, tag="dead", omit_defaults=True, frozen=True):
+    stream: str
+    entry_id: str
+    reason: str
+    payload: bytes
+    worker: str
+
+
+Reply = Result | Failure
+Stored = Accepted | Result | Failure
+
+encoder = msgspec.msgpack.Encoder()
+envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+stored_decoder = msgspec.msgpack.Decoder(Stored)
+dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)

@@ -1,0 +1,107 @@
+"""The gateway's write side of Redis: enqueue requests into tier streams, one pipeline per
+event-loop tick for every request that arrived in that tick, and read stored request state.
+
+Each flush also samples the length of the streams it wrote, which admission reads for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import protocol
+from .errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Pending:
+    stream: str
+    payload: bytes
+    maxlen: int
+    future: asyncio.Future[bytes]
+    state_key: str | None = None
+    state: bytes | None = None
+    state_ttl_s: int = 0
+
+
+class RequestQueue:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.lengths: dict[str, int] = {}  # last sampled XLEN per stream
+        self._pending: list[_Pending] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def enqueue(
+        self, stream: str, payload: bytes, maxlen: int, state: tuple[str, bytes, int] | None = None
+    ) -> asyncio.Future[bytes]:
+        """Queue an XADD for this tick's pipeline; the future resolves to the entry id."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        item = _Pending(stream, payload, maxlen, future)
+        if state is not None:
+            item.state_key, item.state, item.state_ttl_s = state
+        if not self._pending:
+            loop.call_soon(self._flush_soon)
+        self._pending.append(item)
+        return future
+
+    def _flush_soon(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for item in batch:
+            if item.state_key is not None:
+                pipe.set(item.state_key, item.state, ex=item.state_ttl_s)  # type: ignore[arg-type]
+            pipe.xadd(item.stream, {protocol.PAYLOAD_FIELD: item.payload}, maxlen=item.maxlen, approximate=True)
+        streams = list(dict.fromkeys(item.stream for item in batch))
+        for stream in streams:
+            pipe.xlen(stream)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            error = BackendUnavailable(f"Redis is unreachable, the request was not queued: {exc}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        position = 0
+        for item in batch:
+            position += item.state_key is not None
+            reply = replies[position]
+            position += 1
+            if item.future.done():
+                continue
+            if isinstance(reply, Exception):
+                item.future.set_exception(BackendUnavailable(f"Redis refused the request: {reply}"))
+            else:
+                item.future.set_result(reply)
+        for stream, length in zip(streams, replies[position:], strict=True):
+            if isinstance(length, int):
+                self.lengths[stream] = length
+
+    async def stored(self, request_id: str) -> protocol.Stored | None:
+        try:
+            raw = await self.redis.get(protocol.request_key(request_id))
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
+        return None if raw is None else protocol.stored_decoder.decode(raw)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)

@@ -1,0 +1,260 @@
+"""The configuration tree: tiers, processors, models and pools as frozen msgspec Structs.
+
+`load_settings(path, environ)` is the one entry point: it reads TOML, applies the documented
+`TIERGATE_*` environment overrides (here and nowhere else) and validates the whole tree, raising
+`ConfigError` with every problem found, each naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "tiergate.toml"
+TIER_NAMES = ("realtime", "interactive", "batch")
+
+PositiveInt = Annotated[int, Meta(gt=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Percent = Annotated[float, Meta(gt=0, le=100)]
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
+
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RedisSettings(_Frozen):
+    # Empty means "none given": `tiergate up` then starts a private server.
+    url: str = ""
+    max_connections: PositiveInt = 64
+    socket_timeout_s: PositiveFloat = 5.0
+    connect_timeout_s: PositiveFloat = 1.0
+
+
+class GatewaySettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    region: Name = "default"
+    max_body_bytes: PositiveInt = 1_048_576
+    max_input_chars: PositiveInt = 100_000
+    result_ttl_s: PositiveInt = 3600
+    reply_stream_maxlen: PositiveInt = 100_000
+    shutdown_grace_s: NonNegativeFloat = 10.0
+
+
+class SLO(_Frozen):
+    latency_ms: PositiveFloat
+    percentile: Percent = 99.0
+    objective: Percent = 99.9
+
+
+class TierSettings(_Frozen):
+    slo: SLO
+    default_deadline_ms: PositiveInt
+    max_queue: PositiveInt
+
+
+class LatencyModel(_Frozen):
+    """How long a processor takes for a batch of `n` requests.
+
+    fixed: always `min_ms` (plus `per_item_ms` for each item past the first).
+    variable: drawn between `min_ms` and `max_ms`, most often near `mode_ms`.
+    batch_optimised: `min_ms` for the first item, then `per_item_ms` each: a large batch costs
+    little more than a small one.
+    """
+
+    kind: Literal["fixed", "variable", "batch_optimised"]
+    min_ms: PositiveFloat
+    max_ms: PositiveFloat | None = None
+    mode_ms: PositiveFloat | None = None
+    per_item_ms: NonNegativeFloat = 0.0
+
+
+class ProcessorSettings(_Frozen):
+    latency: LatencyModel
+    max_batch: PositiveInt
+    energy_efficiency: PositiveFloat  # FLOPS per watt relative to an H100 (1.0)
+    cost_per_flop: PositiveFloat  # relative to an H100 (1.0)
+    description: str = ""
+
+
+class ModelSettings(_Frozen):
+    kind: Literal["echo", "embed"]
+    params: PositiveInt  # parameter count, for FLOPs per token
+    default_tier: str = "interactive"
+    dimensions: PositiveInt = 16  # embed models only
+
+
+class PoolSettings(_Frozen):
+    processor: str
+    tiers: list[str]
+    models: list[str]
+    region: Name = "default"
+    replicas: PositiveInt = 1
+    mode: Literal["deterministic", "batched"] = "batched"
+    max_batch: PositiveInt = 1
+    max_wait_ms: NonNegativeFloat = 0.0
+    backend: Literal["simulated"] = "simulated"
+
+
+class AccountingSettings(_Frozen):
+    # An H100's sustained FLOPs per joule and price per PFLOP: the baseline the relative
+    # figures of each processor scale.
+    baseline_flops_per_joule: PositiveFloat = 1.0e12
+    baseline_usd_per_pflop: PositiveFloat = 0.0006
+
+
+class Settings(_Frozen):
+    tiers: dict[str, TierSettings]
+    processors: dict[str, ProcessorSettings]
+    models: dict[str, ModelSettings]
+    pools: dict[str, PoolSettings]
+    redis: RedisSettings = RedisSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    accounting: AccountingSettings = AccountingSettings()
+
+    def pools_for(self, tier: str, region: str) -> list[str]:
+        return [
+            name
+            for name, pool in self.pools.items()
+            if tier in pool.tiers and pool.region == region
+        ]
+
+    def regions(self) -> list[str]:
+        return sorted({pool.region for pool in self.pools.values()})
+
+
+# Environment variable -> (section, key, type). Documented in docs/configuration.md.
+ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
+    "TIERGATE_REDIS_URL": ("redis", "url", str),
+    "TIERGATE_HOST": ("gateway", "host", str),
+    "TIERGATE_PORT": ("gateway", "port", int),
+    "TIERGATE_REGION": ("gateway", "region", str),
+}
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, override and validate a config file; `ConfigError` lists every problem."""
+    path = Path(path or (environ or os.environ).get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_settings(raw, source=str(path), environ=environ)
+
+
+def parse_settings(
+    raw: dict[str, Any], source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Settings:
+    _apply_env(raw, environ or {}, source)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    problems = validate(settings)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return settings
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
+    for var, (section, key, kind) in ENV_OVERRIDES.items():
+        value = environ.get(var)
+        if value is None:
+            continue
+        try:
+            raw.setdefault(section, {})[key] = kind(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {var}={value!r} is not a valid {kind.__name__}") from exc
+
+
+def validate(s: Settings) -> list[str]:
+    """Cross-reference checks msgspec's types cannot express; returns the problems found."""
+    problems: list[str] = []
+    unknown = set(s.tiers) - set(TIER_NAMES)
+    problems += [f"tiers.{t}: unknown tier (expected one of {', '.join(TIER_NAMES)})" for t in unknown]
+    problems += [f"tiers.{t}: missing" for t in TIER_NAMES if t not in s.tiers]
+    problems += [f"processors.{n}.latency: {p}" for n, proc in s.processors.items() for p in _check_latency(proc.latency)]
+    for name, model in s.models.items():
+        if model.default_tier not in s.tiers:
+            problems.append(f"models.{name}.default_tier: unknown tier {model.default_tier!r}")
+    for name, pool in s.pools.items():
+        problems += [f"pools.{name}.{p}" for p in _check_pool(pool, s)]
+    problems += _check_routing(s)
+    return problems
+
+
+def _check_latency(m: LatencyModel) -> list[str]:
+    if m.kind == "variable":
+        if m.max_ms is None:
+            return ["a variable latency needs max_ms"]
+        if m.max_ms < m.min_ms:
+            return [f"max_ms ({m.max_ms:g}) is below min_ms ({m.min_ms:g})"]
+        if m.mode_ms is not None and not m.min_ms <= m.mode_ms <= m.max_ms:
+            return [f"mode_ms ({m.mode_ms:g}) is outside min_ms..max_ms"]
+    return []
+
+
+def _check_pool(pool: PoolSettings, s: Settings) -> list[str]:
+    problems: list[str] = []
+    processor = s.processors.get(pool.processor)
+    if processor is None:
+        problems.append(f"processor: unknown processor {pool.processor!r} (known: {', '.join(sorted(s.processors))})")
+    if not pool.tiers:
+        problems.append("tiers: a pool must serve at least one tier")
+    problems += [f"tiers: unknown tier {t!r}" for t in pool.tiers if t not in s.tiers]
+    if not pool.models:
+        problems.append("models: a pool must serve at least one model")
+    problems += [f"models: unknown model {m!r}" for m in pool.models if m not in s.models]
+    if pool.mode == "deterministic":
+        if pool.max_batch != 1 or pool.max_wait_ms != 0:
+            problems.append("mode: deterministic pools run one request at a time (max_batch = 1, max_wait_ms = 0)")
+        if processor is not None and processor.latency.kind != "fixed":
+            problems.append(f"mode: deterministic needs a fixed-latency processor; {pool.processor!r} is {processor.latency.kind}")
+    if processor is not None and pool.max_batch > processor.max_batch:
+        problems.append(f"max_batch: {pool.max_batch} exceeds {pool.processor}'s max_batch of {processor.max_batch}")
+    return problems
+
+
+def _check_routing(s: Settings) -> list[str]:
+    """Every tier must reach a pool for every model, and pools sharing a stream must agree.
+
+    Pools that serve the same tier in the same region read one stream through one consumer
+    group, so any of them may receive any request on it: they must serve the same models.
+    """
+    problems: list[str] = []
+    for tier in s.tiers:
+        for region in s.regions() or ["default"]:
+            pools = s.pools_for(tier, region)
+            if not pools:
+                if region == s.gateway.region:
+                    problems.append(f"tiers.{tier}: no pool serves this tier in region {region!r}")
+                continue
+            served = {name: set(s.pools[name].models) for name in pools}
+            first = pools[0]
+            for name in pools[1:]:
+                if served[name] != served[first]:
+                    problems.append(
+                        f"pools.{name}.models: pools sharing the {tier}/{region} stream must serve the "
+                        f"same models ({name}: {sorted(served[name])}, {first}: {sorted(served[first])})"
+                    )
+    for name, model in s.models.items():
+        if model.default_tier in s.tiers and not any(
+            name in s.pools[p].models for p in s.pools_for(model.default_tier, s.gateway.region)
+        ):
+            problems.append(f"models.{name}: no pool serves it on its default tier {model.default_tier!r}")
+    return problems

@@ -1,0 +1,68 @@
+"""Dynamic batching: a full batch goes at once, a partial one after max_wait from its oldest item."""
+
+from __future__ import annotations
+
+import asyncio
+
+from workers.batcher import Batcher
+
+
+async def test_a_full_batch_is_handed_out_without_waiting() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=4, max_wait_s=3600)
+    for i in range(6):
+        batcher.put(i)
+    assert await asyncio.wait_for(batcher.next_batch(), 1) == [0, 1, 2, 3]
+    assert len(batcher) == 2
+
+
+async def test_a_partial_batch_closes_after_max_wait() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=10, max_wait_s=0.05)
+    batcher.put(1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.create_task(batcher.next_batch())
+    await asyncio.sleep(0.01)
+    batcher.put(2)
+    assert await asyncio.wait_for(task, 1) == [1, 2]
+    assert loop.time() - started >= 0.05 - 0.005  # closed by the timer, not early
+
+
+async def test_waits_for_the_first_item_then_fills_as_items_arrive() -> None:
+    batcher: Batcher[str] = Batcher(max_batch=2, max_wait_s=3600)
+    task = asyncio.create_task(batcher.next_batch())
+    await asyncio.sleep(0)
+    assert not task.done()
+    batcher.put("a")
+    await asyncio.sleep(0)
+    assert not task.done()
+    batcher.put("b")
+    assert await asyncio.wait_for(task, 1) == ["a", "b"]
+
+
+async def test_one_at_a_time_when_max_batch_is_one() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=1, max_wait_s=0)
+    for i in range(3):
+        batcher.put(i)
+    assert [await batcher.next_batch() for _ in range(3)] == [[0], [1], [2]]
+
+
+async def test_close_drains_what_is_left_then_returns_empty() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=5, max_wait_s=3600)
+    batcher.put(7)
+    batcher.close()
+    assert await asyncio.wait_for(batcher.next_batch(), 1) == [7]
+    assert await asyncio.wait_for(batcher.next_batch(), 1) == []
+
+
+async def test_room_bounds_what_a_reader_fetches() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=2, max_wait_s=0)
+    assert batcher.room == 4
+    for i in range(4):
+        batcher.put(i)
+    assert batcher.room == 0
+    waiter = asyncio.create_task(batcher.wait_for_room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await batcher.next_batch()
+    await asyncio.wait_for(waiter, 1)
+    assert batcher.room == 2

@@ -1,0 +1,49 @@
+"""Messages survive the trip through MessagePack, and every key name carries a hash tag."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway import protocol
+
+
+def test_envelope_and_replies_round_trip() -> None:
+    env = protocol.Envelope(id="a", model="sim-echo", input="hi", tier="batch", region="eu", reply_to="gw", deadline_at_ms=5)
+    assert protocol.envelope_decoder.decode(protocol.encoder.encode(env)) == env
+    result = protocol.Result(
+        id="a", model="sim-embed", output=[0.5, -0.5], tier="batch", processor="h100", pool="p", worker="w",
+        batch_size=3, enqueued_at_ms=1, queue_ms=1.5, service_ms=2.5, finished_at_ms=9, energy_j=0.1, cost=0.2,
+    )  # fmt: skip
+    failure = protocol.Failure(id="b", code="deadline_exceeded", message="late")
+    for reply in (result, failure):
+        assert protocol.reply_decoder.decode(protocol.encoder.encode(reply)) == reply
+        assert protocol.stored_decoder.decode(protocol.encoder.encode(reply)) == reply
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        protocol.stream_key("realtime", "eu-west"),
+        protocol.dead_letter_key("realtime", "eu-west"),
+        protocol.reply_key("host-1-abc"),
+        protocol.request_key("0123abcd"),
+    ],
+)
+def test_every_key_has_one_cluster_hash_tag(key: str) -> None:
+    assert key.startswith("tg:")
+    assert len(re.findall(r"\{[^{}]+\}", key)) == 1
+
+
+def test_a_stream_and_its_dead_letters_share_a_hash_slot() -> None:
+    tag = re.compile(r"\{([^{}]+)\}")
+    stream = tag.search(protocol.stream_key("batch", "us"))
+    dead = tag.search(protocol.dead_letter_key("batch", "us"))
+    assert stream and dead and stream.group(1) == dead.group(1) == "batch.us"
+    assert protocol.stream_key("batch", "us") != protocol.stream_key("batch", "eu")
+
+
+def test_entry_ms_reads_redis_time_from_an_entry_id() -> None:
+    assert protocol.entry_ms(b"1700000000123-7") == 1700000000123
+    assert protocol.entry_ms("5-0") == 5

@@ -1,0 +1,88 @@
+"""The config loader accepts the default config and refuses bad ones, naming file, key and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import ConfigError
+from gateway.settings import load_settings, parse_settings
+from tests.conftest import default_raw
+
+
+def test_default_config_loads_with_five_processors_and_every_tier_routed() -> None:
+    settings = load_settings(environ={})
+    assert set(settings.processors) == {"h100", "groq-lpu", "cerebras-cs3", "inferentia2", "tpu-v5e"}
+    assert settings.tiers["realtime"].slo.latency_ms == 10
+    assert settings.tiers["interactive"].slo.latency_ms == 250
+    assert settings.tiers["batch"].slo.latency_ms == 30000
+    assert settings.pools_for("realtime", "default") == ["groq-realtime"]
+    assert set(settings.pools_for("batch", "default")) == {"inferentia-mixed", "cerebras-batch"}
+
+
+def refused(raw: dict, source: str = "cfg.toml") -> str:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, source=source)
+    return str(info.value)
+
+
+def test_unknown_processor_is_named_with_its_key() -> None:
+    raw = default_raw()
+    raw["pools"]["h100-interactive"]["processor"] = "a100"
+    message = refused(raw)
+    assert "cfg.toml: pools.h100-interactive.processor: unknown processor 'a100'" in message
+
+
+def test_a_tier_no_pool_serves_is_refused() -> None:
+    raw = default_raw()
+    del raw["pools"]["groq-realtime"]
+    assert "tiers.realtime: no pool serves this tier" in refused(raw)
+
+
+def test_deterministic_mode_needs_a_fixed_latency_processor() -> None:
+    raw = default_raw()
+    raw["pools"]["h100-interactive"].update(mode="deterministic", max_batch=1, max_wait_ms=0)
+    assert "deterministic needs a fixed-latency processor; 'h100' is variable" in refused(raw)
+
+
+def test_impossible_values_are_refused() -> None:
+    raw = default_raw()
+    raw["processors"]["h100"]["latency"]["max_ms"] = 1
+    assert "processors.h100.latency: max_ms (1) is below min_ms (5)" in refused(raw)
+    raw = default_raw()
+    raw["tiers"]["batch"]["max_queue"] = 0
+    assert "Expected `int` >= 1 - at `$.tiers.batch.max_queue`" in refused(raw)
+    raw = default_raw()
+    raw["pools"]["cerebras-batch"]["max_batch"] = 10_000
+    assert "pools.cerebras-batch.max_batch: 10000 exceeds cerebras-cs3's max_batch of 512" in refused(raw)
+
+
+def test_unknown_keys_are_refused() -> None:
+    raw = default_raw()
+    raw["gateway"]["prot"] = 1
+    assert "Object contains unknown field `prot` - at `$.gateway`" in refused(raw)
+
+
+def test_pools_sharing_a_stream_must_serve_the_same_models() -> None:
+    raw = default_raw()
+    raw["pools"]["tpu-interactive"]["models"] = ["sim-echo"]
+    assert "pools sharing the interactive/default stream must serve the same models" in refused(raw)
+
+
+def test_environment_overrides_apply(tmp_path: Path) -> None:
+    settings = load_settings(environ={"TIERGATE_REDIS_URL": "redis://example:1/0", "TIERGATE_PORT": "9999"})
+    assert settings.redis.url == "redis://example:1/0"
+    assert settings.gateway.port == 9999
+    with pytest.raises(ConfigError, match="TIERGATE_PORT='x' is not a valid int"):
+        load_settings(environ={"TIERGATE_PORT": "x"})
+
+
+def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match=r"missing.toml: cannot read"):
+        load_settings(missing, environ={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[tiers\n")
+    with pytest.raises(ConfigError, match=r"broken.toml: not valid TOML"):
+        load_settings(broken, environ={})

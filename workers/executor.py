@@ -1,0 +1,82 @@
+"""Turns one batch of deliveries into one reply each: refuses what it cannot or need not run
+(expired deadline, a model this pool does not serve), runs the rest on the backend in one call,
+and stamps timings, energy and cost. No Redis I/O: the consumer publishes what this returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from gateway.clock import RedisClock
+from gateway.protocol import Failure, Reply, Result
+from gateway.settings import Settings
+
+from .backends import Backend
+from .consumer import Delivery
+
+log = logging.getLogger(__name__)
+
+
+class Executor:
+    def __init__(self, settings: Settings, pool_name: str, worker: str, backend: Backend, clock: RedisClock) -> None:
+        pool = settings.pools[pool_name]
+        self.pool_name = pool_name
+        self.processor = pool.processor
+        self.models = frozenset(pool.models)
+        self.worker = worker
+        self.backend = backend
+        self.clock = clock
+
+    def _failure(self, d: Delivery, code: str, message: str) -> Failure:
+        env = d.envelope
+        return Failure(
+            id=env.id, code=code, message=message, tier=env.tier, pool=self.pool_name, worker=self.worker,
+            enqueued_at_ms=d.enqueued_at_ms, finished_at_ms=int(self.clock.now_ms()),
+        )  # fmt: skip
+
+    def _triage(self, batch: list[Delivery]) -> tuple[list[Delivery], list[tuple[Delivery, Reply]]]:
+        """Split a batch into what runs now and the failures answered without running."""
+        now_ms = self.clock.now_ms()
+        runnable: list[Delivery] = []
+        refused: list[tuple[Delivery, Reply]] = []
+        for d in batch:
+            env = d.envelope
+            if env.deadline_at_ms <= now_ms:
+                late_ms = now_ms - env.deadline_at_ms
+                refused.append((d, self._failure(d, "deadline_exceeded", f"request {env.id} reached its deadline {late_ms:.0f} ms before a worker of pool {self.pool_name} could start it")))
+            elif env.model not in self.models:
+                refused.append((d, self._failure(d, "model_not_found", f"pool {self.pool_name} does not serve model {env.model!r}")))
+            else:
+                runnable.append(d)
+        return runnable, refused  # fmt: skip
+
+    async def execute(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply]]:
+        runnable, replies = self._triage(batch)
+        if not runnable:
+            return replies
+        started_ms = self.clock.now_ms()
+        t0 = time.perf_counter()
+        try:
+            completions = await self.backend.run([d.envelope for d in runnable])
+        except Exception as exc:  # a backend failure fails its batch, never the worker
+            log.exception("backend failed", extra={"pool": self.pool_name, "batch_size": len(runnable)})
+            message = f"pool {self.pool_name} failed to run the request: {type(exc).__name__}: {exc}"
+            return replies + [(d, self._failure(d, "worker_error", message)) for d in runnable]
+        service_ms = (time.perf_counter() - t0) * 1000.0
+        finished_ms = int(self.clock.now_ms())
+        size = len(runnable)
+        for d, done in zip(runnable, completions, strict=True):
+            env = d.envelope
+            replies.append((d, Result(
+                id=env.id, model=env.model, output=done.output, tier=env.tier, processor=self.processor,
+                pool=self.pool_name, worker=self.worker, batch_size=size, enqueued_at_ms=d.enqueued_at_ms,
+                queue_ms=round(max(0.0, started_ms - d.enqueued_at_ms), 3), service_ms=round(service_ms, 3),
+                finished_at_ms=finished_ms, energy_j=done.energy_j, cost=done.cost,
+            )))  # fmt: skip
+        log.info(
+            "batch done",
+            extra={"pool": self.pool_name, "worker": self.worker, "batch_size": size,
+                   "service_ms": round(service_ms, 3), "request_ids": [d.envelope.id for d in runnable]},
+        )  # fmt: skip
+        return replies

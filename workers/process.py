@@ -1,0 +1,147 @@
+"""One worker process of one pool: a reader task fills the batcher from Redis, the execution
+loop runs batches and publishes their replies. SIGTERM stops reading, finishes and acknowledges
+what was read, then returns. Reconnects to Redis with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.clock import RedisClock
+from gateway.protocol import Reply
+from gateway.settings import Settings
+
+from .backends import make_backend
+from .batcher import Batcher
+from .consumer import Consumer, Delivery
+from .executor import Executor
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 500  # bounds how long SIGTERM waits for an in-flight read
+CLOCK_SYNC_S = 30.0
+MAX_BACKOFF_S = 2.0
+
+
+def connect(settings: Settings, url: str) -> Redis:
+    r = settings.redis
+    return Redis.from_url(
+        url,
+        max_connections=r.max_connections,
+        socket_timeout=r.socket_timeout_s,
+        socket_connect_timeout=r.connect_timeout_s,
+        health_check_interval=30,
+    )
+
+
+class WorkerProcess:
+    def __init__(
+        self, settings: Settings, pool_name: str, redis_url: str, ready: Callable[..., None] | None = None
+    ) -> None:
+        pool = settings.pools[pool_name]
+        self._ready = ready
+        self.pool_name = pool_name
+        self.name = f"{pool_name}-{socket.gethostname()}-{os.getpid()}"
+        self.redis = connect(settings, redis_url)
+        self.clock = RedisClock()
+        self.consumer = Consumer(self.redis, settings, pool_name, self.name)
+        self.backend = make_backend(settings, pool_name)
+        self.executor = Executor(settings, pool_name, self.name, self.backend, self.clock)
+        self.batcher: Batcher[Delivery] = Batcher(pool.max_batch, pool.max_wait_ms / 1000.0)
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        if not await self._until_connected():
+            await self.redis.aclose()
+            return
+        log.info("worker ready", extra={"pool": self.pool_name, "worker": self.name, "streams": self.consumer.streams})
+        if self._ready is not None:
+            self._ready(pool=self.pool_name, worker=self.name)
+        reader = asyncio.create_task(self._read_loop())
+        clock = asyncio.create_task(self._clock_loop())
+        try:
+            await self._execute_loop()
+        finally:
+            reader.cancel()
+            clock.cancel()
+            await asyncio.gather(reader, clock, return_exceptions=True)
+            await self.backend.close()
+            await self.redis.aclose()
+            log.info("worker stopped", extra={"pool": self.pool_name, "worker": self.name})
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _until_connected(self) -> bool:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                await self.clock.sync(self.redis)
+                await self.consumer.setup()
+                return True
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis unreachable, retrying", extra={"error": str(exc), "retry_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+        return False
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            await self.batcher.wait_for_room()
+            try:
+                deliveries = await self.consumer.read(self.batcher.room, READ_BLOCK_MS)
+                backoff = 0.1
+            except RedisError as exc:
+                log.warning("read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            for d in deliveries:
+                self.batcher.put(d)
+        self.batcher.close()
+
+    async def _execute_loop(self) -> None:
+        while batch := await self.batcher.next_batch():
+            replies = await self.executor.execute(batch)
+            await self._publish(replies)
+
+    async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.consumer.publish(replies)
+                return
+            except RedisError as exc:
+                # Entries stay pending until published: retry rather than lose the answers.
+                log.warning("publish failed, retrying", extra={"error": str(exc), "retry_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_SYNC_S)
+            try:
+                await self.clock.sync(self.redis)
+            except RedisError:
+                continue
+
+
+async def serve(
+    settings: Settings, pool_name: str, redis_url: str, ready: Callable[..., None] | None = None
+) -> None:
+    worker = WorkerProcess(settings, pool_name, redis_url, ready)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
