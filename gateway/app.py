@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from . import handlers
-from .clock import RedisClock
+from .background import join
+from .clock import RedisClock, keep_synced
 from .errors import BackendUnavailable, RequestError
 from .queue import RequestQueue
-from .results import ResultReader, Waiters
+from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
 from .settings import Settings
 from .state import STATE, GatewayState
@@ -49,8 +49,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RequestError as exc:
         log.info("request refused", extra={"path": request.path, "status": exc.status, "error": exc.code})
         return error_response(exc.status, exc.code, exc.message)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, "payload_too_large", f"the body exceeds the limit of {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[STATE].settings.gateway.max_body_bytes
+        return error_response(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -79,36 +80,38 @@ def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[
     async def context(app: web.Application) -> AsyncIterator[None]:
         r = settings.redis
         redis = Redis.from_url(
-            redis_url, max_connections=r.max_connections, socket_timeout=r.socket_timeout_s,
-            socket_connect_timeout=r.connect_timeout_s, health_check_interval=30,
-        )  # fmt: skip
+            redis_url,
+            max_connections=r.max_connections,
+            socket_timeout=r.socket_timeout_s,
+            socket_connect_timeout=r.connect_timeout_s,
+            health_check_interval=30,
+        )
         waiters = Waiters()
         state = GatewayState(
-            settings=settings, gateway_id=gateway_id, redis=redis, router=Router(settings),
-            queue=RequestQueue(redis), waiters=waiters, clock=RedisClock(),
-        )  # fmt: skip
+            settings=settings,
+            gateway_id=gateway_id,
+            redis=redis,
+            router=Router(settings),
+            queue=RequestQueue(redis),
+            waiters=waiters,
+            clock=RedisClock(),
+        )
         app[STATE] = state
         reader = ResultReader(redis, gateway_id, waiters)
-        tasks = [asyncio.create_task(reader.run()), asyncio.create_task(_clock_loop(state))]
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(reader.run(stop)),
+            asyncio.create_task(keep_synced(state.clock, redis, stop, CLOCK_SYNC_S)),
+        ]
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stop.set()
+        await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
         waiters.fail_all(BackendUnavailable("the gateway is shutting down"))
         await state.queue.close()
         await reader.close()
         await redis.aclose()
 
     return context
-
-
-async def _clock_loop(state: GatewayState) -> None:
-    while True:
-        try:
-            await state.clock.sync(state.redis)
-            await asyncio.sleep(CLOCK_SYNC_S)
-        except (RedisError, OSError):
-            await asyncio.sleep(1.0)
 
 
 async def serve(settings: Settings, redis_url: str, host: str, port: int) -> None:

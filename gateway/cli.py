@@ -80,7 +80,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     port = settings.gateway.port if args.port is None else args.port
 
     async def supervise() -> int:
-        gateway = Child("gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port)))
+        gateway = Child(
+            "gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port))
+        )
         workers = [
             Child(f"worker:{name}", _child_argv(args, "worker", "--pool", name, "--redis-url", url))
             for name in settings.pools
@@ -88,9 +90,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
         try:
             await asyncio.gather(gateway.start(), *(w.start() for w in workers))
             _print_ready(
-                url=gateway.ready["url"], redis=url, redis_kind=embedded.kind if embedded else "external",
+                url=gateway.ready["url"],
+                redis=url,
+                redis_kind=embedded.kind if embedded else "external",
                 pools={name: settings.pools[name].replicas for name in settings.pools},
-            )  # fmt: skip
+            )
             why = await wait_for_stop([gateway, *workers])
             print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
             return 0 if why == "signal" else 1
@@ -122,7 +126,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
-    print(f"\n{path}: ok ({len(settings.pools)} pools, {len(settings.processors)} processors, {len(settings.models)} models)")
+    counts = f"{len(settings.pools)} pools, {len(settings.processors)} processors, {len(settings.models)} models"
+    print(f"\n{path}: ok ({counts})")
     return 0
 
 
@@ -135,7 +140,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", type=Path, default=None, help=f"config file (default: $TIERGATE_CONFIG or {DEFAULT_CONFIG_PATH})")
+        sp.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help=f"config file (default: $TIERGATE_CONFIG or {DEFAULT_CONFIG_PATH})",
+        )
         sp.add_argument("--redis-url", default=None, help="Redis URL (default: [redis].url or $TIERGATE_REDIS_URL)")
         sp.add_argument("--log-level", default="INFO")
 

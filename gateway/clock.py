@@ -6,9 +6,12 @@ queue wait against that same clock, so hosts with skewed clocks still agree. `sy
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 
 class RedisClock:
@@ -29,3 +32,17 @@ class RedisClock:
             if after - before < best_rtt:
                 best_rtt = after - before
                 self.offset_ms = seconds * 1000.0 + micros / 1000.0 - (before + after) * 500.0
+
+
+async def keep_synced(clock: RedisClock, redis: Redis, stop: asyncio.Event, every_s: float = 30.0) -> None:
+    """Re-measure the offset every `every_s` (every second while Redis is unreachable) until
+    `stop` is set. Stops on the event rather than by cancellation, which an in-flight Redis
+    command may absorb."""
+    while not stop.is_set():
+        try:
+            await clock.sync(redis)
+            wait_s = every_s
+        except (RedisError, OSError):
+            wait_s = 1.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait_s)

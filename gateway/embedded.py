@@ -13,7 +13,6 @@ import threading
 import time
 
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -25,7 +24,7 @@ def wait_for_ping(port: int, timeout_s: float = 10.0) -> None:
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
                 if sock.recv(64).startswith(b"+PONG"):
                     return
         except OSError:
@@ -49,10 +48,23 @@ class EmbeddedRedis:
         if binary:
             self._dir = tempfile.TemporaryDirectory(prefix="tiergate-redis-")
             self._process = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", self._dir.name, "--loglevel", "warning"],
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self._dir.name,
+                    "--loglevel",
+                    "warning",
+                ],
                 stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             self.kind = "redis-server"
         else:
             from fakeredis import TcpFakeServer

@@ -73,11 +73,19 @@ def decode_body(raw: bytes) -> InferBody:
 def result_body(state: GatewayState, result: protocol.Result, total_ms: float, status: str | None = None) -> ResultBody:
     slo = state.settings.tiers[result.tier].slo
     return ResultBody(
-        id=result.id, model=result.model, output=result.output, tier=result.tier, processor=result.processor,
-        pool=result.pool, batch_size=result.batch_size,
+        id=result.id,
+        model=result.model,
+        output=result.output,
+        tier=result.tier,
+        processor=result.processor,
+        pool=result.pool,
+        batch_size=result.batch_size,
         timings=Timings(result.queue_ms, result.service_ms, round(total_ms, 3)),
-        slo_met=total_ms <= slo.latency_ms, energy_j=result.energy_j, cost=result.cost, status=status,
-    )  # fmt: skip
+        slo_met=total_ms <= slo.latency_ms,
+        energy_j=result.energy_j,
+        cost=result.cost,
+        status=status,
+    )
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -90,14 +98,23 @@ async def infer(request: web.Request) -> web.Response:
     request_id = uuid.uuid4().hex
     deadline_at_ms = int(state.clock.now_ms()) + route.deadline_ms
     envelope = protocol.Envelope(
-        id=request_id, model=body.model, input=body.input, tier=route.tier, region=route.region,
-        reply_to=state.gateway_id, deadline_at_ms=deadline_at_ms,
-    )  # fmt: skip
+        id=request_id,
+        model=body.model,
+        input=body.input,
+        tier=route.tier,
+        region=route.region,
+        reply_to=state.gateway_id,
+        deadline_at_ms=deadline_at_ms,
+    )
     payload = protocol.encoder.encode(envelope)
     maxlen = 2 * route.max_queue  # a memory bound only: admission refuses long before it trims
     if not body.wait:
         accepted = protocol.Accepted(id=request_id, model=body.model, tier=route.tier, deadline_at_ms=deadline_at_ms)
-        state_entry = (protocol.request_key(request_id), protocol.encoder.encode(accepted), state.settings.gateway.result_ttl_s)
+        state_entry = (
+            protocol.request_key(request_id),
+            protocol.encoder.encode(accepted),
+            state.settings.gateway.result_ttl_s,
+        )
         await state.queue.enqueue(route.stream, payload, maxlen, state_entry)
         log.info("request accepted", extra={"id": request_id, "model": body.model, "tier": route.tier})
         return json_response({"id": request_id, "status_url": f"/v1/requests/{request_id}"}, status=202)
@@ -113,9 +130,15 @@ async def infer(request: web.Request) -> web.Response:
         raise from_code(reply.code, reply.message)
     log.info(
         "request done",
-        extra={"id": request_id, "model": body.model, "tier": route.tier, "pool": reply.pool,
-               "total_ms": round(total_ms, 3), "queue_ms": reply.queue_ms},
-    )  # fmt: skip
+        extra={
+            "id": request_id,
+            "model": body.model,
+            "tier": route.tier,
+            "pool": reply.pool,
+            "total_ms": round(total_ms, 3),
+            "queue_ms": reply.queue_ms,
+        },
+    )
     return json_response(result_body(state, reply, total_ms))
 
 
@@ -129,7 +152,9 @@ async def request_status(request: web.Request) -> web.Response:
         return json_response({"id": stored.id, "status": "queued", "model": stored.model, "tier": stored.tier})
     if isinstance(stored, protocol.Failure):
         error = from_code(stored.code, stored.message)
-        return json_response({"id": stored.id, "status": "failed", "error": {"type": error.code, "message": error.message}})
+        return json_response(
+            {"id": stored.id, "status": "failed", "error": {"type": error.code, "message": error.message}}
+        )
     total_ms = stored.finished_at_ms - stored.enqueued_at_ms
     return json_response(result_body(state, stored, total_ms, status="done"))
 
@@ -142,4 +167,6 @@ async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if await state.queue.ping():
         return json_response({"status": "ready", "gateway": state.gateway_id})
-    return json_response({"status": "unavailable", "error": {"type": "redis_unavailable", "message": "Redis is unreachable"}}, status=503)
+    return json_response(
+        {"status": "unavailable", "error": {"type": "redis_unavailable", "message": "Redis is unreachable"}}, status=503
+    )

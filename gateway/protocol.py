@@ -8,6 +8,8 @@ No I/O happens here.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import msgspec
 
 KEY_PREFIX = "tg"
@@ -33,6 +35,11 @@ def reply_key(gateway_id: str) -> str:
 def request_key(request_id: str) -> str:
     """A request's state: `Accepted` while queued, then its `Result` or `Failure` (with a TTL)."""
     return f"{KEY_PREFIX}:{{req.{request_id}}}"
+
+
+# What XREAD/XREADGROUP answer (redis-py, bytes responses): [(stream, [(entry_id, fields)])].
+StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
+StreamReply: TypeAlias = list[tuple[bytes, StreamEntries]]
 
 
 def entry_ms(entry_id: bytes | str) -> int:

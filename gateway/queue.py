@@ -74,6 +74,10 @@ class RequestQueue:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
+        self._settle(batch, streams, replies)
+
+    def _settle(self, batch: list[_Pending], streams: list[str], replies: list[object]) -> None:
+        """Hand each request its XADD reply, and keep the sampled stream lengths."""
         position = 0
         for item in batch:
             position += item.state_key is not None
@@ -81,17 +85,17 @@ class RequestQueue:
             position += 1
             if item.future.done():
                 continue
-            if isinstance(reply, Exception):
-                item.future.set_exception(BackendUnavailable(f"Redis refused the request: {reply}"))
-            else:
+            if isinstance(reply, bytes):
                 item.future.set_result(reply)
+            else:
+                item.future.set_exception(BackendUnavailable(f"Redis refused the request: {reply}"))
         for stream, length in zip(streams, replies[position:], strict=True):
             if isinstance(length, int):
                 self.lengths[stream] = length
 
     async def stored(self, request_id: str) -> protocol.Stored | None:
         try:
-            raw = await self.redis.get(protocol.request_key(request_id))
+            raw: bytes | None = await self.redis.get(protocol.request_key(request_id))  # type: ignore[assignment]
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
         return None if raw is None else protocol.stored_decoder.decode(raw)

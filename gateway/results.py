@@ -63,9 +63,9 @@ class Waiters:
     def _expire(self, request_id: str, timeout_s: float) -> None:
         entry = self._waiting.pop(request_id, None)
         if entry is not None and not entry[0].done():
-            entry[0].set_exception(DeadlineExceeded(
-                f"no result for request {request_id} within its deadline of {timeout_s * 1000:.0f} ms"
-            ))  # fmt: skip
+            entry[0].set_exception(
+                DeadlineExceeded(f"no result for request {request_id} within its deadline of {timeout_s * 1000:.0f} ms")
+            )
 
 
 class ResultReader:
@@ -75,11 +75,13 @@ class ResultReader:
         self.waiters = waiters
         self.last_id: bytes | str = "0-0"
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
-        while True:
+        while not stop.is_set():
             try:
-                response = await self.redis.xread({self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+                response: protocol.StreamReply | None = await self.redis.xread(
+                    {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )  # type: ignore[assignment]
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 log.warning("reply stream read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
@@ -89,7 +91,7 @@ class ResultReader:
             if response:
                 await self._dispatch(response[0][1])
 
-    async def _dispatch(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    async def _dispatch(self, entries: protocol.StreamEntries) -> None:
         for entry_id, fields in entries:
             self.last_id = entry_id
             try:

@@ -27,16 +27,20 @@ class Router:
         self.max_input_chars = settings.gateway.max_input_chars
         # (tier, region) pairs some pool serves, and the models served there.
         self._served = {
-            (tier, pool.region): set(pool.models)
-            for pool in settings.pools.values()
-            for tier in pool.tiers
+            (tier, pool.region): set(pool.models) for pool in settings.pools.values() for tier in pool.tiers
         }
         self._routes: dict[tuple[str, str], tuple[str, TierSettings]] = {
             key: (stream_key(*key), settings.tiers[key[0]]) for key in self._served
         }
 
-    def route(self, model: str, input_chars: int, tier: str | None = None,
-              region: str | None = None, deadline_ms: int | None = None) -> Route:  # fmt: skip
+    def route(
+        self,
+        model: str,
+        input_chars: int,
+        tier: str | None = None,
+        region: str | None = None,
+        deadline_ms: int | None = None,
+    ) -> Route:
         spec = self.settings.models.get(model)
         if spec is None:
             known = ", ".join(sorted(self.settings.models))

@@ -32,7 +32,7 @@ class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class RedisSettings(_Frozen):
+class RedisSettings(_Frozen, frozen=True):
     # Empty means "none given": `tiergate up` then starts a private server.
     url: str = ""
     max_connections: PositiveInt = 64
@@ -40,7 +40,7 @@ class RedisSettings(_Frozen):
     connect_timeout_s: PositiveFloat = 1.0
 
 
-class GatewaySettings(_Frozen):
+class GatewaySettings(_Frozen, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     region: Name = "default"
@@ -51,19 +51,19 @@ class GatewaySettings(_Frozen):
     shutdown_grace_s: NonNegativeFloat = 10.0
 
 
-class SLO(_Frozen):
+class SLO(_Frozen, frozen=True):
     latency_ms: PositiveFloat
     percentile: Percent = 99.0
     objective: Percent = 99.9
 
 
-class TierSettings(_Frozen):
+class TierSettings(_Frozen, frozen=True):
     slo: SLO
     default_deadline_ms: PositiveInt
     max_queue: PositiveInt
 
 
-class LatencyModel(_Frozen):
+class LatencyModel(_Frozen, frozen=True):
     """How long a processor takes for a batch of `n` requests.
 
     fixed: always `min_ms` (plus `per_item_ms` for each item past the first).
@@ -79,7 +79,7 @@ class LatencyModel(_Frozen):
     per_item_ms: NonNegativeFloat = 0.0
 
 
-class ProcessorSettings(_Frozen):
+class ProcessorSettings(_Frozen, frozen=True):
     latency: LatencyModel
     max_batch: PositiveInt
     energy_efficiency: PositiveFloat  # FLOPS per watt relative to an H100 (1.0)
@@ -87,14 +87,14 @@ class ProcessorSettings(_Frozen):
     description: str = ""
 
 
-class ModelSettings(_Frozen):
+class ModelSettings(_Frozen, frozen=True):
     kind: Literal["echo", "embed"]
     params: PositiveInt  # parameter count, for FLOPs per token
     default_tier: str = "interactive"
     dimensions: PositiveInt = 16  # embed models only
 
 
-class PoolSettings(_Frozen):
+class PoolSettings(_Frozen, frozen=True):
     processor: str
     tiers: list[str]
     models: list[str]
@@ -106,14 +106,14 @@ class PoolSettings(_Frozen):
     backend: Literal["simulated"] = "simulated"
 
 
-class AccountingSettings(_Frozen):
+class AccountingSettings(_Frozen, frozen=True):
     # An H100's sustained FLOPs per joule and price per PFLOP: the baseline the relative
     # figures of each processor scale.
     baseline_flops_per_joule: PositiveFloat = 1.0e12
     baseline_usd_per_pflop: PositiveFloat = 0.0006
 
 
-class Settings(_Frozen):
+class Settings(_Frozen, frozen=True):
     tiers: dict[str, TierSettings]
     processors: dict[str, ProcessorSettings]
     models: dict[str, ModelSettings]
@@ -123,11 +123,7 @@ class Settings(_Frozen):
     accounting: AccountingSettings = AccountingSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
-        return [
-            name
-            for name, pool in self.pools.items()
-            if tier in pool.tiers and pool.region == region
-        ]
+        return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
 
     def regions(self) -> list[str]:
         return sorted({pool.region for pool in self.pools.values()})
@@ -142,9 +138,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
 }
 
 
-def load_settings(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, override and validate a config file; `ConfigError` lists every problem."""
     path = Path(path or (environ or os.environ).get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
     environ = os.environ if environ is None else environ
@@ -157,10 +151,11 @@ def load_settings(
     return parse_settings(raw, source=str(path), environ=environ)
 
 
-def parse_settings(
-    raw: dict[str, Any], source: str = "<config>", environ: Mapping[str, str] | None = None
-) -> Settings:
+def parse_settings(raw: dict[str, Any], source: str = "<config>", environ: Mapping[str, str] | None = None) -> Settings:
     _apply_env(raw, environ or {}, source)
+    named = _check_named_sections(raw)
+    if named:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in named))
     try:
         settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
@@ -169,6 +164,30 @@ def parse_settings(
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return settings
+
+
+_NAMED_SECTIONS: dict[str, type[_Frozen]] = {
+    "tiers": TierSettings,
+    "processors": ProcessorSettings,
+    "models": ModelSettings,
+    "pools": PoolSettings,
+}
+
+
+def _check_named_sections(raw: dict[str, Any]) -> list[str]:
+    """Validate each named entry alone, so an error names its key (`$.pools.h100`), which
+    msgspec's path for a dict value (`$.pools[...]`) would not."""
+    problems: list[str] = []
+    for section, kind in _NAMED_SECTIONS.items():
+        entries = raw.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for name, value in entries.items():
+            try:
+                msgspec.convert(value, kind, strict=True)
+            except msgspec.ValidationError as exc:
+                problems.append(str(exc).replace("`$", f"`$.{section}.{name}", 1))
+    return problems
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
@@ -188,7 +207,9 @@ def validate(s: Settings) -> list[str]:
     unknown = set(s.tiers) - set(TIER_NAMES)
     problems += [f"tiers.{t}: unknown tier (expected one of {', '.join(TIER_NAMES)})" for t in unknown]
     problems += [f"tiers.{t}: missing" for t in TIER_NAMES if t not in s.tiers]
-    problems += [f"processors.{n}.latency: {p}" for n, proc in s.processors.items() for p in _check_latency(proc.latency)]
+    problems += [
+        f"processors.{n}.latency: {p}" for n, proc in s.processors.items() for p in _check_latency(proc.latency)
+    ]
     for name, model in s.models.items():
         if model.default_tier not in s.tiers:
             problems.append(f"models.{name}.default_tier: unknown tier {model.default_tier!r}")
@@ -224,7 +245,9 @@ def _check_pool(pool: PoolSettings, s: Settings) -> list[str]:
         if pool.max_batch != 1 or pool.max_wait_ms != 0:
             problems.append("mode: deterministic pools run one request at a time (max_batch = 1, max_wait_ms = 0)")
         if processor is not None and processor.latency.kind != "fixed":
-            problems.append(f"mode: deterministic needs a fixed-latency processor; {pool.processor!r} is {processor.latency.kind}")
+            problems.append(
+                f"mode: deterministic needs a fixed-latency processor; {pool.processor!r} is {processor.latency.kind}"
+            )
     if processor is not None and pool.max_batch > processor.max_batch:
         problems.append(f"max_batch: {pool.max_batch} exceeds {pool.processor}'s max_batch of {processor.max_batch}")
     return problems

@@ -76,10 +76,23 @@ def redis_server() -> Iterator[RedisServer]:
         return
     with tempfile.TemporaryDirectory(prefix="tiergate-test-redis-") as workdir:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir, "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         try:
             wait_for_ping(port)
             yield RedisServer(f"redis://127.0.0.1:{port}/0", port, "redis-server")

@@ -53,12 +53,12 @@ class Consumer:
 
     async def read(self, count: int, block_ms: int) -> list[Delivery]:
         """New entries for this consumer, across all its streams (stricter tiers listed first)."""
-        response = await self.redis.xreadgroup(
+        response: protocol.StreamReply | None = await self.redis.xreadgroup(
             protocol.GROUP, self.name, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
-        )
+        )  # type: ignore[assignment]
         deliveries: list[Delivery] = []
         for raw_stream, entries in response or ():
-            stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+            stream = raw_stream.decode()
             for entry_id, fields in entries:
                 payload = fields.get(protocol.PAYLOAD_FIELD, b"")
                 try:

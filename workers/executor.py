@@ -31,9 +31,26 @@ class Executor:
     def _failure(self, d: Delivery, code: str, message: str) -> Failure:
         env = d.envelope
         return Failure(
-            id=env.id, code=code, message=message, tier=env.tier, pool=self.pool_name, worker=self.worker,
-            enqueued_at_ms=d.enqueued_at_ms, finished_at_ms=int(self.clock.now_ms()),
-        )  # fmt: skip
+            id=env.id,
+            code=code,
+            message=message,
+            tier=env.tier,
+            pool=self.pool_name,
+            worker=self.worker,
+            enqueued_at_ms=d.enqueued_at_ms,
+            finished_at_ms=int(self.clock.now_ms()),
+        )
+
+    def _refusal(self, d: Delivery, now_ms: float) -> Failure | None:
+        """The failure to answer without running this request, if it must not run."""
+        env = d.envelope
+        if env.deadline_at_ms <= now_ms:
+            late_ms = now_ms - env.deadline_at_ms
+            message = f"request {env.id} reached its deadline {late_ms:.0f} ms before pool {self.pool_name} started it"
+            return self._failure(d, "deadline_exceeded", message)
+        if env.model not in self.models:
+            return self._failure(d, "model_not_found", f"pool {self.pool_name} does not serve model {env.model!r}")
+        return None
 
     def _triage(self, batch: list[Delivery]) -> tuple[list[Delivery], list[tuple[Delivery, Reply]]]:
         """Split a batch into what runs now and the failures answered without running."""
@@ -41,15 +58,12 @@ class Executor:
         runnable: list[Delivery] = []
         refused: list[tuple[Delivery, Reply]] = []
         for d in batch:
-            env = d.envelope
-            if env.deadline_at_ms <= now_ms:
-                late_ms = now_ms - env.deadline_at_ms
-                refused.append((d, self._failure(d, "deadline_exceeded", f"request {env.id} reached its deadline {late_ms:.0f} ms before a worker of pool {self.pool_name} could start it")))
-            elif env.model not in self.models:
-                refused.append((d, self._failure(d, "model_not_found", f"pool {self.pool_name} does not serve model {env.model!r}")))
-            else:
+            failure = self._refusal(d, now_ms)
+            if failure is None:
                 runnable.append(d)
-        return runnable, refused  # fmt: skip
+            else:
+                refused.append((d, failure))
+        return runnable, refused
 
     async def execute(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply]]:
         runnable, replies = self._triage(batch)
@@ -68,15 +82,35 @@ class Executor:
         size = len(runnable)
         for d, done in zip(runnable, completions, strict=True):
             env = d.envelope
-            replies.append((d, Result(
-                id=env.id, model=env.model, output=done.output, tier=env.tier, processor=self.processor,
-                pool=self.pool_name, worker=self.worker, batch_size=size, enqueued_at_ms=d.enqueued_at_ms,
-                queue_ms=round(max(0.0, started_ms - d.enqueued_at_ms), 3), service_ms=round(service_ms, 3),
-                finished_at_ms=finished_ms, energy_j=done.energy_j, cost=done.cost,
-            )))  # fmt: skip
+            replies.append(
+                (
+                    d,
+                    Result(
+                        id=env.id,
+                        model=env.model,
+                        output=done.output,
+                        tier=env.tier,
+                        processor=self.processor,
+                        pool=self.pool_name,
+                        worker=self.worker,
+                        batch_size=size,
+                        enqueued_at_ms=d.enqueued_at_ms,
+                        queue_ms=round(max(0.0, started_ms - d.enqueued_at_ms), 3),
+                        service_ms=round(service_ms, 3),
+                        finished_at_ms=finished_ms,
+                        energy_j=done.energy_j,
+                        cost=done.cost,
+                    ),
+                )
+            )
         log.info(
             "batch done",
-            extra={"pool": self.pool_name, "worker": self.worker, "batch_size": size,
-                   "service_ms": round(service_ms, 3), "request_ids": [d.envelope.id for d in runnable]},
-        )  # fmt: skip
+            extra={
+                "pool": self.pool_name,
+                "worker": self.worker,
+                "batch_size": size,
+                "service_ms": round(service_ms, 3),
+                "request_ids": [d.envelope.id for d in runnable],
+            },
+        )
         return replies

@@ -17,7 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.clock import RedisClock
+from gateway.background import join
+from gateway.clock import RedisClock, keep_synced
 from gateway.protocol import Reply
 from gateway.settings import Settings
 
@@ -67,14 +68,15 @@ class WorkerProcess:
         log.info("worker ready", extra={"pool": self.pool_name, "worker": self.name, "streams": self.consumer.streams})
         if self._ready is not None:
             self._ready(pool=self.pool_name, worker=self.name)
-        reader = asyncio.create_task(self._read_loop())
-        clock = asyncio.create_task(self._clock_loop())
+        tasks = [
+            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
+        ]
         try:
             await self._execute_loop()
         finally:
-            reader.cancel()
-            clock.cancel()
-            await asyncio.gather(reader, clock, return_exceptions=True)
+            self.stopping.set()
+            await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
             await self.backend.close()
             await self.redis.aclose()
             log.info("worker stopped", extra={"pool": self.pool_name, "worker": self.name})
@@ -128,18 +130,8 @@ class WorkerProcess:
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
 
-    async def _clock_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CLOCK_SYNC_S)
-            try:
-                await self.clock.sync(self.redis)
-            except RedisError:
-                continue
 
-
-async def serve(
-    settings: Settings, pool_name: str, redis_url: str, ready: Callable[..., None] | None = None
-) -> None:
+async def serve(settings: Settings, pool_name: str, redis_url: str, ready: Callable[..., None] | None = None) -> None:
     worker = WorkerProcess(settings, pool_name, redis_url, ready)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,12 +10,26 @@ from gateway import protocol
 
 
 def test_envelope_and_replies_round_trip() -> None:
-    env = protocol.Envelope(id="a", model="sim-echo", input="hi", tier="batch", region="eu", reply_to="gw", deadline_at_ms=5)
+    env = protocol.Envelope(
+        id="a", model="sim-echo", input="hi", tier="batch", region="eu", reply_to="gw", deadline_at_ms=5
+    )
     assert protocol.envelope_decoder.decode(protocol.encoder.encode(env)) == env
     result = protocol.Result(
-        id="a", model="sim-embed", output=[0.5, -0.5], tier="batch", processor="h100", pool="p", worker="w",
-        batch_size=3, enqueued_at_ms=1, queue_ms=1.5, service_ms=2.5, finished_at_ms=9, energy_j=0.1, cost=0.2,
-    )  # fmt: skip
+        id="a",
+        model="sim-embed",
+        output=[0.5, -0.5],
+        tier="batch",
+        processor="h100",
+        pool="p",
+        worker="w",
+        batch_size=3,
+        enqueued_at_ms=1,
+        queue_ms=1.5,
+        service_ms=2.5,
+        finished_at_ms=9,
+        energy_j=0.1,
+        cost=0.2,
+    )
     failure = protocol.Failure(id="b", code="deadline_exceeded", message="late")
     for reply in (result, failure):
         assert protocol.reply_decoder.decode(protocol.encoder.encode(reply)) == reply

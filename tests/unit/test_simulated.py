@@ -50,8 +50,12 @@ async def test_backend_runs_a_batch_and_apportions_energy_by_flops(make_settings
     settings = make_settings()
     backend = SimulatedBackend(settings, "cerebras-batch", random.Random(3))
     batch = [
-        Envelope(id="1", model="sim-echo", input="abcd" * 10, tier="batch", region="default", reply_to="g", deadline_at_ms=0),
-        Envelope(id="2", model="sim-embed", input="xyz", tier="batch", region="default", reply_to="g", deadline_at_ms=0),
+        Envelope(
+            id="1", model="sim-echo", input="abcd" * 10, tier="batch", region="default", reply_to="g", deadline_at_ms=0
+        ),
+        Envelope(
+            id="2", model="sim-embed", input="xyz", tier="batch", region="default", reply_to="g", deadline_at_ms=0
+        ),
     ]
     done = await backend.run(batch)
     assert done[0].output == ("abcd" * 10)[::-1]

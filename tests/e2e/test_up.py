@@ -1,0 +1,82 @@
+"""`tiergate up` as a user runs it: real processes, real HTTP, 500 concurrent requests, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from gateway.settings import load_settings
+from tests.e2e.conftest import Up
+from workers.models import embed
+
+TIERS = ("realtime", "interactive", "batch")
+MODELS = ("sim-echo", "sim-embed")
+
+
+async def send_all(url: str, count: int) -> tuple[list[tuple[dict, int, dict]], int]:  # type: ignore[type-arg]
+    """Send `count` concurrent requests across tiers and models; return (request, status, body)."""
+    requests = [
+        {"model": MODELS[i % 2], "input": f"request {i} for {TIERS[i % 3]}", "tier": TIERS[i % 3], "deadline_ms": 30000}
+        for i in range(count)
+    ]
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(body: dict) -> tuple[dict, int, dict]:  # type: ignore[type-arg]
+            async with http.post(f"{url}/v1/infer", json=body) as response:
+                return body, response.status, await response.json()
+
+        answers = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+    lost = sum(isinstance(a, BaseException) for a in answers)
+    return [a for a in answers if not isinstance(a, BaseException)], lost
+
+
+def check_answers(answers: list[tuple[dict, int, dict]], expected: int) -> None:  # type: ignore[type-arg]
+    settings = load_settings(environ={})
+    assert len(answers) == expected
+    wrong = []
+    for request, status, body in answers:
+        want = request["input"][::-1] if request["model"] == "sim-echo" else embed(request["input"], 16)
+        ok = (
+            status == 200
+            and body["output"] == want
+            and body["tier"] == request["tier"]
+            and body["pool"] in settings.pools_for(request["tier"], "default")
+        )
+        if not ok:
+            wrong.append((request, status, body))
+    assert wrong == []
+    assert len({body["id"] for _, _, body in answers}) == expected
+
+
+def test_up_answers_500_concurrent_requests_then_stops_cleanly(tiergate_up: Callable[..., Up]) -> None:
+    up = tiergate_up()
+    private_redis = shutil.which("redis-server") is not None
+    assert up.ready["redis_kind"] == ("redis-server" if private_redis else "fakeredis")
+    children = up.children()
+    # the gateway, one worker process per pool, and the private redis-server if there is one
+    assert len(children) == 1 + len(up.ready["pools"]) + private_redis
+    answers, lost = asyncio.run(send_all(up.url, 500))
+    assert lost == 0
+    check_answers(answers, 500)
+    assert up.stop() == 0
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert any('"event":"stopped"' in line for line in up.lines)
+
+
+def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Callable[..., Up], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = os.environ.copy()
+    env["PATH"] = str(tmp_path)  # no redis-server to be found
+    up = tiergate_up(env=env)
+    assert up.ready["redis_kind"] == "fakeredis"
+    answers, lost = asyncio.run(send_all(up.url, 30))
+    assert lost == 0
+    check_answers(answers, 30)
+    assert up.stop() == 0
