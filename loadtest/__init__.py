@@ -1,0 +1,1 @@
+"""`tiergate loadtest`: open-loop load generation against a gateway (HTTP) or its Redis streams."""
