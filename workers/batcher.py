@@ -1,37 +1,53 @@
-"""Dynamic batching in pure asyncio: no I/O, driven by `put` and `next_batch`.
+"""Dynamic, SLO-aware, tier-prioritised batching in pure asyncio: no I/O, driven by `put` and
+`next_batch`.
 
-`next_batch` returns as soon as `max_batch` items are waiting, or `max_wait_s` after the oldest
-waiting item arrived, whichever is first. With max_batch = 1 it hands out items one at a time.
+A batch closes as soon as `max_batch` items wait, or at the earliest of: `max_wait_s` after the
+oldest waiting item arrived, and the latest moment some waiting item can still start and meet
+its deadline (`start_by`). Items of a stricter tier (a lower priority number) go first, but each
+lower tier is guaranteed `min_share` of the items handed out while it has work waiting, so it is
+never starved outright. With max_batch = 1 items are handed out one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
+class _Waiting(NamedTuple, Generic[T]):
+    arrived_at: float  # loop time
+    start_by: float  # loop time by which it must start to meet its deadline (inf: none)
+    item: T
+
+
 class Batcher(Generic[T]):
-    def __init__(self, max_batch: int, max_wait_s: float) -> None:
+    def __init__(self, max_batch: int, max_wait_s: float, priorities: int = 1, min_share: float = 0.0) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._items: deque[tuple[float, T]] = deque()
+        self.min_share = min_share
+        self._queues: list[deque[_Waiting[T]]] = [deque() for _ in range(priorities)]
+        self._credit = [0.0] * priorities  # lower tiers' earned claim on the next slots
         self._arrived = asyncio.Event()
         self._freed = asyncio.Event()
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return sum(len(q) for q in self._queues)
+
+    def room_for(self, priority: int = 0) -> int:
+        """How many more items of this priority to fetch: one batch beyond the one forming."""
+        return max(0, 2 * self.max_batch - len(self._queues[priority]))
 
     @property
     def room(self) -> int:
-        """How many more items to fetch: one batch waiting beyond the one being formed."""
-        return max(0, 2 * self.max_batch - len(self._items))
+        return max(self.room_for(p) for p in range(len(self._queues)))
 
-    def put(self, item: T) -> None:
-        self._items.append((asyncio.get_running_loop().time(), item))
+    def put(self, item: T, priority: int = 0, start_by: float = math.inf) -> None:
+        self._queues[priority].append(_Waiting(asyncio.get_running_loop().time(), start_by, item))
         self._arrived.set()
 
     def close(self) -> None:
@@ -40,16 +56,21 @@ class Batcher(Generic[T]):
         self._arrived.set()
         self._freed.set()
 
+    def close_at(self) -> float:
+        """Loop time at which the batch now forming must close (call with items waiting)."""
+        oldest = min(q[0].arrived_at for q in self._queues if q)
+        earliest_start = min((w.start_by for q in self._queues for w in q), default=math.inf)
+        return min(oldest + self.max_wait_s, earliest_start)
+
     async def next_batch(self) -> list[T]:
         loop = asyncio.get_running_loop()
-        while not self._items:
+        while not len(self):
             if self._closed:
                 return []
             self._arrived.clear()
             await self._arrived.wait()
-        close_at = self._items[0][0] + self.max_wait_s
-        while len(self._items) < self.max_batch and not self._closed:
-            remaining = close_at - loop.time()
+        while len(self) < self.max_batch and not self._closed:
+            remaining = self.close_at() - loop.time()
             if remaining <= 0:
                 break
             self._arrived.clear()
@@ -57,9 +78,28 @@ class Batcher(Generic[T]):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
-        count = min(self.max_batch, len(self._items))
-        batch = [self._items.popleft()[1] for _ in range(count)]
+        batch = self._take(min(self.max_batch, len(self)))
         self._freed.set()
+        return batch
+
+    def _take(self, count: int) -> list[T]:
+        """Strictest tier first, except for slots lower tiers have earned through `min_share`."""
+        batch: list[T] = []
+        for priority in range(1, len(self._queues)):
+            if self._queues[priority]:
+                self._credit[priority] += self.min_share * count
+            else:
+                self._credit[priority] = 0.0  # no saving up while idle
+        for priority in range(len(self._queues) - 1, 0, -1):
+            queue = self._queues[priority]
+            while self._credit[priority] >= 1.0 and queue and len(batch) < count:
+                batch.append(queue.popleft().item)
+                self._credit[priority] -= 1.0
+        for priority, queue in enumerate(self._queues):
+            while queue and len(batch) < count:
+                batch.append(queue.popleft().item)
+                if priority:
+                    self._credit[priority] = max(0.0, self._credit[priority] - 1.0)
         return batch
 
     async def wait_for_room(self) -> None:

@@ -66,3 +66,56 @@ async def test_room_bounds_what_a_reader_fetches() -> None:
     await batcher.next_batch()
     await asyncio.wait_for(waiter, 1)
     assert batcher.room == 2
+
+
+async def test_a_batch_closes_when_its_tightest_item_must_start() -> None:
+    batcher: Batcher[str] = Batcher(max_batch=10, max_wait_s=3600)
+    loop = asyncio.get_running_loop()
+    batcher.put("relaxed")
+    batcher.put("tight", start_by=loop.time() + 0.05)
+    # max_wait is an hour: only the tight item's start-by time can close this batch.
+    assert await asyncio.wait_for(batcher.next_batch(), 5) == ["relaxed", "tight"]
+
+
+async def test_an_item_already_past_its_start_by_closes_the_batch_at_once() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=10, max_wait_s=3600)
+    batcher.put(1, start_by=asyncio.get_running_loop().time() - 1)
+    assert await asyncio.wait_for(batcher.next_batch(), 1) == [1]
+
+
+async def test_stricter_tier_goes_first() -> None:
+    batcher: Batcher[str] = Batcher(max_batch=2, max_wait_s=0, priorities=3)
+    batcher.put("batch-1", priority=2)
+    batcher.put("interactive-1", priority=1)
+    batcher.put("realtime-1", priority=0)
+    batcher.put("realtime-2", priority=0)
+    assert await batcher.next_batch() == ["realtime-1", "realtime-2"]
+    assert await batcher.next_batch() == ["interactive-1", "batch-1"]
+
+
+async def test_lower_tier_gets_its_minimum_share_under_constant_pressure() -> None:
+    batcher: Batcher[str] = Batcher(max_batch=1, max_wait_s=0, priorities=2, min_share=0.25)
+    handed_out = []
+    for i in range(40):
+        batcher.put(f"low-{i}", priority=1)
+    for i in range(40):
+        batcher.put(f"high-{i}", priority=0)
+        handed_out += await batcher.next_batch()
+    low = [x for x in handed_out if x.startswith("low")]
+    assert len(low) == 10  # a quarter of the slots while both had work
+    assert [x for x in handed_out if x.startswith("high")] == [f"high-{i}" for i in range(30)]
+
+
+async def test_without_min_share_a_busy_strict_tier_takes_every_slot() -> None:
+    batcher: Batcher[str] = Batcher(max_batch=1, max_wait_s=0, priorities=2)
+    batcher.put("low", priority=1)
+    for i in range(5):
+        batcher.put(f"high-{i}", priority=0)
+    assert [(await batcher.next_batch())[0] for _ in range(6)] == [*(f"high-{i}" for i in range(5)), "low"]
+
+
+async def test_room_is_counted_per_priority() -> None:
+    batcher: Batcher[int] = Batcher(max_batch=1, max_wait_s=0, priorities=2)
+    batcher.put(1, priority=1)
+    batcher.put(2, priority=1)
+    assert (batcher.room_for(0), batcher.room_for(1), batcher.room) == (2, 0, 2)
