@@ -57,8 +57,14 @@ class PayloadTooLarge(RequestError):
 
 
 class QueueFull(RequestError):
+    """Refused by admission; `retry_after_s` becomes the Retry-After header."""
+
     status = 429
     code = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BackendUnavailable(RequestError):
