@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
 
-from . import handlers
+from . import handlers, openai_api
 from .background import join
 from .clock import RedisClock, keep_synced
 from .errors import BackendUnavailable, RequestError
@@ -72,6 +72,7 @@ def build_app(settings: Settings, redis_url: str, gateway_id: str | None = None)
     app.router.add_get("/v1/requests/{id}", handlers.request_status)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    openai_api.add_routes(app)
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id()))
     return app
 

@@ -48,6 +48,14 @@ def entry_ms(entry_id: bytes | str) -> int:
     return int(raw.split("-", 1)[0])
 
 
+class ChatMessage(msgspec.Struct, omit_defaults=True, frozen=True):
+    """One message of a chat conversation, text only (the OpenAI API's `messages` items)."""
+
+    role: str
+    content: str
+    name: str = ""
+
+
 class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     """One inference request as queued in a tier stream."""
 
@@ -58,6 +66,9 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     region: str
     reply_to: str  # gateway id: the result goes to reply_key(reply_to)
     deadline_at_ms: int  # absolute, on Redis's clock
+    stream: bool = False  # publish a `Chunk` to reply_to for each piece of output as it is made
+    max_tokens: int = 0  # 0: no limit
+    messages: tuple[ChatMessage, ...] = ()  # the whole conversation of a chat request; `input` is its last turn
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
@@ -84,6 +95,22 @@ class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
     finished_at_ms: int  # Redis clock
     energy_j: float
     cost: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""  # "stop", or "length" when max_tokens cut the output
+
+
+class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True, frozen=True):
+    """A piece of a streaming request's output, sent to its gateway as soon as it is made;
+    the request's `Result` (the whole output) follows its last chunk on the same stream."""
+
+    id: str
+    seq: int  # 0, 1, 2 ... per request
+    text: str
+    produced_at_ms: float  # Redis clock, when the backend produced it
+    queue_ms: float = 0.0
+    tier: str = ""
+    pool: str = ""
 
 
 class Failure(msgspec.Struct, tag="failure", omit_defaults=True, frozen=True):
@@ -106,10 +133,12 @@ class DeadLetter(msgspec.Struct, tag="dead", omit_defaults=True, frozen=True):
 
 
 Reply = Result | Failure
+Incoming = Result | Failure | Chunk  # what a gateway reads from its reply stream
 Stored = Accepted | Result | Failure
 
 encoder = msgspec.msgpack.Encoder()
 envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 reply_decoder = msgspec.msgpack.Decoder(Reply)
+incoming_decoder = msgspec.msgpack.Decoder(Incoming)
 stored_decoder = msgspec.msgpack.Decoder(Stored)
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)

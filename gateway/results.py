@@ -2,6 +2,7 @@
 addressed to this gateway from its reply stream and resolves the request waiting for it.
 
 `Waiters` is the in-memory half (futures with deadline timers, no I/O); `ResultReader` the I/O.
+A streaming request also gets its `Chunk`s, then its outcome, through an asyncio.Queue.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .errors import DeadlineExceeded, RequestError
 
 log = logging.getLogger(__name__)
 
+# What a streaming request's queue yields: chunks, then one Result, Failure or RequestError.
+StreamEvent = protocol.Chunk | protocol.Result | protocol.Failure | RequestError
+
 READ_COUNT = 1000
 READ_BLOCK_MS = 1000
 
@@ -27,6 +31,7 @@ class Waiters:
 
     def __init__(self) -> None:
         self._waiting: dict[str, tuple[asyncio.Future[protocol.Reply], asyncio.TimerHandle]] = {}
+        self._streams: dict[str, asyncio.Queue[StreamEvent]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -37,6 +42,27 @@ class Waiters:
         timer = loop.call_later(timeout_s, self._expire, request_id, timeout_s)
         self._waiting[request_id] = (future, timer)
         return future
+
+    def add_stream(self, request_id: str, timeout_s: float) -> asyncio.Queue[StreamEvent]:
+        """Wait for a streaming request: its queue gets each chunk, then the outcome."""
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._streams[request_id] = queue
+
+        def settle(future: asyncio.Future[protocol.Reply]) -> None:
+            self._streams.pop(request_id, None)
+            if not future.cancelled():
+                error = future.exception()
+                queue.put_nowait(future.result() if error is None else error)  # type: ignore[arg-type]
+
+        self.add(request_id, timeout_s).add_done_callback(settle)
+        return queue
+
+    def push(self, chunk: protocol.Chunk) -> bool:
+        queue = self._streams.get(chunk.id)
+        if queue is None:
+            return False  # not streaming, finished, or timed out
+        queue.put_nowait(chunk)
+        return True
 
     def resolve(self, reply: protocol.Reply) -> bool:
         entry = self._waiting.pop(reply.id, None)
@@ -50,6 +76,7 @@ class Waiters:
 
     def discard(self, request_id: str) -> None:
         entry = self._waiting.pop(request_id, None)
+        self._streams.pop(request_id, None)
         if entry is not None:
             entry[1].cancel()
 
@@ -95,11 +122,14 @@ class ResultReader:
         for entry_id, fields in entries:
             self.last_id = entry_id
             try:
-                reply = protocol.reply_decoder.decode(fields.get(protocol.PAYLOAD_FIELD, b""))
+                reply = protocol.incoming_decoder.decode(fields.get(protocol.PAYLOAD_FIELD, b""))
             except msgspec.DecodeError:
                 log.error("undecodable reply skipped", extra={"entry_id": entry_id.decode()})
                 continue
-            self.waiters.resolve(reply)
+            if isinstance(reply, protocol.Chunk):
+                self.waiters.push(reply)
+            else:
+                self.waiters.resolve(reply)
         try:  # read entries are done with: keep the reply stream short
             await self.redis.xtrim(self.key, minid=self.last_id)
         except (RedisError, OSError):

@@ -77,6 +77,9 @@ class LatencyModel(_Frozen, frozen=True):
     max_ms: PositiveFloat | None = None
     mode_ms: PositiveFloat | None = None
     per_item_ms: NonNegativeFloat = 0.0
+    # Generation: each output token of a text model takes this long after the time above (the
+    # prefill); a batch generates its members' tokens side by side.
+    per_token_ms: NonNegativeFloat = 0.0
 
 
 class ProcessorSettings(_Frozen, frozen=True):
@@ -94,6 +97,17 @@ class ModelSettings(_Frozen, frozen=True):
     dimensions: PositiveInt = 16  # embed models only
 
 
+class UpstreamSettings(_Frozen, frozen=True):
+    """Where a pool with backend "openai" sends its requests: an OpenAI-compatible server."""
+
+    base_url: str = ""  # e.g. "http://127.0.0.1:8000/v1"; required
+    api_key_env: str = ""  # the NAME of the environment variable holding the API key; empty: none
+    upstream_model: str = ""  # the model name upstream; empty: the tiergate model name
+    connect_timeout_s: PositiveFloat = 5.0
+    request_timeout_s: PositiveFloat = 60.0  # per upstream request, streaming included
+    max_connections: PositiveInt = 64  # per worker process
+
+
 class PoolSettings(_Frozen, frozen=True):
     processor: str
     tiers: list[str]
@@ -103,7 +117,8 @@ class PoolSettings(_Frozen, frozen=True):
     mode: Literal["deterministic", "batched"] = "batched"
     max_batch: PositiveInt = 1
     max_wait_ms: NonNegativeFloat = 0.0
-    backend: Literal["simulated"] = "simulated"
+    backend: Literal["simulated", "openai"] = "simulated"
+    upstream: UpstreamSettings | None = None  # backend "openai" only
 
 
 class AccountingSettings(_Frozen, frozen=True):
@@ -111,6 +126,15 @@ class AccountingSettings(_Frozen, frozen=True):
     # figures of each processor scale.
     baseline_flops_per_joule: PositiveFloat = 1.0e12
     baseline_usd_per_pflop: PositiveFloat = 0.0006
+
+
+def _default_service_tiers() -> dict[str, str]:
+    return {"priority": "realtime", "default": "interactive", "flex": "batch"}
+
+
+class OpenAISettings(_Frozen, frozen=True):
+    # The OpenAI API's `service_tier` values and the tier each one selects.
+    service_tiers: dict[str, str] = msgspec.field(default_factory=_default_service_tiers)
 
 
 class Settings(_Frozen, frozen=True):
@@ -121,6 +145,7 @@ class Settings(_Frozen, frozen=True):
     redis: RedisSettings = RedisSettings()
     gateway: GatewaySettings = GatewaySettings()
     accounting: AccountingSettings = AccountingSettings()
+    openai: OpenAISettings = OpenAISettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -215,6 +240,12 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"models.{name}.default_tier: unknown tier {model.default_tier!r}")
     for name, pool in s.pools.items():
         problems += [f"pools.{name}.{p}" for p in _check_pool(pool, s)]
+        problems += [f"pools.{name}.{p}" for p in _check_upstream(pool)]
+    problems += [
+        f"openai.service_tiers.{key}: unknown tier {tier!r}"
+        for key, tier in s.openai.service_tiers.items()
+        if tier not in s.tiers
+    ]
     problems += _check_routing(s)
     return problems
 
@@ -251,6 +282,16 @@ def _check_pool(pool: PoolSettings, s: Settings) -> list[str]:
     if processor is not None and pool.max_batch > processor.max_batch:
         problems.append(f"max_batch: {pool.max_batch} exceeds {pool.processor}'s max_batch of {processor.max_batch}")
     return problems
+
+
+def _check_upstream(pool: PoolSettings) -> list[str]:
+    if pool.backend != "openai":
+        return ["upstream: only a pool with backend = \"openai\" takes an upstream"] if pool.upstream else []
+    if pool.upstream is None or not pool.upstream.base_url:
+        return ["upstream.base_url: a pool with backend = \"openai\" needs the base URL of its upstream server"]
+    if not pool.upstream.base_url.startswith(("http://", "https://")):
+        return [f"upstream.base_url: {pool.upstream.base_url!r} is not an http:// or https:// URL"]
+    return []
 
 
 def _check_routing(s: Settings) -> list[str]:

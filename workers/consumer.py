@@ -88,6 +88,18 @@ class Consumer:
             pipe.xdel(stream, *ids)
         await pipe.execute()
 
+    async def publish_chunks(self, chunks: list[tuple[Delivery, protocol.Chunk]]) -> None:
+        """Send streaming output pieces to their gateways, in order, in one pipeline."""
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery, chunk in chunks:
+            pipe.xadd(
+                protocol.reply_key(delivery.envelope.reply_to),
+                {protocol.PAYLOAD_FIELD: protocol.encoder.encode(chunk)},
+                maxlen=self._reply_maxlen,
+                approximate=True,
+            )
+        await pipe.execute()
+
     async def _dead_letter(self, stream: str, entry_id: bytes, payload: bytes, reason: str) -> None:
         log.error("dead-lettering entry", extra={"stream": stream, "entry_id": entry_id.decode(), "reason": reason})
         letter = protocol.DeadLetter(

@@ -12,15 +12,25 @@ from gateway.clock import RedisClock
 from gateway.protocol import Failure, Reply, Result
 from gateway.settings import Settings
 
-from .backends import Backend
+from .backends import Backend, Completion
 from .consumer import Delivery
+from .streaming import ChunkPublisher, ChunkStream
 
 log = logging.getLogger(__name__)
 
 
 class Executor:
-    def __init__(self, settings: Settings, pool_name: str, worker: str, backend: Backend, clock: RedisClock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool_name: str,
+        worker: str,
+        backend: Backend,
+        clock: RedisClock,
+        publish_chunks: ChunkPublisher | None = None,
+    ) -> None:
         pool = settings.pools[pool_name]
+        self.publish_chunks = publish_chunks
         self.pool_name = pool_name
         self.processor = pool.processor
         self.models = frozenset(pool.models)
@@ -72,7 +82,7 @@ class Executor:
         started_ms = self.clock.now_ms()
         t0 = time.perf_counter()
         try:
-            completions = await self.backend.run([d.envelope for d in runnable])
+            completions = await self._run(runnable, started_ms)
         except Exception as exc:  # a backend failure fails its batch, never the worker
             log.exception("backend failed", extra={"pool": self.pool_name, "batch_size": len(runnable)})
             message = f"pool {self.pool_name} failed to run the request: {type(exc).__name__}: {exc}"
@@ -82,6 +92,9 @@ class Executor:
         size = len(runnable)
         for d, done in zip(runnable, completions, strict=True):
             env = d.envelope
+            if done.error:
+                replies.append((d, self._failure(d, done.error_code, done.error)))
+                continue
             replies.append(
                 (
                     d,
@@ -100,6 +113,9 @@ class Executor:
                         finished_at_ms=finished_ms,
                         energy_j=done.energy_j,
                         cost=done.cost,
+                        prompt_tokens=done.prompt_tokens,
+                        completion_tokens=done.completion_tokens,
+                        finish_reason=done.finish_reason if isinstance(done.output, str) else "",
                     ),
                 )
             )
@@ -114,3 +130,14 @@ class Executor:
             },
         )
         return replies
+
+    async def _run(self, runnable: list[Delivery], started_ms: float) -> list[Completion]:
+        """Run the batch on the backend, streaming the output of requests that asked for it."""
+        envelopes = [d.envelope for d in runnable]
+        if self.publish_chunks is None or not any(env.stream for env in envelopes):
+            return await self.backend.run(envelopes)
+        chunks = ChunkStream(runnable, self.publish_chunks, self.clock, self.pool_name, started_ms)
+        try:
+            return await self.backend.run(envelopes, chunks)
+        finally:
+            await chunks.close()  # every chunk is out before the Results follow

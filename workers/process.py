@@ -57,7 +57,9 @@ class WorkerProcess:
         self.clock = RedisClock()
         self.consumer = Consumer(self.redis, settings, pool_name, self.name)
         self.backend = make_backend(settings, pool_name)
-        self.executor = Executor(settings, pool_name, self.name, self.backend, self.clock)
+        self.executor = Executor(
+            settings, pool_name, self.name, self.backend, self.clock, publish_chunks=self.consumer.publish_chunks
+        )
         self.batcher: Batcher[Delivery] = Batcher(pool.max_batch, pool.max_wait_ms / 1000.0)
         self.stopping = asyncio.Event()
 

@@ -1,7 +1,8 @@
 """The backend contract: something that runs one batch of requests on one processor.
 
-A backend gets the whole batch in one call and answers one `Completion` per request, in order.
-`make_backend` builds the backend a pool's settings name.
+A backend gets the whole batch in one call and answers one `Completion` per request, in order;
+a request it could not run gets a Completion with `error` set. With a `TokenSink` it reports
+each piece of output as it is made. `make_backend` builds the backend a pool's settings name.
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ class Completion(msgspec.Struct, frozen=True):
     output: str | list[float]
     energy_j: float
     cost: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    error: str = ""  # set: this request failed; the message names the cause
+    error_code: str = "worker_error"  # an errors.RequestError code, when `error` is set
+
+
+class TokenSink(Protocol):
+    """Called with (position of the request in the batch, text) for each piece of output."""
+
+    def __call__(self, position: int, text: str) -> None: ...
 
 
 class Backend(Protocol):
-    async def run(self, batch: Sequence[Envelope]) -> list[Completion]: ...
+    async def run(self, batch: Sequence[Envelope], sink: TokenSink | None = None) -> list[Completion]: ...
 
     async def close(self) -> None: ...
 
@@ -33,4 +45,8 @@ def make_backend(settings: Settings, pool_name: str) -> Backend:
         from .simulated import SimulatedBackend
 
         return SimulatedBackend(settings, pool_name)
+    if pool.backend == "openai":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend(settings, pool_name)
     raise ValueError(f"pools.{pool_name}.backend: unknown backend {pool.backend!r}")

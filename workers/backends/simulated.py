@@ -2,6 +2,8 @@
 
 Each batch costs the energy and money its FLOPs cost on this processor (relative efficiency and
 cost per FLOP against the H100 baseline), apportioned to each request by its share of the FLOPs.
+Text models generate token by token: the first token after the latency model's time, each next
+one `per_token_ms` later, all members of a batch side by side; a `TokenSink` sees each as it comes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from gateway.protocol import Envelope
 from gateway.settings import LatencyModel, Settings
 
 from .. import models
-from . import Completion
+from . import Completion, TokenSink
+
+TOKEN_CHARS = 4  # one simulated token is four characters, as `models.tokens` counts
 
 
 def service_time_ms(latency: LatencyModel, batch_size: int, rng: random.Random) -> float:
@@ -37,20 +41,60 @@ class SimulatedBackend:
         self._joules_per_flop = 1.0 / (self.processor.energy_efficiency * accounting.baseline_flops_per_joule)
         self._usd_per_flop = self.processor.cost_per_flop * accounting.baseline_usd_per_pflop / 1e15
 
-    async def run(self, batch: Sequence[Envelope]) -> list[Completion]:
-        delay_ms = service_time_ms(self.processor.latency, len(batch), self._rng)
+    async def run(self, batch: Sequence[Envelope], sink: TokenSink | None = None) -> list[Completion]:
+        latency = self.processor.latency
         loop = asyncio.get_running_loop()
-        done_at = loop.time() + delay_ms / 1000.0
+        first_at = loop.time() + service_time_ms(latency, len(batch), self._rng) / 1000.0
+        per_token_s = latency.per_token_ms / 1000.0
         outputs = [models.compute(self.models[env.model], env.input) for env in batch]
-        work = [models.flops(self.models[env.model], env.input, out) for env, out in zip(batch, outputs, strict=True)]
+        tokens = [
+            _pieces(out, env.max_tokens) if isinstance(out, str) else []
+            for env, out in zip(batch, outputs, strict=True)
+        ]
+        steps = max((len(t) for t in tokens), default=0)
+        if sink is None or not any(env.stream for env in batch):
+            await asyncio.sleep(max(0.0, first_at + max(0, steps - 1) * per_token_s - loop.time()))
+        else:
+            for step in range(steps):
+                await asyncio.sleep(max(0.0, first_at + step * per_token_s - loop.time()))
+                for position, (env, pieces) in enumerate(zip(batch, tokens, strict=True)):
+                    if env.stream and step < len(pieces):
+                        sink(position, pieces[step])
+        return self._completions(batch, outputs, tokens)
+
+    def _completions(
+        self, batch: Sequence[Envelope], outputs: list[models.Output], tokens: list[list[str]]
+    ) -> list[Completion]:
+        answers: list[models.Output] = [
+            "".join(pieces) if isinstance(out, str) else out for out, pieces in zip(outputs, tokens, strict=True)
+        ]
+        work = [models.flops(self.models[env.model], env.input, out) for env, out in zip(batch, answers, strict=True)]
         total_flops = sum(work)
         batch_j = total_flops * self._joules_per_flop
         batch_usd = total_flops * self._usd_per_flop
-        await asyncio.sleep(max(0.0, done_at - loop.time()))
         return [
-            Completion(output=out, energy_j=batch_j * f / total_flops, cost=batch_usd * f / total_flops)
-            for out, f in zip(outputs, work, strict=True)
+            Completion(
+                output=answer,
+                energy_j=batch_j * f / total_flops,
+                cost=batch_usd * f / total_flops,
+                prompt_tokens=_prompt_tokens(env),
+                completion_tokens=len(pieces),
+                finish_reason="length" if answer != out else "stop",
+            )
+            for env, out, answer, pieces, f in zip(batch, outputs, answers, tokens, work, strict=True)
         ]
 
     async def close(self) -> None:
         return None
+
+
+def _pieces(text: str, max_tokens: int) -> list[str]:
+    """The tokens a simulated text model generates, cut at `max_tokens` (0: no limit)."""
+    pieces = [text[i : i + TOKEN_CHARS] for i in range(0, len(text), TOKEN_CHARS)]
+    return pieces[:max_tokens] if max_tokens > 0 else pieces
+
+
+def _prompt_tokens(env: Envelope) -> int:
+    if env.messages:
+        return sum(models.tokens(m.content) for m in env.messages)
+    return models.tokens(env.input)

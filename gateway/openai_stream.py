@@ -1,0 +1,157 @@
+"""Server-Sent Events for the OpenAI-compatible API: turns a streaming request's chunks, read by
+the gateway's one reply reader, into OpenAI chunk objects as they arrive, ending with
+`data: [DONE]`. Headers go out with the first chunk, so they carry the time to first token;
+an error before it is an ordinary JSON error, one after it an SSE `error` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from . import protocol
+from .errors import RequestError, from_code
+from .results import StreamEvent
+
+log = logging.getLogger(__name__)
+
+_json = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class StreamCall:
+    """What the renderer needs to know about one streaming request."""
+
+    kind: str  # "chat" or "completion"
+    request_id: str
+    model: str
+    created: int
+    started: float  # time.perf_counter() when the request arrived
+    include_usage: bool
+    service_tier: str | None
+
+
+def usage(result: protocol.Result) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def error_object(error: RequestError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": error_type(error.status), "param": None, "code": error.code}}
+
+
+def error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+class _Writer:
+    def __init__(self, request: web.Request, call: StreamCall) -> None:
+        self.request = request
+        self.call = call
+        self.response: web.StreamResponse | None = None
+        self.sent: list[str] = []
+        self.ttft_ms = 0.0
+        prefix, self.object = (
+            ("chatcmpl", "chat.completion.chunk") if call.kind == "chat" else ("cmpl", "text_completion")
+        )
+        self.id = f"{prefix}-{call.request_id}"
+
+    async def open(self, tier: str, pool: str, queue_ms: float) -> None:
+        self.ttft_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Tiergate-Tier": tier,
+                "X-Tiergate-Pool": pool,
+                "X-Tiergate-Queue-Ms": f"{queue_ms:g}",
+                "X-Tiergate-TTFT-Ms": f"{self.ttft_ms:g}",
+            }
+        )
+        await response.prepare(self.request)
+        self.response = response
+
+    def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        if self.call.kind == "completion":
+            return {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        delta: dict[str, str] = {}
+        if text is not None:
+            delta["content"] = text
+            if not self.sent:
+                delta["role"] = "assistant"
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        body = {"id": self.id, "object": self.object, "created": self.call.created, "model": self.call.model}
+        body["choices"] = choices
+        if self.call.kind == "chat":
+            body["service_tier"] = self.call.service_tier
+        return body | extra
+
+    async def send(self, body: object) -> None:
+        assert self.response is not None
+        await self.response.write(b"data: " + _json.encode(body) + b"\n\n")
+
+    async def text(self, text: str) -> None:
+        await self.send(self._chunk([self._choice(text, None)]))
+        self.sent.append(text)
+
+    async def finish(self, result: protocol.Result) -> None:
+        streamed = "".join(self.sent)
+        output = result.output if isinstance(result.output, str) else ""
+        if output.startswith(streamed) and len(output) > len(streamed):  # chunks lost on the way
+            await self.text(output[len(streamed) :])
+        total_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
+        timings = {
+            "tier": result.tier,
+            "pool": result.pool,
+            "processor": result.processor,
+            "queue_ms": result.queue_ms,
+            "service_ms": result.service_ms,
+            "total_ms": total_ms,
+            "ttft_ms": self.ttft_ms,
+        }
+        await self.send(self._chunk([self._choice(None, result.finish_reason or "stop")], tiergate=timings))
+        if self.call.include_usage:
+            await self.send(self._chunk([], usage=usage(result)))
+        await self.response.write(b"data: [DONE]\n\n")  # type: ignore[union-attr]
+
+
+async def stream_reply(
+    request: web.Request, call: StreamCall, events: asyncio.Queue[StreamEvent]
+) -> web.StreamResponse:
+    """Relay one streaming request's events to the client until its Result or its error."""
+    writer = _Writer(request, call)
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, protocol.Chunk):
+                if writer.response is None:
+                    await writer.open(event.tier, event.pool, event.queue_ms)
+                await writer.text(event.text)
+                continue
+            if isinstance(event, protocol.Result):
+                if writer.response is None:
+                    await writer.open(event.tier, event.pool, event.queue_ms)
+                await writer.finish(event)
+                log.info("stream done", extra={"id": call.request_id, "tier": event.tier, "pool": event.pool})
+                return writer.response  # type: ignore[return-value]
+            error = from_code(event.code, event.message) if isinstance(event, protocol.Failure) else event
+            if writer.response is None:
+                raise error
+            await writer.send(error_object(error))
+            return writer.response
+    except ConnectionResetError:
+        log.info("stream client went away", extra={"id": call.request_id})
+        return writer.response or web.Response(status=499)
