@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
 
-from . import handlers, openai_api
+from . import dashboard, handlers, metrics, openai_api
 from .background import join
 from .clock import RedisClock, keep_synced
 from .errors import BackendUnavailable, RequestError
@@ -74,6 +74,8 @@ def build_app(settings: Settings, redis_url: str, gateway_id: str | None = None)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id()))
+    metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
+    dashboard.add_routes(app)
     return app
 
 

@@ -60,7 +60,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         children = [Child(f"{args.pool}[{i}]", argv) for i in range(replicas)]
         try:
             await asyncio.gather(*(c.start() for c in children))
-            _print_ready(pool=args.pool, replicas=replicas)
+            _print_ready(pool=args.pool, replicas=replicas, metrics_urls=[_metrics_urls(c.ready)[0] for c in children])
             await wait_for_stop(children)
         finally:
             await stop_all([children], grace_s=30.0)
@@ -94,6 +94,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
                 redis=url,
                 redis_kind=embedded.kind if embedded else "external",
                 pools={name: settings.pools[name].replicas for name in settings.pools},
+                metrics={
+                    "gateway": f"{gateway.ready['url']}/metrics",
+                    **{name: _metrics_urls(w.ready) for name, w in zip(settings.pools, workers, strict=True)},
+                },
             )
             why = await wait_for_stop([gateway, *workers])
             print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
@@ -129,6 +133,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     counts = f"{len(settings.pools)} pools, {len(settings.processors)} processors, {len(settings.models)} models"
     print(f"\n{path}: ok ({counts})")
     return 0
+
+
+def _metrics_urls(ready: dict[str, object]) -> list[str]:
+    """The /metrics URLs a worker's ready line names (one process, or a supervisor's children)."""
+    urls = ready.get("metrics_urls") or [ready.get("metrics_url")]
+    return [str(url) for url in urls] if isinstance(urls, list) else []
 
 
 def _print_ready(**fields: object) -> None:

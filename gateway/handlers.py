@@ -18,6 +18,7 @@ from msgspec import Meta
 
 from . import protocol
 from .errors import InvalidRequest, NotFound, QueueFull, from_code
+from .metrics import METRICS
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ async def infer(request: web.Request) -> web.Response:
     body = decode_body(await request.read())
     route = state.router.route(body.model, len(body.input), body.tier, body.region, body.deadline_ms)
     if state.queue.lengths.get(route.stream, 0) >= route.max_queue:
+        request.app[METRICS].refused(route.tier)
         raise QueueFull(f"the {route.tier} queue is full ({route.max_queue} requests waiting); retry later")
     request_id = uuid.uuid4().hex
     deadline_at_ms = int(state.clock.now_ms()) + route.deadline_ms
@@ -119,15 +121,24 @@ async def infer(request: web.Request) -> web.Response:
         log.info("request accepted", extra={"id": request_id, "model": body.model, "tier": route.tier})
         return json_response({"id": request_id, "status_url": f"/v1/requests/{request_id}"}, status=202)
     waiting = state.waiters.add(request_id, route.deadline_ms / 1000.0)
+    metrics = request.app[METRICS]
+    metrics.begin(route.tier)
     try:
         await state.queue.enqueue(route.stream, payload, maxlen)
-    except BaseException:
+    except BaseException as exc:
         state.waiters.discard(request_id)
+        metrics.interrupted(route.tier, exc)
         raise
-    reply = await waiting
+    try:
+        reply = await waiting
+    except BaseException as exc:
+        metrics.interrupted(route.tier, exc)
+        raise
     total_ms = (time.perf_counter() - started) * 1000.0
     if isinstance(reply, protocol.Failure):
+        metrics.failed(route.tier, reply.code, reply.pool)
         raise from_code(reply.code, reply.message)
+    metrics.done(reply, total_ms)
     log.info(
         "request done",
         extra={
@@ -137,6 +148,8 @@ async def infer(request: web.Request) -> web.Response:
             "pool": reply.pool,
             "total_ms": round(total_ms, 3),
             "queue_ms": reply.queue_ms,
+            "worker": reply.worker,
+            "batch_size": reply.batch_size,
         },
     )
     return json_response(result_body(state, reply, total_ms))

@@ -37,6 +37,21 @@ def request_key(request_id: str) -> str:
     return f"{KEY_PREFIX}:{{req.{request_id}}}"
 
 
+def slo_second_key(epoch_s: int) -> str:
+    """Per-second SLO counters merged from every gateway (a hash); one slot for all of them."""
+    return f"{KEY_PREFIX}:{{slo}}:s:{epoch_s}"
+
+
+def slo_minute_key(epoch_min: int) -> str:
+    """Per-minute SLO counters merged from every gateway (a hash), for the longer windows."""
+    return f"{KEY_PREFIX}:{{slo}}:m:{epoch_min}"
+
+
+def slo_max_key(epoch_s: int) -> str:
+    """Per-second maximum latency of each tier|processor (a sorted set, ZADD GT)."""
+    return f"{KEY_PREFIX}:{{slo}}:x:{epoch_s}"
+
+
 # What XREAD/XREADGROUP answer (redis-py, bytes responses): [(stream, [(entry_id, fields)])].
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 StreamReply: TypeAlias = list[tuple[bytes, StreamEntries]]

@@ -26,6 +26,7 @@ from .backends import make_backend
 from .batcher import Batcher
 from .consumer import Consumer, Delivery
 from .executor import Executor
+from .metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,25 @@ class WorkerProcess:
         )
         self.batcher: Batcher[Delivery] = Batcher(pool.max_batch, pool.max_wait_ms / 1000.0)
         self.stopping = asyncio.Event()
+        self.metrics = WorkerMetrics(settings, pool_name)
+        self.metrics.track_in_flight(lambda: len(self.batcher) + self.metrics.running)
 
     async def run(self) -> None:
         if not await self._until_connected():
             await self.redis.aclose()
             return
-        log.info("worker ready", extra={"pool": self.pool_name, "worker": self.name, "streams": self.consumer.streams})
+        metrics_url = self.metrics.serve()
+        log.info(
+            "worker ready",
+            extra={
+                "pool": self.pool_name,
+                "worker": self.name,
+                "streams": self.consumer.streams,
+                "metrics": metrics_url,
+            },
+        )
         if self._ready is not None:
-            self._ready(pool=self.pool_name, worker=self.name)
+            self._ready(pool=self.pool_name, worker=self.name, metrics_url=metrics_url)
         tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
@@ -81,6 +93,7 @@ class WorkerProcess:
             await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
             await self.backend.close()
             await self.redis.aclose()
+            await asyncio.to_thread(self.metrics.close)
             log.info("worker stopped", extra={"pool": self.pool_name, "worker": self.name})
 
     def stop(self) -> None:
@@ -117,7 +130,9 @@ class WorkerProcess:
 
     async def _execute_loop(self) -> None:
         while batch := await self.batcher.next_batch():
+            self.metrics.running = len(batch)
             replies = await self.executor.execute(batch)
+            self.metrics.observe(replies)
             await self._publish(replies)
 
     async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:

@@ -1,0 +1,247 @@
+"""The gateway's Prometheus metrics and per-request hooks: one registry per application, label
+children bound once per (tier, pool) at start so a request costs a few dict lookups and
+increments. Background tasks (in `cleanup_ctx`) sample queue depth and flush SLO counts to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import RedisError
+
+from . import protocol, slo
+from .background import join
+from .errors import RequestError
+from .settings import Settings
+from .slo_store import SloStore
+from .state import STATE
+
+log = logging.getLogger(__name__)
+
+TIER_LABELS = ("tier", "pool", "processor")
+UNKNOWN_POOL = "none"  # a request refused or timed out before any pool answered it
+OUTCOMES = ("ok", "shed", "deadline_exceeded", "invalid_request", "model_not_found", "worker_error")
+
+
+@dataclass(slots=True)
+class _Bound:
+    """The label children of one (tier, pool), bound once."""
+
+    processor: str
+    ok: Any
+    duration: Any
+    queue_wait: Any
+    service: Any
+    ttft: Any
+    slo_met: Any
+    slo_missed: Any
+    energy: Any
+    cost: Any
+
+
+class GatewayMetrics:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = r = CollectorRegistry()
+        buckets = slo.latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
+        self.requests = Counter("tiergate_requests", "Requests by outcome", [*TIER_LABELS, "outcome"], registry=r)
+        self.duration = Histogram(
+            "tiergate_request_duration_seconds", "End-to-end latency at the gateway", TIER_LABELS, buckets=buckets,
+            registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "tiergate_queue_wait_seconds", "Time queued before a worker started", TIER_LABELS, buckets=buckets,
+            registry=r,
+        )  # fmt: skip
+        self.service = Histogram(
+            "tiergate_service_seconds", "Processor service time of the request's batch", TIER_LABELS,
+            buckets=buckets, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "tiergate_time_to_first_token_seconds", "Time to the first streamed chunk", TIER_LABELS,
+            buckets=buckets, registry=r,
+        )  # fmt: skip
+        self.slo_met = Counter(
+            "tiergate_slo_met", "Requests answered within the tier objective", TIER_LABELS, registry=r
+        )
+        self.slo_missed = Counter(
+            "tiergate_slo_missed", "Requests that missed the tier objective", TIER_LABELS, registry=r
+        )
+        self.shed = Counter("tiergate_shed", "Requests refused because the tier queue was full", ["tier"], registry=r)
+        self.deadline_exceeded = Counter(
+            "tiergate_deadline_exceeded", "Requests that reached their deadline", ["tier", "pool"], registry=r
+        )
+        self.energy = Counter("tiergate_energy_joules", "Energy spent on answered requests", TIER_LABELS, registry=r)
+        self.cost = Counter("tiergate_cost_usd", "Cost of answered requests", TIER_LABELS, registry=r)
+        self.in_flight = Gauge("tiergate_in_flight_requests", "Requests waiting for a reply", ["tier"], registry=r)
+        self.queue_depth = Gauge("tiergate_queue_depth", "Entries in the tier stream", ["tier", "region"], registry=r)
+        self.group_lag = Gauge(
+            "tiergate_consumer_group_lag", "Entries not yet delivered to any worker", ["tier", "region"], registry=r
+        )
+        self.group_pending = Gauge(
+            "tiergate_consumer_group_pending", "Entries delivered, not yet acknowledged", ["tier", "region"], registry=r
+        )
+        self.queues: dict[str, dict[str, int]] = {}  # tier -> last sampled depth, lag, pending (all regions)
+        self.accumulator = slo.Accumulator()
+        self.clock_ms: Callable[[], float] = _local_ms  # replaced by the gateway's Redis clock at start
+        self._bound = {
+            (tier, pool): self._bind(tier, pool, p.processor) for pool, p in settings.pools.items() for tier in p.tiers
+        }
+        self._in_flight = {tier: self.in_flight.labels(tier) for tier in settings.tiers}
+        self._failures: dict[tuple[str, str, str], Any] = {}
+
+    def _bind(self, tier: str, pool: str, processor: str) -> _Bound:
+        labels = (tier, pool, processor)
+        return _Bound(
+            processor=processor,
+            ok=self.requests.labels(*labels, "ok"),
+            duration=self.duration.labels(*labels),
+            queue_wait=self.queue_wait.labels(*labels),
+            service=self.service.labels(*labels),
+            ttft=self.ttft.labels(*labels),
+            slo_met=self.slo_met.labels(*labels),
+            slo_missed=self.slo_missed.labels(*labels),
+            energy=self.energy.labels(*labels),
+            cost=self.cost.labels(*labels),
+        )
+
+    # ------------------------------------------------------------ per-request hooks
+
+    def begin(self, tier: str) -> None:
+        self._in_flight[tier].inc()
+
+    def abandon(self, tier: str) -> None:
+        """The client went away (or the gateway stopped) before an outcome."""
+        self._in_flight[tier].dec()
+
+    def done(self, result: protocol.Result, total_ms: float) -> None:
+        """A result was returned to the client after `total_ms` (the figure the client sees)."""
+        self._in_flight[result.tier].dec()
+        bound = self._bound.get((result.tier, result.pool))
+        if bound is None:  # a pool this gateway's config does not know: bind it now
+            bound = self._bound[(result.tier, result.pool)] = self._bind(result.tier, result.pool, result.processor)
+        met = total_ms <= self.settings.tiers[result.tier].slo.latency_ms
+        bound.ok.inc()
+        bound.duration.observe(total_ms / 1000.0)
+        bound.queue_wait.observe(result.queue_ms / 1000.0)
+        bound.service.observe(result.service_ms / 1000.0)
+        (bound.slo_met if met else bound.slo_missed).inc()
+        bound.energy.inc(result.energy_j)
+        bound.cost.inc(result.cost)
+        self.accumulator.result(
+            int(self.clock_ms() // 1000), result.tier, result.processor, total_ms, met,
+            result.service_ms, result.batch_size, result.energy_j, result.cost,
+        )  # fmt: skip
+
+    def first_token(self, tier: str, pool: str, seconds: float) -> None:
+        bound = self._bound.get((tier, pool))
+        if bound is not None:
+            bound.ttft.observe(seconds)
+
+    def failed(self, tier: str, code: str, pool: str = "") -> None:
+        """A request that began ended with an error `code` (a worker's, or the gateway's)."""
+        self._in_flight[tier].dec()
+        self._failure(tier, code, pool)
+
+    def interrupted(self, tier: str, exc: BaseException) -> None:
+        """A request that began ended by an exception: an error (deadline, Redis down) or a cancel."""
+        if isinstance(exc, RequestError):
+            self.failed(tier, exc.code)
+        else:
+            self.abandon(tier)
+
+    def refused(self, tier: str) -> None:
+        """Shed at admission: the tier's queue was full."""
+        self.shed.labels(tier).inc()
+        self._failure(tier, "shed", "")
+
+    def _failure(self, tier: str, code: str, pool: str) -> None:
+        pool = pool or UNKNOWN_POOL
+        outcome = code if code in OUTCOMES else "error"
+        key = (tier, pool, outcome)
+        child = self._failures.get(key)
+        if child is None:
+            pools = self.settings.pools
+            processor = pools[pool].processor if pool in pools else slo.NO_PROCESSOR
+            child = self._failures[key] = self.requests.labels(tier, pool, processor, outcome)
+        child.inc()
+        if outcome == "deadline_exceeded":
+            self.deadline_exceeded.labels(tier, pool).inc()
+        processor = self.settings.pools[pool].processor if pool in self.settings.pools else slo.NO_PROCESSOR
+        self.accumulator.failure(int(self.clock_ms() // 1000), tier, processor)
+
+
+def _local_ms() -> float:
+    return time.time() * 1000.0
+
+
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+SLO_STORE: web.AppKey[SloStore] = web.AppKey("slo_store", SloStore)
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """Create the metrics of `app` and their background tasks (after the gateway's own context)."""
+    app[METRICS] = GatewayMetrics(settings)
+    app.cleanup_ctx.append(_background)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    state, metrics = app[STATE], app[METRICS]
+    metrics.clock_ms = state.clock.now_ms
+    store = app[SLO_STORE] = SloStore(state.redis, state.gateway_id)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_flush_loop(metrics, store, stop)),
+        asyncio.create_task(_sample_loop(metrics, store, stop)),
+    ]
+    yield
+    stop.set()
+    await join(tasks, timeout_s=2.0)
+    with contextlib.suppress(RedisError, OSError):
+        await store.flush(metrics.accumulator)
+
+
+async def _flush_loop(metrics: GatewayMetrics, store: SloStore, stop: asyncio.Event) -> None:
+    every_s = metrics.settings.metrics.slo_flush_interval_s
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        await store.flush(metrics.accumulator)
+
+
+async def _sample_loop(metrics: GatewayMetrics, store: SloStore, stop: asyncio.Event) -> None:
+    """Queue depth, group lag and pending of every tier stream, once a sampling interval."""
+    streams = {protocol.stream_key(tier, region): (tier, region) for tier, region in _served(metrics.settings)}
+    every_s = metrics.settings.metrics.queue_sample_interval_s
+    while not stop.is_set():
+        try:
+            samples = await store.sample_queues(list(streams))
+        except (RedisError, OSError) as exc:
+            log.warning("queue sampling failed", extra={"error": str(exc)})
+            samples = {}
+        queues: dict[str, dict[str, int]] = {}
+        for stream, sample in samples.items():
+            labels = streams[stream]
+            metrics.queue_depth.labels(*labels).set(sample.length)
+            metrics.group_lag.labels(*labels).set(sample.lag)
+            metrics.group_pending.labels(*labels).set(sample.pending)
+            totals = queues.setdefault(labels[0], {"depth": 0, "lag": 0, "pending": 0})
+            totals["depth"] += sample.length
+            totals["lag"] += sample.lag
+            totals["pending"] += sample.pending
+        if samples:
+            metrics.queues = queues
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+def _served(settings: Settings) -> list[tuple[str, str]]:
+    return sorted({(tier, pool.region) for pool in settings.pools.values() for tier in pool.tiers})

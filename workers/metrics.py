@@ -1,0 +1,117 @@
+"""A worker process's Prometheus metrics, served on its own port by prometheus-client's HTTP
+server (`[metrics].worker_port`, 0 for a free one; the real URL goes into the ready line).
+Label children are bound once per tier at start; a batch costs a few increments.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from gateway import slo
+from gateway.protocol import Failure, Reply, Result
+from gateway.settings import Settings
+
+
+@dataclass(slots=True)
+class _Tier:
+    ok: Any
+    queue_wait: Any
+    energy: Any
+    cost: Any
+
+
+class WorkerMetrics:
+    def __init__(self, settings: Settings, pool_name: str) -> None:
+        pool = settings.pools[pool_name]
+        self.settings = settings
+        self.labels = (pool_name, pool.processor)
+        self.registry = r = CollectorRegistry()
+        buckets = slo.latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
+        pool_labels = ("pool", "processor")
+        tier_labels = ("pool", "processor", "tier")
+        self.batches = Counter("tiergate_worker_batches", "Batches run", pool_labels, registry=r).labels(*self.labels)
+        self.batch_size = Histogram(
+            "tiergate_worker_batch_size", "Requests per batch run", pool_labels,
+            buckets=slo.BATCH_SIZE_BUCKETS, registry=r,
+        ).labels(*self.labels)  # fmt: skip
+        self.service = Histogram(
+            "tiergate_worker_service_seconds", "Service time of one batch", pool_labels, buckets=buckets, registry=r
+        ).labels(*self.labels)
+        self.busy = Counter(
+            "tiergate_worker_busy_seconds", "Time spent running batches (utilisation = its rate)", pool_labels,
+            registry=r,
+        ).labels(*self.labels)  # fmt: skip
+        self.in_flight = Gauge(
+            "tiergate_worker_in_flight_requests", "Requests read and not yet answered", pool_labels, registry=r
+        ).labels(*self.labels)
+        self.requests = Counter(
+            "tiergate_worker_requests", "Requests answered by outcome", [*tier_labels, "outcome"], registry=r
+        )
+        queue_wait = Histogram(
+            "tiergate_worker_queue_wait_seconds", "Time from enqueue to batch start", tier_labels,
+            buckets=buckets, registry=r,
+        )  # fmt: skip
+        energy = Counter("tiergate_worker_energy_joules", "Energy spent", tier_labels, registry=r)
+        cost = Counter("tiergate_worker_cost_usd", "Cost of the work done", tier_labels, registry=r)
+        self._tiers = {
+            tier: _Tier(
+                ok=self.requests.labels(*self.labels, tier, "ok"),
+                queue_wait=queue_wait.labels(*self.labels, tier),
+                energy=energy.labels(*self.labels, tier),
+                cost=cost.labels(*self.labels, tier),
+            )
+            for tier in pool.tiers
+        }
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+        self.running = 0  # requests of the batch being executed
+
+    def serve(self) -> str:
+        """Start the /metrics HTTP server; returns its URL (with the real port)."""
+        host, port = self.settings.metrics.worker_host, self.settings.metrics.worker_port
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.url = f"http://{host}:{self._server.server_port}/metrics"
+        return self.url
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def track_in_flight(self, count: Callable[[], float]) -> None:
+        self.in_flight.set_function(count)
+
+    def observe(self, replies: Sequence[tuple[object, Reply]]) -> None:
+        """One executed batch: its Results share the batch's size and service time."""
+        self.running = 0
+        ran = next((reply for _, reply in replies if isinstance(reply, Result)), None)
+        if ran is not None:
+            self.batches.inc()
+            self.batch_size.observe(ran.batch_size)
+            self.service.observe(ran.service_ms / 1000.0)
+            self.busy.inc(ran.service_ms / 1000.0)
+        for _, reply in replies:
+            if isinstance(reply, Result):
+                tier = self._tiers.get(reply.tier)
+                if tier is not None:
+                    tier.ok.inc()
+                    tier.queue_wait.observe(reply.queue_ms / 1000.0)
+                    tier.energy.inc(reply.energy_j)
+                    tier.cost.inc(reply.cost)
+            elif isinstance(reply, Failure):
+                self.requests.labels(*self.labels, reply.tier, _outcome(reply.code)).inc()
+
+
+def _outcome(code: str) -> str:
+    return code if code in ("deadline_exceeded", "model_not_found", "worker_error") else "error"
