@@ -169,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     common(wk)
     wk.add_argument("--pool", required=True, help="pool name from the config")
     wk.add_argument("--replicas", type=int, default=None, help="processes to run (default: the pool's replicas)")
+    # `loadtest` parses its own flags (loadtest.cli); listed here for `tiergate --help`.
+    sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file and print its routing table")
@@ -178,6 +180,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:
+        from loadtest.cli import main as loadtest_main
+
+        raise SystemExit(loadtest_main(argv[1:]))
     args = parser().parse_args(argv)
     args.config = args.config or Path(os.environ.get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
     if args.command == "config":
