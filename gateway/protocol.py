@@ -8,7 +8,7 @@ No I/O happens here.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import msgspec
 
@@ -50,6 +50,31 @@ def slo_minute_key(epoch_min: int) -> str:
 def slo_max_key(epoch_s: int) -> str:
     """Per-second maximum latency of each tier|processor (a sorted set, ZADD GT)."""
     return f"{KEY_PREFIX}:{{slo}}:x:{epoch_s}"
+
+
+def loadtest_agents_key() -> str:
+    """Load-test agents waiting for a plan (a sorted set: agent id -> last seen, ms)."""
+    return f"{KEY_PREFIX}:{{loadtest}}:agents"
+
+
+def loadtest_plans_key() -> str:
+    """The stream a load-test leader publishes its plans on; every waiting agent reads it."""
+    return f"{KEY_PREFIX}:{{loadtest}}:plans"
+
+
+def loadtest_claims_key(run_id: str) -> str:
+    """A counter agents INCR to claim a share of one run (a share each, in claim order)."""
+    return f"{KEY_PREFIX}:{{loadtest.{run_id}}}:claims"
+
+
+def loadtest_results_key(run_id: str) -> str:
+    """The stream agents publish their part of one run's measurements on."""
+    return f"{KEY_PREFIX}:{{loadtest.{run_id}}}:results"
+
+
+def loadtest_record_key(name: str) -> str:
+    """A recorded arrival schedule: a `LoadRecordHeader` entry, then one `LoadArrival` per request."""
+    return f"{KEY_PREFIX}:{{rec.{name}}}:arrivals"
 
 
 # What XREAD/XREADGROUP answer (redis-py, bytes responses): [(stream, [(entry_id, fields)])].
@@ -157,3 +182,45 @@ reply_decoder = msgspec.msgpack.Decoder(Reply)
 incoming_decoder = msgspec.msgpack.Decoder(Incoming)
 stored_decoder = msgspec.msgpack.Decoder(Stored)
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
+
+
+# ---------------------------------------------------------------- the load tester's messages
+
+
+class LoadArrival(msgspec.Struct, tag="arrival", frozen=True):
+    """One request of a load-test schedule: its intended send time after the start, and what it is."""
+
+    offset_s: float
+    tier: str
+    model: str
+    input_chars: int
+
+
+class LoadRecordHeader(msgspec.Struct, tag="record", frozen=True):
+    duration_s: float
+    count: int
+
+
+class LoadPlan(msgspec.Struct, tag="plan", omit_defaults=True, frozen=True):
+    """A leader's plan: agent number i of `agents` sends arrivals[i::agents] from `start_at_ms`."""
+
+    run_id: str
+    agents: int
+    start_at_ms: int  # Redis clock
+    duration_s: float
+    arrivals: list[LoadArrival]
+    url: str = ""
+    direct: str = ""
+    stream: bool = False
+    deadline_ms: int = 0
+
+
+class LoadAgentResult(msgspec.Struct, tag="agent-result", frozen=True):
+    run_id: str
+    agent: str
+    share: int
+    stats: dict[str, Any]  # loadtest.stats.Recorder.to_wire(): counts and HDR histograms (hdrh encoding)
+
+
+LoadMessage = LoadRecordHeader | LoadArrival | LoadPlan | LoadAgentResult
+load_decoder = msgspec.msgpack.Decoder(LoadMessage)
