@@ -118,7 +118,10 @@ async def test_shed_and_deadline_exceeded_are_counted(
 
     async def sampled() -> bool:
         m = await scrape(s.http, f"{s.url}/metrics")
-        return total(m, "tiergate_queue_depth", tier="realtime") == 2 and total(m, "tiergate_queue_depth", tier="batch") == 2
+        return (
+            total(m, "tiergate_queue_depth", tier="realtime") == 2
+            and total(m, "tiergate_queue_depth", tier="batch") == 2
+        )
 
     await wait_until(sampled)
 
@@ -132,8 +135,9 @@ async def test_consumer_group_lag_is_sampled(stack: StartStack, make_settings: C
 
     async def lagging() -> bool:
         m = await scrape(s.http, f"{s.url}/metrics")
-        return total(m, "tiergate_consumer_group_lag", tier="batch") == 5 and total(
-            m, "tiergate_queue_depth", tier="batch"
-        ) == 5
+        return (
+            total(m, "tiergate_consumer_group_lag", tier="batch") == 5
+            and total(m, "tiergate_queue_depth", tier="batch") == 5
+        )
 
     await wait_until(lagging)
