@@ -4,11 +4,14 @@ gets every request answered."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.settings import Settings
 from loadtest import runner
+from loadtest.report import write_report
 from loadtest.schedule import Arrival
 from loadtest.stats import OUTCOMES, Recorder, summary
 from tests.integration.conftest import Stack
@@ -65,7 +68,7 @@ async def test_a_tiny_queue_without_workers_sheds_and_times_out(
     assert summary(recorder, runner.objectives(settings))["tiers"]["batch"]["slo_attainment_pct"] == 0.0
 
 
-async def test_direct_mode_gets_every_request_answered_by_the_workers(stack: StartStack) -> None:
+async def test_direct_mode_gets_every_request_answered_by_the_workers(stack: StartStack, tmp_path: Path) -> None:
     s: Stack = await stack()
     arrivals = load(rate=30).build()
     recorder = await runner.play(s.settings, runner.Target(direct=s.redis_url), arrivals, 1.5)
@@ -75,3 +78,10 @@ async def test_direct_mode_gets_every_request_answered_by_the_workers(stack: Sta
     assert all(x.server_ms is not None and x.latency_ms >= 0 for x in recorder.samples)
     # the queue depth of each tier was sampled from the same Redis while the run lasted
     assert set(recorder.depth) == {a.tier for a in arrivals}
+    result = summary(recorder, runner.objectives(s.settings))
+    page = write_report(tmp_path, s.settings, recorder, result, depth_known=True).read_text()
+    pngs = ["latency_cdf.png", "throughput.png", "p99.png", "queue_depth.png"]
+    assert all((tmp_path / png).read_bytes().startswith(b"\x89PNG") for png in pngs)
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    assert json.loads((tmp_path / "summary.json").read_text())["sent"] == len(arrivals)
