@@ -3,7 +3,7 @@
 "use strict";
 
 const POLL_MS = 1000;
-const W = 360, H = 130, PAD_L = 40, PAD_B = 16, PAD_T = 8;
+const W = 360, H = 130, PAD_L = 50, PAD_B = 16, PAD_T = 8;
 let updates = 0;
 
 function fmt(v, digits = 1) {
@@ -14,7 +14,8 @@ function fmt(v, digits = 1) {
 function pct(v, digits = 2) { return v === null || v === undefined ? "–" : (100 * v).toFixed(digits) + "%"; }
 function ms(v) {
   if (v === null || v === undefined) return "–";
-  return v >= 1000 ? (v / 1000).toFixed(v >= 10000 ? 0 : 1) + " s" : fmt(v, v < 10 ? 2 : 1) + " ms";
+  if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 0 : 1) + " s";
+  return Number(v).toFixed(v < 10 ? 2 : v < 100 ? 1 : 0) + " ms";
 }
 
 function polyline(values, x, y, cls, color) {
@@ -67,7 +68,7 @@ function renderTier(name, t, series) {
   const okAttain = m5.attainment === null || m5.attainment >= t.slo.objective / 100;
   const budget = h1.error_budget_remaining;
   const alerts = [t.alerts.fast_burn ? `<span class="badge fire">fast burn</span>` : "",
-                  t.alerts.slow_burn ? `<span class="badge fire">slow burn</span>` : ""].join(" ");
+                  t.alerts.slow_burn ? `<span class="badge fire">slow burn</span>` : ""].join(" ").trim();
   const card = document.createElement("article");
   card.className = "tier";
   Object.assign(card.dataset, {
@@ -77,12 +78,12 @@ function renderTier(name, t, series) {
     seriesRequests: series.count.reduce((a, b) => a + b, 0),
   });
   card.innerHTML =
-    `<h2>${name} ${alerts || `<span class="badge good">within budget</span>`}</h2>` +
+    `<h2>${name} <span>${alerts || `<span class="badge good">within budget</span>`}</span></h2>` +
     `<div class="target">p${t.slo.percentile} ≤ ${ms(t.slo.latency_ms)} · objective ${t.slo.objective}% · burn 5m ${fmt(t.burn_rate["5m"], 2)}× · 1h ${fmt(t.burn_rate["1h"], 2)}×</div>` +
     `<div class="stats">` +
     stat("p50 (1 min)", ms(m1.p50_ms)) + stat("p99 (1 min)", ms(m1.p99_ms), m1.p99_ms !== null && m1.p99_ms > t.slo.latency_ms ? "bad" : "") +
     stat("attainment (5 min)", pct(m5.attainment), okAttain ? "ok" : "bad") +
-    stat("error budget left (1 h)", pct(budget, 1), budget >= 0 ? "ok" : "bad") +
+    stat("error budget left (1 h)", budget >= 0 ? pct(budget, 1) : `spent · ${fmt(t.burn_rate["1h"], 0)}× burn`, budget >= 0 ? "ok" : "bad") +
     stat("throughput", fmt(m1.throughput_rps, 1) + " req/s") + stat("queue depth", fmt(t.queue.depth, 0) + (t.queue.lag ? ` · lag ${t.queue.lag}` : "")) +
     `</div>` + latencyChart(series, t.slo.latency_ms) +
     `<div class="legend"><i style="background: var(--p50)"></i>p50 <i style="background: var(--p99)"></i>p99 <i style="background: var(--slo)"></i>SLO · per second</div>` +
