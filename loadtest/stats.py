@@ -135,10 +135,7 @@ class Recorder:
 
     def merge(self, other: Recorder) -> None:
         for tier, stats in other.tiers.items():
-            if tier in self.tiers:
-                self.tiers[tier].merge(stats)
-            else:
-                self.tiers[tier] = stats
+            self.tiers.setdefault(tier, TierStats(stats.slo_ms)).merge(stats)  # never alias a part
             self.fired[tier] = self.fired.get(tier, 0) + other.fired.get(tier, 0)
         self.duration_s = max(self.duration_s, other.duration_s)
 
