@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import protocol
 from .errors import RequestError, from_code
+from .metrics import METRICS
 from .results import StreamEvent
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class _Writer:
 
     async def open(self, tier: str, pool: str, queue_ms: float) -> None:
         self.ttft_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
+        self.request.app[METRICS].first_token(tier, pool, self.ttft_ms / 1000.0)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",

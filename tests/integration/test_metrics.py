@@ -141,3 +141,21 @@ async def test_consumer_group_lag_is_sampled(stack: StartStack, make_settings: C
         )
 
     await wait_until(lagging)
+
+
+async def test_time_to_first_token_is_observed_for_streamed_answers(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    s: Stack = await stack(fast(make_settings), pools=["h100-interactive", "tpu-interactive", "inferentia-mixed"])
+    ttfts = []
+    for i in range(3):
+        body = {"model": "sim-echo", "messages": [{"role": "user", "content": f"stream {i}"}], "stream": True}
+        async with s.http.post(f"{s.url}/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+            ttfts.append(float(response.headers["X-Tiergate-TTFT-Ms"]))
+            pool = response.headers["X-Tiergate-Pool"]
+            assert (await response.text()).rstrip().endswith("data: [DONE]")
+    m = await scrape(s.http, f"{s.url}/metrics")
+    assert total(m, "tiergate_time_to_first_token_seconds_count", tier="interactive") == 3
+    assert total(m, "tiergate_time_to_first_token_seconds_sum") == pytest.approx(sum(ttfts) / 1000.0, abs=1e-5)
+    assert total(m, "tiergate_time_to_first_token_seconds_count", pool=pool) >= 1
