@@ -78,7 +78,7 @@ def build(
     schedule: list[Arrival] = []
     offset_s = 0.0
     while True:
-        offset_s += rng.expovariate(rate) if arrivals == "poisson" else 1.0 / rate
+        offset_s = offset_s + rng.expovariate(rate) if arrivals == "poisson" else (len(schedule) + 1) / rate
         if offset_s >= duration_s:
             return schedule
         tier = rng.choices(tiers, weights)[0]
@@ -93,5 +93,5 @@ def share(schedule: Sequence[Arrival], index: int, parts: int) -> list[Arrival]:
 
 def input_text(arrival_index: int, chars: int) -> str:
     """A deterministic input of exactly `chars` characters, distinct per request."""
-    head = f"loadtest request {arrival_index} "
+    head = f"{arrival_index} loadtest request "
     return (head * (chars // len(head) + 1))[:chars]
