@@ -144,7 +144,10 @@ def openai_errors(handler: Handler) -> Handler:
                 "param": (match.group(1) or None) if match else None,
                 "code": exc.code,
             }
-            return json_response({"error": error}, status=exc.status)
+            response = json_response({"error": error}, status=exc.status)
+            if isinstance(exc, QueueFull):
+                response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
 
     return wrapped
 
