@@ -33,17 +33,22 @@ function polyline(values, x, y, cls, color) {
 function latencyChart(series, sloMs) {
   const n = series.p99_ms.length;
   const seen = series.p99_ms.filter(v => v !== null);
-  const top = Math.max(sloMs * 1.4, ...seen.map(v => v * 1.1), 1e-3);
+  const low = series.p50_ms.filter(v => v !== null && v > 0);
+  // A log scale, whole decades: a 10 ms and a 30 s objective both read well next to their data.
+  const bottom = 10 ** Math.floor(Math.log10(Math.min(sloMs / 10, ...low)));
+  const top = 10 ** Math.ceil(Math.log10(Math.max(sloMs * 1.5, ...seen)));
+  const span = Math.log10(top / bottom);
   const x = i => PAD_L + (i * (W - PAD_L - 4)) / Math.max(1, n - 1);
-  const y = v => PAD_T + (H - PAD_T - PAD_B) * (1 - Math.min(v, top) / top);
+  const y = v => PAD_T + (H - PAD_T - PAD_B) * (1 - Math.log10(Math.min(Math.max(v, bottom), top) / bottom) / span);
   const sloY = y(sloMs).toFixed(1);
-  let svg = `<svg class="latency" viewBox="0 0 ${W} ${H}" data-points="${seen.length}" data-top-ms="${top.toFixed(3)}">`;
-  for (const f of [0, 0.5, 1]) {
-    const v = top * f, yy = y(v).toFixed(1);
-    svg += `<line x1="${PAD_L}" x2="${W - 4}" y1="${yy}" y2="${yy}" stroke="#222c36"/><text x="${PAD_L - 4}" y="${yy}" dy="3" text-anchor="end">${ms(v).replace(" ", "")}</text>`;
+  let svg = `<svg class="latency" viewBox="0 0 ${W} ${H}" data-points="${seen.length}" data-top-ms="${top}">`;
+  const step = Math.max(1, Math.ceil(span / 4));
+  for (let d = 0; d <= span; d += step) {
+    const v = bottom * 10 ** d, yy = y(v).toFixed(1);
+    svg += `<line x1="${PAD_L}" x2="${W - 4}" y1="${yy}" y2="${yy}" stroke="#222c36"/><text x="${PAD_L - 4}" y="${yy}" dy="3" text-anchor="end">${v >= 1000 ? +(v / 1000).toPrecision(3) + "s" : +v.toPrecision(3) + "ms"}</text>`;
   }
   svg += `<line class="slo" x1="${PAD_L}" x2="${W - 4}" y1="${sloY}" y2="${sloY}" stroke="var(--slo)" stroke-dasharray="5 4"/>`;
-  svg += `<text x="${W - 6}" y="${sloY}" dy="-3" text-anchor="end" style="fill: var(--slo)">SLO ${ms(sloMs)}</text>`;
+  svg += `<text class="slo-label" x="${PAD_L + 4}" y="${sloY}" dy="-4" style="fill: var(--slo)">SLO ${ms(sloMs)}</text>`;
   svg += polyline(series.p50_ms, x, y, "p50", "var(--p50)") + polyline(series.p99_ms, x, y, "p99", "var(--p99)");
   svg += `<text x="${PAD_L}" y="${H - 3}">-60 s</text><text x="${W - 4}" y="${H - 3}" text-anchor="end">now</text></svg>`;
   return svg;
@@ -83,7 +88,7 @@ function renderTier(name, t, series) {
     `<div class="stats">` +
     stat("p50 (1 min)", ms(m1.p50_ms)) + stat("p99 (1 min)", ms(m1.p99_ms), m1.p99_ms !== null && m1.p99_ms > t.slo.latency_ms ? "bad" : "") +
     stat("attainment (5 min)", pct(m5.attainment), okAttain ? "ok" : "bad") +
-    stat("error budget left (1 h)", budget >= 0 ? pct(budget, 1) : `spent · ${fmt(t.burn_rate["1h"], 0)}× burn`, budget >= 0 ? "ok" : "bad") +
+    stat("error budget left (1 h)", budget >= 0 ? pct(budget, 1) : "exhausted", budget >= 0 ? "ok" : "bad") +
     stat("throughput", fmt(m1.throughput_rps, 1) + " req/s") + stat("queue depth", fmt(t.queue.depth, 0) + (t.queue.lag ? ` · lag ${t.queue.lag}` : "")) +
     `</div>` + latencyChart(series, t.slo.latency_ms) +
     `<div class="legend"><i style="background: var(--p50)"></i>p50 <i style="background: var(--p99)"></i>p99 <i style="background: var(--slo)"></i>SLO · per second</div>` +
