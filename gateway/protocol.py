@@ -27,6 +27,16 @@ def dead_letter_key(tier: str, region: str) -> str:
     return f"{KEY_PREFIX}:{{{tier}.{region}}}:dead"
 
 
+def heartbeat_key(tier: str, region: str) -> str:
+    """Live workers of one request stream (a hash: consumer name -> `Heartbeat`); its stream's slot."""
+    return f"{KEY_PREFIX}:{{{tier}.{region}}}:workers"
+
+
+def idempotency_key(key: str) -> str:
+    """The request id first sent with a client's idempotency key (a string with the result TTL)."""
+    return f"{KEY_PREFIX}:{{idem.{key}}}"
+
+
 def reply_key(gateway_id: str) -> str:
     """The stream a gateway process reads every reply addressed to it from."""
     return f"{KEY_PREFIX}:{{gw.{gateway_id}}}:replies"
@@ -165,11 +175,30 @@ class Failure(msgspec.Struct, tag="failure", omit_defaults=True, frozen=True):
 
 
 class DeadLetter(msgspec.Struct, tag="dead", omit_defaults=True, frozen=True):
+    """An entry no worker could complete, moved out of its request stream with its history."""
+
     stream: str
     entry_id: str
     reason: str
-    payload: bytes
+    payload: bytes  # the original stream entry's payload, as it was
     worker: str
+    request_id: str = ""  # empty when the payload could not be decoded
+    deliveries: int = 0
+    dead_at_ms: int = 0  # Redis clock
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", omit_defaults=True, frozen=True):
+    """A worker's word that it is alive, and what it can do, refreshed every HEARTBEAT_S."""
+
+    worker: str  # its consumer name
+    pool: str
+    at_ms: int  # Redis clock
+    capacity_per_s: float  # requests a second it finishes while busy (measured, else from its profile)
+    service_ms: float  # its mean service time of one batch
+
+
+HEARTBEAT_S = 1.0
+HEARTBEAT_STALE_MS = 5_000  # a worker silent this long is presumed dead
 
 
 Reply = Result | Failure
@@ -182,6 +211,7 @@ reply_decoder = msgspec.msgpack.Decoder(Reply)
 incoming_decoder = msgspec.msgpack.Decoder(Incoming)
 stored_decoder = msgspec.msgpack.Decoder(Stored)
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
+heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 
 
 # ---------------------------------------------------------------- the load tester's messages

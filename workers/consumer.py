@@ -39,6 +39,7 @@ class Consumer:
         self._dead_letters = {
             protocol.stream_key(t, pool.region): protocol.dead_letter_key(t, pool.region) for t in pool.tiers
         }
+        self._heartbeats = [protocol.heartbeat_key(tier, pool.region) for tier in pool.tiers]
         self._result_ttl_s = settings.gateway.result_ttl_s
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
 
@@ -98,6 +99,22 @@ class Consumer:
                 maxlen=self._reply_maxlen,
                 approximate=True,
             )
+        await pipe.execute()
+
+    async def heartbeat(self, beat: protocol.Heartbeat) -> None:
+        """Say this worker is alive, and what it can do, on each of its streams' worker hashes."""
+        payload = protocol.encoder.encode(beat)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._heartbeats:
+            pipe.hset(key, self.name, payload)
+            pipe.pexpire(key, protocol.HEARTBEAT_STALE_MS * 2)  # a fleet that is gone leaves nothing
+        await pipe.execute()
+
+    async def retire(self) -> None:
+        """Withdraw this worker's heartbeats (on a clean stop)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._heartbeats:
+            pipe.hdel(key, self.name)
         await pipe.execute()
 
     async def _dead_letter(self, stream: str, entry_id: bytes, payload: bytes, reason: str) -> None:

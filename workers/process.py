@@ -6,6 +6,7 @@ what was read, then returns. Reconnects to Redis with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway import protocol
 from gateway.background import join
 from gateway.clock import RedisClock, keep_synced
 from gateway.protocol import Reply
@@ -24,6 +26,7 @@ from gateway.settings import Settings
 
 from .backends import make_backend
 from .batcher import Batcher
+from .capacity import CapacityMeter
 from .consumer import Consumer, Delivery
 from .executor import Executor
 from .metrics import WorkerMetrics
@@ -62,6 +65,7 @@ class WorkerProcess:
             settings, pool_name, self.name, self.backend, self.clock, publish_chunks=self.consumer.publish_chunks
         )
         self.batcher: Batcher[Delivery] = Batcher(pool.max_batch, pool.max_wait_ms / 1000.0)
+        self.capacity = CapacityMeter(settings.processors[pool.processor].latency, pool.max_batch)
         self.stopping = asyncio.Event()
         self.metrics = WorkerMetrics(settings, pool_name)
         self.metrics.track_in_flight(lambda: len(self.batcher) + self.metrics.running)
@@ -85,12 +89,15 @@ class WorkerProcess:
         tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
+            asyncio.create_task(self._heartbeat_loop()),
         ]
         try:
             await self._execute_loop()
         finally:
             self.stopping.set()
             await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
+            with contextlib.suppress(RedisError, OSError):
+                await self.consumer.retire()
             await self.backend.close()
             await self.redis.aclose()
             await asyncio.to_thread(self.metrics.close)
@@ -129,11 +136,30 @@ class WorkerProcess:
         self.batcher.close()
 
     async def _execute_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while batch := await self.batcher.next_batch():
+            started = loop.time()
             self.metrics.running = len(batch)
             replies = await self.executor.execute(batch)
             self.metrics.observe(replies)
             await self._publish(replies)
+            self.capacity.record(loop.time(), len(batch), loop.time() - started)
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping.is_set():
+            capacity_per_s, service_ms = self.capacity.snapshot(loop.time())
+            beat = protocol.Heartbeat(
+                worker=self.name,
+                pool=self.pool_name,
+                at_ms=int(self.clock.now_ms()),
+                capacity_per_s=round(capacity_per_s, 3),
+                service_ms=round(service_ms, 3),
+            )
+            with contextlib.suppress(RedisError, OSError):  # the read loop reports outages
+                await self.consumer.heartbeat(beat)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), protocol.HEARTBEAT_S)
 
     async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
         backoff = 0.1
