@@ -71,6 +71,7 @@ def plot_timeline(tiers: Mapping[str, TierStats], path: Path, what: str) -> Path
         seconds = sorted(stats.timeline)
         if not seconds:
             continue
+        values: list[float | None]
         if what == "throughput":
             values = [stats.timeline[s].answered for s in seconds]
         else:
