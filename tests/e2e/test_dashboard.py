@@ -125,7 +125,7 @@ def test_dashboard_shows_the_live_load(tiergate_up: Callable[..., Up], tmp_path:
         assert int(card["data-series-requests"]) == PER_TIER
         assert float(card["data-p99-ms"]) == expected["1m"]["p99_ms"]
         mine = [a for a in answers if a["tier"] == tier]
-        assert float(card["data-attainment5m"]) == pytest.approx(sum(a["slo_met"] for a in mine) / PER_TIER)
+        assert float(card["data-attainment5m"]) == pytest.approx(sum(a["slo_met"] for a in mine) / PER_TIER, abs=1e-6)
     charts = [e for e in parser.elements if e["tag"] == "svg" and "latency" in e.get("class", "")]
     assert len(charts) == 3 and all(int(c["data-points"]) >= 1 for c in charts)
     bars = [e for e in parser.elements if e["tag"] == "svg" and "throughput" in e.get("class", "")]
