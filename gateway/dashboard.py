@@ -43,7 +43,7 @@ async def slo_report(request: web.Request) -> web.Response:
     if cache.get("at", -1.0) + state.settings.metrics.slo_cache_s > now and "report" in cache:
         return json_response(cache["report"])
     try:
-        snapshot = await app[SLO_STORE].snapshot(int(state.clock.now_ms() // 1000))
+        snapshot = await app[SLO_STORE].snapshot(int(state.clock.now_ms() // 1000), list(state.settings.tiers))
     except (RedisError, OSError) as exc:
         raise BackendUnavailable(f"Redis is unreachable, no SLO report: {exc}") from exc
     settings = state.settings

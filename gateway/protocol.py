@@ -62,6 +62,11 @@ def slo_max_key(epoch_s: int) -> str:
     return f"{KEY_PREFIX}:{{slo}}:x:{epoch_s}"
 
 
+def slo_minute_max_key(epoch_min: int) -> str:
+    """Per-minute maximum latency of each tier|processor (a sorted set, ZADD GT)."""
+    return f"{KEY_PREFIX}:{{slo}}:xm:{epoch_min}"
+
+
 def loadtest_agents_key() -> str:
     """Load-test agents waiting for a plan (a sorted set: agent id -> last seen, ms)."""
     return f"{KEY_PREFIX}:{{loadtest}}:agents"

@@ -24,6 +24,7 @@ TIER_NAMES = ("realtime", "interactive", "batch")
 PositiveInt = Annotated[int, Meta(gt=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
 Percent = Annotated[float, Meta(gt=0, le=100)]
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
 
@@ -137,6 +138,18 @@ class OpenAISettings(_Frozen, frozen=True):
     service_tiers: dict[str, str] = msgspec.field(default_factory=_default_service_tiers)
 
 
+class DeliverySettings(_Frozen, frozen=True):
+    """Crash recovery and dead letters (docs/durability.md)."""
+
+    max_deliveries: PositiveInt = 3  # an entry delivered this often without an answer is dead-lettered
+    claim_idle_min_ms: PositiveInt = 2000  # floor of the idle time before a dead worker's entry is reclaimed
+    claim_service_multiple: PositiveFloat = 4.0  # idle threshold: this many full batches, tokens included
+    claim_token_budget: NonNegativeInt = 256  # output tokens a batch is assumed to generate, for that bound
+    claim_interval_s: PositiveFloat = 1.0  # how often each worker looks for entries to reclaim
+    dead_letter_maxlen: PositiveInt = 100_000  # approximate bound of each dead-letter stream
+    reply_stream_ttl_s: PositiveInt = 600  # a reply stream no worker has written to this long expires
+
+
 class MetricsSettings(_Frozen, frozen=True):
     # Each worker process serves Prometheus /metrics here; port 0 picks a free port per process.
     worker_host: str = "127.0.0.1"
@@ -154,6 +167,7 @@ class Settings(_Frozen, frozen=True):
     redis: RedisSettings = RedisSettings()
     gateway: GatewaySettings = GatewaySettings()
     accounting: AccountingSettings = AccountingSettings()
+    delivery: DeliverySettings = DeliverySettings()
     metrics: MetricsSettings = MetricsSettings()
     openai: OpenAISettings = OpenAISettings()
 

@@ -110,6 +110,12 @@ class Accumulator:
     def failure(self, epoch_s: int, tier: str, processor: str = NO_PROCESSOR) -> None:
         self._cell(epoch_s, tier, processor).n += 1
 
+    def restore(self, seconds: dict[int, Cells]) -> None:
+        """Put drained counts back (a flush that failed), adding to what arrived since."""
+        for epoch_s, cells in seconds.items():
+            for (tier, processor), cell in cells.items():
+                self._cell(epoch_s, tier, processor).add(cell)
+
     def drain(self) -> dict[int, Cells]:
         seconds, self.seconds = self.seconds, {}
         return seconds

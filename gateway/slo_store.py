@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 SECOND_TTL_S = 6 * 60  # the 5-minute window and its per-second series, plus slack
 MINUTE_TTL_S = 6 * 3600 + 120  # the 6-hour window of the slow-burn alert
+MINUTE_MAX_TTL_S = 3600 + 120  # the maximum is reported up to the 1-hour window
 SECONDS_READ = 300  # per-second keys read: the 1 min and 5 min windows
 MINUTES_FULL = 60  # per-minute keys read whole: the 30 min and 1 h windows
 MINUTES_COUNTS = 360  # per-minute keys whose tier totals are read: the 6 h window
@@ -53,21 +54,21 @@ class SloStore:
                 _increment(pipe, minute_key, prefix, cell)
                 if cell.ok:  # Redis has no "keep the larger" hash increment; a sorted set's GT does it
                     pipe.zadd(protocol.slo_max_key(epoch_s), {f"{tier}|{processor}": cell.max_ms}, gt=True)
+                    pipe.zadd(protocol.slo_minute_max_key(minute), {f"{tier}|{processor}": cell.max_ms}, gt=True)
                 pipe.hincrby(minute_key, f"{tier}|{TOTAL}|n", cell.n)
                 pipe.hincrby(minute_key, f"{tier}|{TOTAL}|met", cell.met)
             pipe.expire(protocol.slo_second_key(epoch_s), SECOND_TTL_S)
             pipe.expire(protocol.slo_max_key(epoch_s), SECOND_TTL_S)
         for minute in minutes:
             pipe.expire(protocol.slo_minute_key(minute), MINUTE_TTL_S)
+            pipe.expire(protocol.slo_minute_max_key(minute), MINUTE_MAX_TTL_S)
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("SLO counts not flushed, keeping them for the next try", extra={"error": str(exc)})
-            for epoch_s, cells in seconds.items():
-                for (tier, processor), cell in cells.items():
-                    accumulator._cell(epoch_s, tier, processor).add(cell)
+            accumulator.restore(seconds)
 
-    async def snapshot(self, now_s: int) -> Snapshot:
+    async def snapshot(self, now_s: int, tiers: list[str]) -> Snapshot:
         """Read and merge every gateway's counts for the windows of the report."""
         pipe = self.redis.pipeline(transaction=False)
         second_range = range(now_s - SECONDS_READ + 1, now_s + 1)
@@ -79,19 +80,12 @@ class SloStore:
             pipe.zrange(protocol.slo_max_key(epoch_s), 0, -1, withscores=True)
         for minute in minute_range:
             pipe.hgetall(protocol.slo_minute_key(minute))
-        tiers: list[str] = []
+            pipe.zrange(protocol.slo_minute_max_key(minute), 0, -1, withscores=True)
         replies = await pipe.execute()
         seconds = {s: _cells(replies[2 * i], replies[2 * i + 1]) for i, s in enumerate(second_range)}
         offset = 2 * len(second_range)
-        minutes = {m: slo.merge([replies[offset + i]]) for i, m in enumerate(minute_range)}
-        for cells in minutes.values():
-            tiers.extend(tier for tier, _ in cells)
-        for epoch_s, cells in seconds.items():  # the per-minute hashes carry no maximum
-            for key, cell in cells.items():
-                minute_cell = minutes.get(epoch_s // 60, {}).get(key)
-                if minute_cell is not None:
-                    minute_cell.max_ms = max(minute_cell.max_ms, cell.max_ms)
-        return Snapshot(now_s, seconds, minutes, await self._tier_counts(sorted(set(tiers)), older_range, minutes))
+        minutes = {m: _cells(replies[offset + 2 * i], replies[offset + 2 * i + 1]) for i, m in enumerate(minute_range)}
+        return Snapshot(now_s, seconds, minutes, await self._tier_counts(tiers, older_range, minutes))
 
     async def _tier_counts(
         self, tiers: list[str], older: range, minutes: dict[int, Cells]
@@ -99,6 +93,8 @@ class SloStore:
         counts = {tier: [0, 0] for tier in tiers}
         for cells in minutes.values():
             for (tier, _), cell in cells.items():
+                if tier not in counts:
+                    continue
                 counts[tier][0] += cell.n
                 counts[tier][1] += cell.met
         if tiers and older:

@@ -1,22 +1,37 @@
 """The worker's only Redis I/O: read a pool's tier streams through their consumer groups,
 publish replies to each request's gateway and result key, acknowledge, and dead-letter entries
-that cannot be decoded.
+that cannot be decoded. It also takes over the pending entries of workers that stopped
+heartbeating, and dead-letters entries delivered too often (docs/durability.md).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from gateway import protocol
-from gateway.protocol import Envelope, Reply
+from gateway.protocol import Envelope, Failure, Reply
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# SET a request's answer unless it already holds one: the first answer wins, and only an
+# `Accepted` (queued again by `tiergate dlq replay`) may be replaced.
+SET_FINAL_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, stored = pcall(cmsgpack.unpack, current)
+  if ok and type(stored) == 'table' and stored['type'] ~= 'accepted' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,6 +57,9 @@ class Consumer:
         self._heartbeats = [protocol.heartbeat_key(tier, pool.region) for tier in pool.tiers]
         self._result_ttl_s = settings.gateway.result_ttl_s
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
+        self._delivery = settings.delivery
+        self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
+        self._set_final = redis.register_script(SET_FINAL_LUA)
 
     async def setup(self) -> None:
         """Create each stream's consumer group (and the stream) unless it exists."""
@@ -71,19 +89,17 @@ class Consumer:
         return deliveries
 
     async def publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
-        """Send each reply to its gateway and its result key, then XACK and XDEL the entries."""
+        """Send each reply to its gateway and its result key, then XACK and XDEL the entries.
+
+        The result key keeps the first answer a request got: an entry executed twice (its
+        worker was presumed dead, then answered after all) never turns a result into a failure.
+        """
         pipe = self.redis.pipeline(transaction=False)
         done: dict[str, list[bytes]] = {}
         for delivery, reply in replies:
-            payload = protocol.encoder.encode(reply)
-            pipe.xadd(
-                protocol.reply_key(delivery.envelope.reply_to),
-                {protocol.PAYLOAD_FIELD: payload},
-                maxlen=self._reply_maxlen,
-                approximate=True,
-            )
-            pipe.set(protocol.request_key(reply.id), payload, ex=self._result_ttl_s)
+            await self._reply(pipe, delivery.envelope.reply_to, reply)
             done.setdefault(delivery.stream, []).append(delivery.entry_id)
+        self._expire_replies(pipe, {delivery.envelope.reply_to for delivery, _ in replies})
         for stream, ids in done.items():
             pipe.xack(stream, protocol.GROUP, *ids)
             pipe.xdel(stream, *ids)
@@ -117,13 +133,138 @@ class Consumer:
             pipe.hdel(key, self.name)
         await pipe.execute()
 
-    async def _dead_letter(self, stream: str, entry_id: bytes, payload: bytes, reason: str) -> None:
+    async def _dead_letter(
+        self,
+        stream: str,
+        entry_id: bytes,
+        payload: bytes,
+        reason: str,
+        failure: tuple[str, Failure] | None = None,
+        deliveries: int = 1,
+    ) -> None:
+        """Move an entry to its dead-letter stream; `failure` (gateway id, reply) tells its client."""
         log.error("dead-lettering entry", extra={"stream": stream, "entry_id": entry_id.decode(), "reason": reason})
+        request_id = failure[1].id if failure is not None else ""
         letter = protocol.DeadLetter(
-            stream=stream, entry_id=entry_id.decode(), reason=reason, payload=payload, worker=self.name
+            stream=stream,
+            entry_id=entry_id.decode(),
+            reason=reason,
+            payload=payload,
+            worker=self.name,
+            request_id=request_id,
+            deliveries=deliveries,
+            dead_at_ms=failure[1].finished_at_ms if failure is not None else 0,
         )
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self._dead_letters[stream], {protocol.PAYLOAD_FIELD: protocol.encoder.encode(letter)})
+        pipe.xadd(
+            self._dead_letters[stream],
+            {protocol.PAYLOAD_FIELD: protocol.encoder.encode(letter)},
+            maxlen=self._delivery.dead_letter_maxlen,
+            approximate=True,
+        )
+        if failure is not None:
+            await self._reply(pipe, failure[0], failure[1])
+            self._expire_replies(pipe, {failure[0]})
         pipe.xack(stream, protocol.GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         await pipe.execute()
+
+    async def _reply(self, pipe: Pipeline, gateway_id: str, reply: Reply) -> None:
+        payload = protocol.encoder.encode(reply)
+        pipe.xadd(
+            protocol.reply_key(gateway_id),
+            {protocol.PAYLOAD_FIELD: payload},
+            maxlen=self._reply_maxlen,
+            approximate=True,
+        )
+        await self._set_final(keys=[protocol.request_key(reply.id)], args=[payload, self._result_ttl_s], client=pipe)
+
+    def _expire_replies(self, pipe: Pipeline, gateway_ids: set[str]) -> None:
+        """A reply stream whose gateway is gone expires once no worker writes to it."""
+        for gateway_id in gateway_ids:
+            pipe.pexpire(protocol.reply_key(gateway_id), self._reply_ttl_ms)
+
+    # ------------------------------------------------------------ crash recovery
+
+    async def live_workers(self, now_ms: int) -> set[str]:
+        """Consumers whose heartbeat on any of these streams is fresh."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._heartbeats:
+            pipe.hgetall(key)
+        alive: set[str] = set()
+        for beats in await pipe.execute():
+            for name, raw in beats.items():
+                try:
+                    beat = protocol.heartbeat_decoder.decode(raw)
+                except msgspec.DecodeError:
+                    continue
+                if now_ms - beat.at_ms < protocol.HEARTBEAT_STALE_MS:
+                    alive.add(name.decode())
+        return alive
+
+    async def reclaim(self, idle_ms: int, count: int, now_ms: int) -> list[Delivery]:
+        """Claim up to `count` entries idle `idle_ms` or longer whose owner stopped heartbeating.
+
+        An entry already delivered `max_deliveries` times goes to the dead-letter stream instead,
+        and its client gets a `Failure` naming the request id.
+        """
+        alive = await self.live_workers(now_ms) | {self.name}
+        deliveries: list[Delivery] = []
+        for stream in self.streams:
+            if len(deliveries) >= count:
+                break
+            pending: list[dict[str, Any]] = await self.redis.xpending_range(
+                stream, protocol.GROUP, min="-", max="+", count=count - len(deliveries), idle=idle_ms
+            )
+            orphans = {
+                p["message_id"]: (p["consumer"].decode(), int(p["times_delivered"]))
+                for p in pending
+                if p["consumer"].decode() not in alive
+            }
+            if not orphans:
+                continue
+            claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = await self.redis.xclaim(
+                stream, protocol.GROUP, self.name, min_idle_time=idle_ms, message_ids=list(orphans)
+            )  # type: ignore[assignment]
+            for entry_id, fields in claimed:
+                if fields is None:
+                    continue  # deleted since: already answered
+                delivery = await self._take_over(stream, entry_id, fields, orphans[entry_id], now_ms)
+                if delivery is not None:
+                    deliveries.append(delivery)
+        if deliveries:
+            log.warning(
+                "reclaimed entries of stopped workers",
+                extra={"worker": self.name, "count": len(deliveries), "ids": [d.envelope.id for d in deliveries]},
+            )
+        return deliveries
+
+    async def _take_over(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], history: tuple[str, int], now_ms: int
+    ) -> Delivery | None:
+        """The claimed entry as a delivery to run again, or None once it has been dead-lettered."""
+        payload = fields.get(protocol.PAYLOAD_FIELD, b"")
+        try:
+            envelope = protocol.envelope_decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            await self._dead_letter(stream, entry_id, payload, f"undecodable entry: {exc}")
+            return None
+        owner, tries = history  # deliveries so far, and the worker that had the last one
+        if tries < self._delivery.max_deliveries:
+            return Delivery(stream, entry_id, envelope)
+        reason = f"delivered {tries} times without an answer; its last worker {owner} stopped"
+        message = (
+            f"request {envelope.id} was moved to the dead-letter stream after {tries} deliveries without an"
+            f" answer (its workers stopped while running it); `tiergate dlq replay` can queue it again"
+        )
+        failure = Failure(
+            id=envelope.id,
+            code="worker_error",
+            message=message,
+            tier=envelope.tier,
+            worker=self.name,
+            enqueued_at_ms=protocol.entry_ms(entry_id),
+            finished_at_ms=now_ms,
+        )
+        await self._dead_letter(stream, entry_id, payload, reason, (envelope.reply_to, failure), tries)
+        return None
