@@ -114,6 +114,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     raise SystemExit(code)
 
 
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> None:
+    from .dlq import run
+
+    ids = [] if args.dlq_command == "list" or args.all else args.entry_ids
+    if args.dlq_command == "replay" and not ids and not args.all:
+        raise SystemExit("tiergate: name the dead letters to replay (their ENTRY ids), or pass --all")
+    url = _redis_url(args, settings)
+    raise SystemExit(asyncio.run(run(settings, url, args.dlq_command, args.tier, args.region, ids)))
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from .routing import Router
 
@@ -171,6 +181,16 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--replicas", type=int, default=None, help="processes to run (default: the pool's replicas)")
     # `loadtest` parses its own flags (loadtest.cli); listed here for `tiergate --help`.
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
+    dlq = sub.add_parser("dlq", help="list or replay dead letters (requests no worker could complete)")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, about in (("list", "list the dead letters"), ("replay", "queue dead letters' requests again")):
+        sp = dlq_sub.add_parser(name, help=about)
+        common(sp)
+        sp.add_argument("--tier", default=None, help="only this tier's dead letters")
+        sp.add_argument("--region", default=None, help="only this region's dead letters")
+    replay = dlq_sub.choices["replay"]
+    replay.add_argument("entry_ids", nargs="*", metavar="ENTRY", help="dead-letter entry ids (from `dlq list`)")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter (of --tier/--region)")
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file and print its routing table")
@@ -196,4 +216,4 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(args.config)
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
-    {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker}[args.command](args, settings)
+    {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}[args.command](args, settings)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import protocol
@@ -26,7 +26,7 @@ from gateway.settings import Settings
 
 from .backends import make_backend
 from .batcher import Batcher
-from .capacity import CapacityMeter
+from .capacity import CapacityMeter, expected_batch_ms
 from .consumer import Consumer, Delivery
 from .executor import Executor
 from .metrics import WorkerMetrics
@@ -49,6 +49,22 @@ def connect(settings: Settings, url: str) -> Redis:
     )
 
 
+def claim_idle_ms(settings: Settings, pool_name: str) -> int:
+    """How long an entry must sit unacknowledged before a dead worker's entry may be reclaimed:
+    a multiple of the longest full batch (tokens included) of any pool reading the same streams,
+    never below `claim_idle_min_ms`. Heartbeats, not this bound, protect slow live workers."""
+    pool = settings.pools[pool_name]
+    delivery = settings.delivery
+    longest_ms = 0.0
+    for other in settings.pools.values():
+        if other.region != pool.region or not set(other.tiers) & set(pool.tiers):
+            continue
+        latency = settings.processors[other.processor].latency
+        batch_ms = expected_batch_ms(latency, other.max_batch) + latency.per_token_ms * delivery.claim_token_budget
+        longest_ms = max(longest_ms, batch_ms + other.max_wait_ms)
+    return int(max(delivery.claim_idle_min_ms, delivery.claim_service_multiple * longest_ms))
+
+
 class WorkerProcess:
     def __init__(
         self, settings: Settings, pool_name: str, redis_url: str, ready: Callable[..., None] | None = None
@@ -67,6 +83,8 @@ class WorkerProcess:
         self.batcher: Batcher[Delivery] = Batcher(pool.max_batch, pool.max_wait_ms / 1000.0)
         self.capacity = CapacityMeter(settings.processors[pool.processor].latency, pool.max_batch)
         self.stopping = asyncio.Event()
+        self.claim_interval_s = settings.delivery.claim_interval_s
+        self.claim_idle_ms = claim_idle_ms(settings, pool_name)
         self.metrics = WorkerMetrics(settings, pool_name)
         self.metrics.track_in_flight(lambda: len(self.batcher) + self.metrics.running)
 
@@ -89,6 +107,7 @@ class WorkerProcess:
         tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
+            asyncio.create_task(self._reclaim_loop()),
             asyncio.create_task(self._heartbeat_loop()),
         ]
         try:
@@ -160,6 +179,33 @@ class WorkerProcess:
                 await self.consumer.heartbeat(beat)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), protocol.HEARTBEAT_S)
+
+    async def _reclaim_loop(self) -> None:
+        """Take over the pending entries of workers that stopped heartbeating, and dead-letter
+        those delivered too often. After an outage it waits until live workers can have
+        heartbeated again, so it never takes a live worker's entries for a dead one's."""
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + protocol.HEARTBEAT_S
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.claim_interval_s)
+            room = self.batcher.room
+            if self.stopping.is_set() or room == 0 or loop.time() < quiet_until:
+                continue
+            try:
+                deliveries = await self.consumer.reclaim(self.claim_idle_ms, room, int(self.clock.now_ms()))
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # Redis restarted without its data: streams and groups again
+                    log.warning("consumer groups missing, creating them again", extra={"error": str(exc)})
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.consumer.setup()
+                continue
+            except (RedisError, OSError) as exc:
+                log.warning("reclaim failed, retrying", extra={"error": str(exc)})
+                quiet_until = loop.time() + protocol.HEARTBEAT_STALE_MS / 1000.0
+                continue
+            for d in deliveries:
+                self.batcher.put(d)  # the strictest priority: these have waited longest
 
     async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
         backoff = 0.1
