@@ -196,7 +196,8 @@ def install(app: web.Application, settings: Settings) -> None:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     state, metrics = app[STATE], app[METRICS]
     metrics.clock_ms = state.clock.now_ms
-    store = app[SLO_STORE] = SloStore(state.redis, state.gateway_id)
+    settle_s = 2 * metrics.settings.metrics.slo_flush_interval_s + 3.0  # a flush may be one interval late
+    store = app[SLO_STORE] = SloStore(state.redis, state.gateway_id, settle_s)
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(_flush_loop(metrics, store, stop)),

@@ -6,7 +6,9 @@ gateway's counts back for `GET /v1/slo`, and samples tier stream depth and consu
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -16,6 +18,7 @@ from . import protocol, slo
 from .slo import TOTAL, Accumulator, Cell, Cells, Snapshot
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SECOND_TTL_S = 6 * 60  # the 5-minute window and its per-second series, plus slack
 MINUTE_TTL_S = 6 * 3600 + 120  # the 6-hour window of the slow-burn alert
@@ -33,9 +36,13 @@ class QueueSample:
 
 
 class SloStore:
-    def __init__(self, redis: Redis, gateway_id: str) -> None:
+    def __init__(self, redis: Redis, gateway_id: str, settle_s: float = 5.0) -> None:
         self.redis = redis
         self.gateway_id = gateway_id
+        self.settle_s = settle_s  # how late a gateway's flush may land: longer than its flush interval
+        self._seconds: dict[int, Cells] = {}  # final seconds, merged
+        self._minutes: dict[int, Cells] = {}  # final minutes, merged
+        self._older: dict[int, dict[str, tuple[int, int]]] = {}  # final minutes: tier -> (requests, met)
 
     async def flush(self, accumulator: Accumulator) -> None:
         """Push what `accumulator` holds; on a Redis error it is put back for the next flush."""
@@ -69,44 +76,59 @@ class SloStore:
             accumulator.restore(seconds)
 
     async def snapshot(self, now_s: int, tiers: list[str]) -> Snapshot:
-        """Read and merge every gateway's counts for the windows of the report."""
-        pipe = self.redis.pipeline(transaction=False)
-        second_range = range(now_s - SECONDS_READ + 1, now_s + 1)
-        now_min = now_s // 60
-        minute_range = range(now_min - MINUTES_FULL + 1, now_min + 1)
-        older_range = range(now_min - MINUTES_COUNTS + 1, now_min - MINUTES_FULL + 1)
-        for epoch_s in second_range:
-            pipe.hgetall(protocol.slo_second_key(epoch_s))
-            pipe.zrange(protocol.slo_max_key(epoch_s), 0, -1, withscores=True)
-        for minute in minute_range:
-            pipe.hgetall(protocol.slo_minute_key(minute))
-            pipe.zrange(protocol.slo_minute_max_key(minute), 0, -1, withscores=True)
-        replies = await pipe.execute()
-        seconds = {s: _cells(replies[2 * i], replies[2 * i + 1]) for i, s in enumerate(second_range)}
-        offset = 2 * len(second_range)
-        minutes = {m: _cells(replies[offset + 2 * i], replies[offset + 2 * i + 1]) for i, m in enumerate(minute_range)}
-        return Snapshot(now_s, seconds, minutes, await self._tier_counts(tiers, older_range, minutes))
+        """Read and merge every gateway's counts for the windows of the report.
 
-    async def _tier_counts(
-        self, tiers: list[str], older: range, minutes: dict[int, Cells]
-    ) -> dict[str, tuple[int, int]]:
+        Seconds and minutes that ended more than `settle_s` ago are final (every gateway has
+        flushed them): they are parsed once and kept, so a report reads only the recent keys.
+        """
+        now_min = now_s // 60
+        seconds_span = range(now_s - SECONDS_READ + 1, now_s + 1)
+        minutes_span = range(now_min - MINUTES_FULL + 1, now_min + 1)
+        older_span = range(now_min - MINUTES_COUNTS + 1, now_min - MINUTES_FULL + 1)
+        want_s = [t for t in seconds_span if t not in self._seconds]
+        want_m = [m for m in minutes_span if m not in self._minutes]
+        want_o = [m for m in older_span if m not in self._older]
+        fields = [f"{tier}|{TOTAL}|{stat}" for tier in tiers for stat in ("n", "met")]
+        pipe = self.redis.pipeline(transaction=False)
+        for t in want_s:
+            pipe.hgetall(protocol.slo_second_key(t))
+            pipe.zrange(protocol.slo_max_key(t), 0, -1, withscores=True)
+        for m in want_m:
+            pipe.hgetall(protocol.slo_minute_key(m))
+            pipe.zrange(protocol.slo_minute_max_key(m), 0, -1, withscores=True)
+        for m in want_o:
+            pipe.hmget(protocol.slo_minute_key(m), fields)
+        replies = await pipe.execute() if want_s or want_m or want_o else []
+        final_s = now_s - math.ceil(self.settle_s)  # seconds up to this one are final
+        fresh_s = {t: _cells(replies[2 * i], replies[2 * i + 1]) for i, t in enumerate(want_s)}
+        offset = 2 * len(want_s)
+        fresh_m = {m: _cells(replies[offset + 2 * i], replies[offset + 2 * i + 1]) for i, m in enumerate(want_m)}
+        offset += 2 * len(want_m)
+        fresh_o = {m: _totals(tiers, replies[offset + i]) for i, m in enumerate(want_o)}
+        self._keep(self._seconds, fresh_s, final_s, seconds_span.start)
+        self._keep(self._minutes, fresh_m, final_s // 60 - 1, minutes_span.start)
+        self._keep(self._older, fresh_o, final_s // 60 - 1, older_span.start)
+        seconds = {t: self._seconds[t] if t in self._seconds else fresh_s[t] for t in seconds_span}
+        minutes = {m: self._minutes[m] if m in self._minutes else fresh_m[m] for m in minutes_span}
         counts = {tier: [0, 0] for tier in tiers}
         for cells in minutes.values():
             for (tier, _), cell in cells.items():
-                if tier not in counts:
-                    continue
-                counts[tier][0] += cell.n
-                counts[tier][1] += cell.met
-        if tiers and older:
-            pipe = self.redis.pipeline(transaction=False)
-            fields = [f"{tier}|{TOTAL}|{stat}" for tier in tiers for stat in ("n", "met")]
-            for minute in older:
-                pipe.hmget(protocol.slo_minute_key(minute), fields)
-            for values in await pipe.execute():
-                for i, tier in enumerate(tiers):
-                    counts[tier][0] += int(values[2 * i] or 0)
-                    counts[tier][1] += int(values[2 * i + 1] or 0)
-        return {tier: (n, met) for tier, (n, met) in counts.items()}
+                if tier in counts:
+                    counts[tier][0] += cell.n
+                    counts[tier][1] += cell.met
+        for m in older_span:
+            for tier, (n, met) in (self._older[m] if m in self._older else fresh_o[m]).items():
+                if tier in counts:
+                    counts[tier][0] += n
+                    counts[tier][1] += met
+        return Snapshot(now_s, seconds, minutes, {tier: (n, met) for tier, (n, met) in counts.items()})
+
+    @staticmethod
+    def _keep(cache: dict[int, _T], fresh: dict[int, _T], final: int, oldest: int) -> None:
+        """Cache what is final, and forget what has left the windows."""
+        cache.update((k, v) for k, v in fresh.items() if k <= final)
+        for k in [k for k in cache if k < oldest]:
+            del cache[k]
 
     async def sample_queues(self, streams: list[str]) -> dict[str, QueueSample]:
         """XLEN and the worker group's lag and pending count of each stream, in one pipeline."""
@@ -143,6 +165,10 @@ def _cells(fields: dict[bytes, bytes], maxima: list[tuple[bytes, float]]) -> Cel
         if cell is not None:
             cell.max_ms = max(cell.max_ms, score)
     return cells
+
+
+def _totals(tiers: list[str], values: list[bytes | None]) -> dict[str, tuple[int, int]]:
+    return {tier: (int(values[2 * i] or 0), int(values[2 * i + 1] or 0)) for i, tier in enumerate(tiers)}
 
 
 def _text(value: object) -> str:

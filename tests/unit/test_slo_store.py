@@ -60,3 +60,19 @@ async def test_failed_flush_keeps_the_counts_for_the_next_one() -> None:
     cell = slo.tier_totals(slo.windows(await store.snapshot(NOW, ["interactive"]))["1m"], "interactive")
     assert (cell.n, cell.sum_ms, cell.max_ms) == (2, 50.0, 30.0)
     await redis.aclose()
+
+
+async def test_recent_seconds_are_read_again_and_final_ones_once() -> None:
+    redis = fakeredis.FakeAsyncRedis()
+    store, acc = SloStore(redis, "gw", settle_s=5), slo.Accumulator()
+    record(acc, NOW - 100, 10.0)
+    record(acc, NOW - 2, 10.0)
+    await store.flush(acc)
+    assert slo.tier_totals(slo.windows(await store.snapshot(NOW, ["interactive"]))["5m"], "interactive").n == 2
+    record(acc, NOW - 2, 10.0)  # a flush landing in a second that is not final yet: counted
+    record(acc, NOW - 100, 10.0)  # one landing 100 s late, in a final second: not read again
+    await store.flush(acc)
+    assert slo.tier_totals(slo.windows(await store.snapshot(NOW, ["interactive"]))["5m"], "interactive").n == 3
+    fresh = SloStore(redis, "gw", settle_s=5)  # another gateway, without a cache, sees all of Redis
+    assert slo.tier_totals(slo.windows(await fresh.snapshot(NOW, ["interactive"]))["5m"], "interactive").n == 4
+    await redis.aclose()
