@@ -1,4 +1,4 @@
-"""Admission at the front door: a pure decision from a tier's last sampled load, no I/O.
+"""Admission at the front door: pure decisions from a tier's last sampled state, no I/O.
 
 A request is refused at once (429 with Retry-After) when its tier's queue is at its limit, or
 when the estimated wait (backlog / the live workers' capacity) plus the expected service time
@@ -9,23 +9,30 @@ queue limit applies: requests queue for workers that are starting.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import QueueFull
+from .protocol import HEARTBEAT_STALE_MS, Heartbeat
 
 
 @dataclass(slots=True, frozen=True)
-class TierLoad:
-    backlog: int = 0  # entries in the stream: waiting, or being run
-    capacity_per_s: float = 0.0  # requests per second the live workers can finish (0: unknown)
-    service_ms: float = 0.0  # expected service time of one request
+class Capacity:
+    """What the live workers of one stream can do together."""
 
-    def wait_ms(self, position: int | None = None) -> float | None:
-        """Estimated queue wait for the request at `position` (default: a new one)."""
-        if self.capacity_per_s <= 0:
-            return None
-        ahead = self.backlog if position is None else position
-        return ahead / self.capacity_per_s * 1000.0
+    per_s: float  # requests a second
+    service_ms: float  # expected service time of a request (the slowest live worker's batch)
+    workers: int
+
+
+def capacity_from(beats: Iterable[Heartbeat], now_ms: float) -> Capacity | None:
+    """Sum the fresh heartbeats of one stream; None when no worker is known to be alive."""
+    live = [b for b in beats if now_ms - b.at_ms < HEARTBEAT_STALE_MS]
+    if not live:
+        return None
+    return Capacity(
+        per_s=sum(b.capacity_per_s for b in live), service_ms=max(b.service_ms for b in live), workers=len(live)
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -34,28 +41,28 @@ class Admission:
     wait_ms: float | None  # estimated queue wait, None when unknown
 
 
-def admit(tier: str, load: TierLoad, max_queue: int, deadline_ms: int) -> Admission:
+def admit(tier: str, backlog: int, capacity: Capacity | None, max_queue: int, deadline_ms: int) -> Admission:
     """Admit a request or raise `QueueFull` saying which limit it hit and when to retry."""
-    if load.backlog >= max_queue:
-        retry_s = _drain_s(load, load.backlog - max_queue + 1)
+    if backlog >= max_queue:
         raise QueueFull(
-            f"the {tier} queue is full ({load.backlog} requests waiting, limit {max_queue}); retry later",
-            retry_after_s=retry_s,
+            f"the {tier} queue is full ({backlog} requests waiting, limit {max_queue}); retry later",
+            retry_after_s=_drain_s(capacity, backlog - max_queue + 1),
         )
-    wait_ms = load.wait_ms()
-    if wait_ms is not None and wait_ms + load.service_ms > deadline_ms:
+    if capacity is None or capacity.per_s <= 0:
+        return Admission(position=backlog, wait_ms=None)
+    wait_ms = backlog / capacity.per_s * 1000.0
+    if wait_ms + capacity.service_ms > deadline_ms:
+        excess = math.ceil((wait_ms + capacity.service_ms - deadline_ms) / 1000.0 * capacity.per_s)
         raise QueueFull(
             f"deadline of {deadline_ms} ms cannot be met on the {tier} tier: about {wait_ms:.0f} ms of queue "
-            f"ahead ({load.backlog} requests) plus {load.service_ms:.1f} ms of service",
-            retry_after_s=_drain_s(
-                load, math.ceil((wait_ms + load.service_ms - deadline_ms) / 1000 * load.capacity_per_s)
-            ),
+            f"ahead ({backlog} requests) plus {capacity.service_ms:.1f} ms of service",
+            retry_after_s=_drain_s(capacity, excess),
         )
-    return Admission(position=load.backlog, wait_ms=wait_ms)
+    return Admission(position=backlog, wait_ms=wait_ms)
 
 
-def _drain_s(load: TierLoad, requests: int) -> int:
+def _drain_s(capacity: Capacity | None, requests: int) -> int:
     """Whole seconds until `requests` more have drained (at least 1)."""
-    if load.capacity_per_s <= 0:
+    if capacity is None or capacity.per_s <= 0:
         return 1
-    return max(1, math.ceil(requests / load.capacity_per_s))
+    return max(1, math.ceil(requests / capacity.per_s))

@@ -19,10 +19,11 @@ import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
 
-from . import dashboard, handlers, metrics, openai_api
-from .background import join
+from . import dashboard, handlers, metrics, openai_api, protocol
+from .admission import capacity_from
+from .background import every, join
 from .clock import RedisClock, keep_synced
-from .errors import BackendUnavailable, RequestError
+from .errors import BackendUnavailable, QueueFull, RequestError
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
@@ -32,6 +33,7 @@ from .state import STATE, GatewayState
 log = logging.getLogger(__name__)
 
 CLOCK_SYNC_S = 30.0
+SAMPLE_S = 0.5  # how often admission's view of queues and worker capacity is refreshed
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -48,7 +50,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except RequestError as exc:
         log.info("request refused", extra={"path": request.path, "status": exc.status, "error": exc.code})
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, QueueFull):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[STATE].settings.gateway.max_body_bytes
         return error_response(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
@@ -105,6 +110,7 @@ def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[
         tasks = [
             asyncio.create_task(reader.run(stop)),
             asyncio.create_task(keep_synced(state.clock, redis, stop, CLOCK_SYNC_S)),
+            asyncio.create_task(every(SAMPLE_S, stop, _sampler(state))),
         ]
         yield
         stop.set()
@@ -115,6 +121,18 @@ def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[
         await redis.aclose()
 
     return context
+
+
+def _sampler(state: GatewayState) -> Callable[[], Awaitable[None]]:
+    """Admission's view of each stream: its length and its live workers' capacity."""
+    streams = {stream: protocol.heartbeat_key(tier, region) for tier, region, stream, _ in state.router.table()}
+
+    async def sample() -> None:
+        beats = await state.queue.sample(streams)
+        now_ms = state.clock.now_ms()
+        state.capacity = {stream: capacity_from(found, now_ms) for stream, found in beats.items()}
+
+    return sample
 
 
 async def serve(settings: Settings, redis_url: str, host: str, port: int) -> None:

@@ -7,6 +7,7 @@ the error middleware in `app.py`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,8 +18,9 @@ from aiohttp import web
 from msgspec import Meta
 
 from . import protocol
-from .errors import InvalidRequest, NotFound, QueueFull, from_code
+from .errors import DeadlineExceeded, InvalidRequest, NotFound, QueueFull, from_code
 from .metrics import METRICS
+from .routing import Route
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -89,16 +91,27 @@ def result_body(state: GatewayState, result: protocol.Result, total_ms: float, s
     )
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+QUEUE_INFO_HEADER = "X-Tiergate-Queue-Info"  # a client sends it (any value) to learn its queue position
+REPLAY_POLL_S = 0.05
+
+
 async def infer(request: web.Request) -> web.Response:
     started = time.perf_counter()
     state = request.app[STATE]
     body = decode_body(await request.read())
     route = state.router.route(body.model, len(body.input), body.tier, body.region, body.deadline_ms)
-    if state.queue.lengths.get(route.stream, 0) >= route.max_queue:
+    try:
+        admission = state.admit(route)
+    except QueueFull:
         request.app[METRICS].refused(route.tier)
-        raise QueueFull(f"the {route.tier} queue is full ({route.max_queue} requests waiting); retry later")
+        raise
     request_id = uuid.uuid4().hex
-    deadline_at_ms = int(state.clock.now_ms()) + route.deadline_ms
+    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
+    if idempotency_key is not None:
+        first = await _claim(state, idempotency_key, request_id)
+        if first is not None:
+            return await _replay(state, first, route, body.wait)
     envelope = protocol.Envelope(
         id=request_id,
         model=body.model,
@@ -106,27 +119,44 @@ async def infer(request: web.Request) -> web.Response:
         tier=route.tier,
         region=route.region,
         reply_to=state.gateway_id,
-        deadline_at_ms=deadline_at_ms,
+        deadline_at_ms=int(state.clock.now_ms()) + route.deadline_ms,
     )
-    payload = protocol.encoder.encode(envelope)
-    maxlen = 2 * route.max_queue  # a memory bound only: admission refuses long before it trims
-    if not body.wait:
-        accepted = protocol.Accepted(id=request_id, model=body.model, tier=route.tier, deadline_at_ms=deadline_at_ms)
-        state_entry = (
-            protocol.request_key(request_id),
-            protocol.encoder.encode(accepted),
-            state.settings.gateway.result_ttl_s,
-        )
-        await state.queue.enqueue(route.stream, payload, maxlen, state_entry)
-        log.info("request accepted", extra={"id": request_id, "model": body.model, "tier": route.tier})
-        return json_response({"id": request_id, "status_url": f"/v1/requests/{request_id}"}, status=202)
-    waiting = state.waiters.add(request_id, route.deadline_ms / 1000.0)
+    if body.wait:
+        response = await _run_and_wait(request, state, envelope, route, started)
+    else:
+        response = await _accept(state, envelope, route)
+    if QUEUE_INFO_HEADER in request.headers:
+        response.headers["X-Tiergate-Queue-Position"] = str(admission.position)
+        wait_ms = "unknown" if admission.wait_ms is None else f"{admission.wait_ms:.1f}"
+        response.headers["X-Tiergate-Estimated-Wait-Ms"] = wait_ms
+    return response
+
+
+async def _accept(state: GatewayState, envelope: protocol.Envelope, route: Route) -> web.Response:
+    """Queue an async request with its `Accepted` state; answer 202 with where to find it."""
+    accepted = protocol.Accepted(
+        id=envelope.id, model=envelope.model, tier=route.tier, deadline_at_ms=envelope.deadline_at_ms
+    )
+    state_entry = (
+        protocol.request_key(envelope.id),
+        protocol.encoder.encode(accepted),
+        state.settings.gateway.result_ttl_s,
+    )
+    await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), 2 * route.max_queue, state_entry)
+    log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
+    return json_response({"id": envelope.id, "status_url": f"/v1/requests/{envelope.id}"}, status=202)
+
+
+async def _run_and_wait(
+    request: web.Request, state: GatewayState, envelope: protocol.Envelope, route: Route, started: float
+) -> web.Response:
+    waiting = state.waiters.add(envelope.id, route.deadline_ms / 1000.0)
     metrics = request.app[METRICS]
     metrics.begin(route.tier)
     try:
-        await state.queue.enqueue(route.stream, payload, maxlen)
+        await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), 2 * route.max_queue)
     except BaseException as exc:
-        state.waiters.discard(request_id)
+        state.waiters.discard(envelope.id)
         metrics.interrupted(route.tier, exc)
         raise
     try:
@@ -142,8 +172,8 @@ async def infer(request: web.Request) -> web.Response:
     log.info(
         "request done",
         extra={
-            "id": request_id,
-            "model": body.model,
+            "id": envelope.id,
+            "model": envelope.model,
             "tier": route.tier,
             "pool": reply.pool,
             "total_ms": round(total_ms, 3),
@@ -153,6 +183,31 @@ async def infer(request: web.Request) -> web.Response:
         },
     )
     return json_response(result_body(state, reply, total_ms))
+
+
+async def _claim(state: GatewayState, key: str, request_id: str) -> str | None:
+    if not 1 <= len(key) <= 255:
+        raise InvalidRequest(f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 characters, not {len(key)}")
+    return await state.queue.claim_idempotency(key, request_id, state.settings.gateway.result_ttl_s)
+
+
+async def _replay(state: GatewayState, first_id: str, route: Route, wait: bool) -> web.Response:
+    """Answer a retry with the first request's outcome, waiting for it if it is still running."""
+    if not wait:
+        return json_response({"id": first_id, "status_url": f"/v1/requests/{first_id}"}, status=202)
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + route.deadline_ms / 1000.0
+    while True:
+        stored = await state.queue.stored(first_id)
+        if isinstance(stored, protocol.Result):
+            response = json_response(result_body(state, stored, stored.finished_at_ms - stored.enqueued_at_ms))
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
+        if isinstance(stored, protocol.Failure):
+            raise from_code(stored.code, stored.message)
+        if loop.time() >= give_up_at:
+            raise DeadlineExceeded(f"the first request with this idempotency key ({first_id}) has not finished")
+        await asyncio.sleep(REPLAY_POLL_S)
 
 
 async def request_status(request: web.Request) -> web.Response:

@@ -22,14 +22,17 @@ from aiohttp import web
 from msgspec import Meta
 
 from . import protocol
+from .admission import Admission
 from .errors import InvalidRequest, QueueFull, RequestError, from_code
-from .handlers import json_response
+from .handlers import QUEUE_INFO_HEADER, json_response
+from .metrics import METRICS
 from .openai_stream import StreamCall, error_type, stream_reply, usage
 from .results import StreamEvent
 from .routing import Route
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
+ADMISSION: web.RequestKey[Admission] = web.RequestKey("admission", Admission)
 
 TIER_HEADER = "X-Tiergate-Tier"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -194,9 +197,21 @@ def _check_model(state: GatewayState, model: str, kind: str) -> None:
 
 def _route(request: web.Request, state: GatewayState, model: str, chars: int, service_tier: str | None) -> Route:
     route = state.router.route(model, chars, pick_tier(request, state, service_tier))
-    if state.queue.lengths.get(route.stream, 0) >= route.max_queue:
-        raise QueueFull(f"the {route.tier} queue is full ({route.max_queue} requests waiting); retry later")
+    try:
+        request[ADMISSION] = state.admit(route)
+    except QueueFull:
+        request.app[METRICS].refused(route.tier)
+        raise
     return route
+
+
+def _queue_comment(request: web.Request) -> str | None:
+    """The SSE comment with the queue position, for a client that sent the queue-info header."""
+    if QUEUE_INFO_HEADER not in request.headers:
+        return None
+    admission: Admission = request[ADMISSION]
+    wait_ms = "unknown" if admission.wait_ms is None else f"{admission.wait_ms:.1f}"
+    return f"queue position={admission.position} estimated_wait_ms={wait_ms}"
 
 
 def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra: Any) -> protocol.Envelope:
@@ -228,9 +243,10 @@ async def _stream(
     request: web.Request, state: GatewayState, route: Route, env: protocol.Envelope, call: StreamCall
 ) -> web.StreamResponse:
     events: asyncio.Queue[StreamEvent] = state.waiters.add_stream(env.id, route.deadline_ms / 1000.0)
+    comment = _queue_comment(request)
     try:
         await state.queue.enqueue(route.stream, protocol.encoder.encode(env), 2 * route.max_queue)
-        return await stream_reply(request, call, events)
+        return await stream_reply(request, call, events, None if comment is None else (route.tier, comment))
     finally:
         state.waiters.discard(env.id)
 

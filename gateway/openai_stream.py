@@ -69,17 +69,30 @@ class _Writer:
         self.id = f"{prefix}-{call.request_id}"
 
     async def open(self, tier: str, pool: str, queue_ms: float) -> None:
-        self.ttft_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
-        self.request.app[METRICS].first_token(tier, pool, self.ttft_ms / 1000.0)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
+        """Start the event stream at the first token, its headers carrying the tier and timings."""
+        self.first_token(tier, pool)
+        await self._prepare(
+            {
                 "X-Tiergate-Tier": tier,
                 "X-Tiergate-Pool": pool,
                 "X-Tiergate-Queue-Ms": f"{queue_ms:g}",
                 "X-Tiergate-TTFT-Ms": f"{self.ttft_ms:g}",
             }
+        )
+
+    async def open_early(self, tier: str, comment: str) -> None:
+        """Start the event stream before any token, with an SSE comment (the queue position)."""
+        await self._prepare({"X-Tiergate-Tier": tier})
+        assert self.response is not None
+        await self.response.write(f": {comment}\n\n".encode())
+
+    def first_token(self, tier: str, pool: str) -> None:
+        self.ttft_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
+        self.request.app[METRICS].first_token(tier, pool, self.ttft_ms / 1000.0)
+
+    async def _prepare(self, headers: dict[str, str]) -> None:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
         )
         await response.prepare(self.request)
         self.response = response
@@ -131,21 +144,30 @@ class _Writer:
 
 
 async def stream_reply(
-    request: web.Request, call: StreamCall, events: asyncio.Queue[StreamEvent]
+    request: web.Request,
+    call: StreamCall,
+    events: asyncio.Queue[StreamEvent],
+    early: tuple[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Relay one streaming request's events to the client until its Result or its error."""
+    """Relay one streaming request's events to the client until its Result or its error.
+
+    `early` (tier, comment) opens the stream before the first token with that SSE comment.
+    """
     writer = _Writer(request, call)
+    if early is not None:
+        await writer.open_early(*early)
     try:
         while True:
             event = await events.get()
-            if isinstance(event, protocol.Chunk):
+            if isinstance(event, protocol.Chunk | protocol.Result) and not writer.sent and not writer.ttft_ms:
                 if writer.response is None:
                     await writer.open(event.tier, event.pool, event.queue_ms)
+                else:
+                    writer.first_token(event.tier, event.pool)
+            if isinstance(event, protocol.Chunk):
                 await writer.text(event.text)
                 continue
             if isinstance(event, protocol.Result):
-                if writer.response is None:
-                    await writer.open(event.tier, event.pool, event.queue_ms)
                 await writer.finish(event)
                 log.info("stream done", extra={"id": call.request_id, "tier": event.tier, "pool": event.pool})
                 return writer.response  # type: ignore[return-value]

@@ -7,9 +7,11 @@ Each flush also samples the length of the streams it wrote, which admission read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -99,6 +101,40 @@ class RequestQueue:
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
         return None if raw is None else protocol.stored_decoder.decode(raw)
+
+    async def sample(self, streams: dict[str, str]) -> dict[str, list[protocol.Heartbeat]]:
+        """Refresh `lengths` of every stream and read each one's worker heartbeats.
+
+        `streams` maps a request stream to its heartbeat hash. Runs on a timer, so admission
+        sees a drained queue even when no request has been queued since.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, heartbeats in streams.items():
+            pipe.xlen(stream)
+            pipe.hvals(heartbeats)
+        replies = await pipe.execute()
+        beats: dict[str, list[protocol.Heartbeat]] = {}
+        for i, stream in enumerate(streams):
+            self.lengths[stream] = int(replies[2 * i])
+            decoded = []
+            for raw in replies[2 * i + 1]:
+                with contextlib.suppress(msgspec.DecodeError):
+                    decoded.append(protocol.heartbeat_decoder.decode(raw))
+            beats[stream] = decoded
+        return beats
+
+    async def claim_idempotency(self, key: str, request_id: str, ttl_s: int) -> str | None:
+        """Record `request_id` as the first request sent with `key`; return the first one's id
+        when another request already holds it."""
+        name = protocol.idempotency_key(key)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(name, request_id, nx=True, ex=ttl_s)
+            pipe.get(name)
+            claimed, holder = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"Redis is unreachable, the request was not queued: {exc}") from exc
+        return None if claimed else holder.decode()
 
     async def ping(self) -> bool:
         try:

@@ -21,6 +21,12 @@ from .errors import ConfigError
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "tiergate.toml"
 TIER_NAMES = ("realtime", "interactive", "batch")
 
+
+def tier_rank(tier: str) -> int:
+    """Strictness order: realtime 0, interactive 1, batch 2."""
+    return TIER_NAMES.index(tier) if tier in TIER_NAMES else len(TIER_NAMES)
+
+
 PositiveInt = Annotated[int, Meta(gt=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeFloat = Annotated[float, Meta(ge=0)]
@@ -118,6 +124,8 @@ class PoolSettings(_Frozen, frozen=True):
     mode: Literal["deterministic", "batched"] = "batched"
     max_batch: PositiveInt = 1
     max_wait_ms: NonNegativeFloat = 0.0
+    # Share of the slots a lower tier is guaranteed while a stricter tier of this pool keeps it busy.
+    min_share: Annotated[float, Meta(ge=0, le=1)] = 0.1
     backend: Literal["simulated", "openai"] = "simulated"
     upstream: UpstreamSettings | None = None  # backend "openai" only
 
@@ -127,15 +135,6 @@ class AccountingSettings(_Frozen, frozen=True):
     # figures of each processor scale.
     baseline_flops_per_joule: PositiveFloat = 1.0e12
     baseline_usd_per_pflop: PositiveFloat = 0.0006
-
-
-def _default_service_tiers() -> dict[str, str]:
-    return {"priority": "realtime", "default": "interactive", "flex": "batch"}
-
-
-class OpenAISettings(_Frozen, frozen=True):
-    # The OpenAI API's `service_tier` values and the tier each one selects.
-    service_tiers: dict[str, str] = msgspec.field(default_factory=_default_service_tiers)
 
 
 class DeliverySettings(_Frozen, frozen=True):
@@ -159,6 +158,15 @@ class MetricsSettings(_Frozen, frozen=True):
     slo_cache_s: NonNegativeFloat = 0.5  # how long one process reuses a computed /v1/slo answer
 
 
+def _default_service_tiers() -> dict[str, str]:
+    return {"priority": "realtime", "default": "interactive", "flex": "batch"}
+
+
+class OpenAISettings(_Frozen, frozen=True):
+    # The OpenAI API's `service_tier` values and the tier each one selects.
+    service_tiers: dict[str, str] = msgspec.field(default_factory=_default_service_tiers)
+
+
 class Settings(_Frozen, frozen=True):
     tiers: dict[str, TierSettings]
     processors: dict[str, ProcessorSettings]
@@ -168,8 +176,8 @@ class Settings(_Frozen, frozen=True):
     gateway: GatewaySettings = GatewaySettings()
     accounting: AccountingSettings = AccountingSettings()
     delivery: DeliverySettings = DeliverySettings()
-    metrics: MetricsSettings = MetricsSettings()
     openai: OpenAISettings = OpenAISettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -310,9 +318,9 @@ def _check_pool(pool: PoolSettings, s: Settings) -> list[str]:
 
 def _check_upstream(pool: PoolSettings) -> list[str]:
     if pool.backend != "openai":
-        return ["upstream: only a pool with backend = \"openai\" takes an upstream"] if pool.upstream else []
+        return ['upstream: only a pool with backend = "openai" takes an upstream'] if pool.upstream else []
     if pool.upstream is None or not pool.upstream.base_url:
-        return ["upstream.base_url: a pool with backend = \"openai\" needs the base URL of its upstream server"]
+        return ['upstream.base_url: a pool with backend = "openai" needs the base URL of its upstream server']
     if not pool.upstream.base_url.startswith(("http://", "https://")):
         return [f"upstream.base_url: {pool.upstream.base_url!r} is not an http:// or https:// URL"]
     return []

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 
 from gateway import protocol
 from gateway.protocol import Envelope, Failure, Reply
-from gateway.settings import Settings
+from gateway.settings import Settings, tier_rank
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class Consumer:
         pool = settings.pools[pool_name]
         self.redis = redis
         self.name = name
-        self.streams = [protocol.stream_key(tier, pool.region) for tier in pool.tiers]
+        # Strictest tier first: the order is each stream's priority in the batcher.
+        self.tiers = sorted(pool.tiers, key=tier_rank)
+        self.streams = [protocol.stream_key(tier, pool.region) for tier in self.tiers]
         self._dead_letters = {
             protocol.stream_key(t, pool.region): protocol.dead_letter_key(t, pool.region) for t in pool.tiers
         }
@@ -70,10 +72,10 @@ class Consumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def read(self, count: int, block_ms: int) -> list[Delivery]:
-        """New entries for this consumer, across all its streams (stricter tiers listed first)."""
+    async def read(self, count: int, block_ms: int, streams: list[str] | None = None) -> list[Delivery]:
+        """New entries for this consumer: up to `count` from each of `streams` (default: all)."""
         response: protocol.StreamReply | None = await self.redis.xreadgroup(
-            protocol.GROUP, self.name, dict.fromkeys(self.streams, ">"), count=count, block=block_ms
+            protocol.GROUP, self.name, dict.fromkeys(streams or self.streams, ">"), count=count, block=block_ms
         )  # type: ignore[assignment]
         deliveries: list[Delivery] = []
         for raw_stream, entries in response or ():

@@ -9,11 +9,13 @@ import logging
 import time
 
 from gateway.clock import RedisClock
-from gateway.protocol import Failure, Reply, Result
+from gateway.protocol import Envelope, Failure, Reply, Result
 from gateway.settings import Settings
 
 from .backends import Backend, Completion
+from .capacity import expected_batch_ms
 from .consumer import Delivery
+from .models import tokens
 from .streaming import ChunkPublisher, ChunkStream
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class Executor:
         self.worker = worker
         self.backend = backend
         self.clock = clock
+        self.latency = settings.processors[pool.processor].latency
+        self.generates = {name for name, model in settings.models.items() if model.kind == "echo"}
 
     def _failure(self, d: Delivery, code: str, message: str) -> Failure:
         env = d.envelope
@@ -60,7 +64,22 @@ class Executor:
             return self._failure(d, "deadline_exceeded", message)
         if env.model not in self.models:
             return self._failure(d, "model_not_found", f"pool {self.pool_name} does not serve model {env.model!r}")
+        need_ms = self.expected_ms(env)
+        if env.deadline_at_ms - now_ms < need_ms:
+            left_ms = env.deadline_at_ms - now_ms
+            message = (
+                f"request {env.id} cannot finish before its deadline: {left_ms:.0f} ms left, and pool "
+                f"{self.pool_name} needs about {need_ms:.0f} ms to run it"
+            )
+            return self._failure(d, "deadline_exceeded", message)
         return None
+
+    def expected_ms(self, env: Envelope) -> float:
+        """The processor profile's service time for this request alone, token generation included."""
+        generated = 0
+        if env.model in self.generates:
+            generated = tokens(env.input) if env.max_tokens <= 0 else min(env.max_tokens, tokens(env.input))
+        return expected_batch_ms(self.latency, 1) + self.latency.per_token_ms * max(0, generated - 1)
 
     def _triage(self, batch: list[Delivery]) -> tuple[list[Delivery], list[tuple[Delivery, Reply]]]:
         """Split a batch into what runs now and the failures answered without running."""

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import protocol
-from gateway.background import join
+from gateway.background import every, join
 from gateway.clock import RedisClock, keep_synced
 from gateway.protocol import Reply
 from gateway.settings import Settings
@@ -80,7 +80,10 @@ class WorkerProcess:
         self.executor = Executor(
             settings, pool_name, self.name, self.backend, self.clock, publish_chunks=self.consumer.publish_chunks
         )
-        self.batcher: Batcher[Delivery] = Batcher(pool.max_batch, pool.max_wait_ms / 1000.0)
+        self.batcher: Batcher[Delivery] = Batcher(
+            pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
+        )
+        self.priority = {stream: rank for rank, stream in enumerate(self.consumer.streams)}
         self.capacity = CapacityMeter(settings.processors[pool.processor].latency, pool.max_batch)
         self.stopping = asyncio.Event()
         self.claim_interval_s = settings.delivery.claim_interval_s
@@ -108,7 +111,7 @@ class WorkerProcess:
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
             asyncio.create_task(self._reclaim_loop()),
-            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(every(protocol.HEARTBEAT_S, self.stopping, self._heartbeat)),
         ]
         try:
             await self._execute_loop()
@@ -142,17 +145,26 @@ class WorkerProcess:
         backoff = 0.1
         while not self.stopping.is_set():
             await self.batcher.wait_for_room()
+            rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
+            open_streams = [stream for stream, room in rooms.items() if room > 0]
             try:
-                deliveries = await self.consumer.read(self.batcher.room, READ_BLOCK_MS)
+                deliveries = await self.consumer.read(max(rooms.values()), READ_BLOCK_MS, open_streams)
                 backoff = 0.1
             except RedisError as exc:
                 log.warning("read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
-            for d in deliveries:
-                self.batcher.put(d)
+            self._admit(deliveries)
         self.batcher.close()
+
+    def _admit(self, deliveries: list[Delivery]) -> None:
+        """Queue deliveries by tier, each to start while its deadline can still be met."""
+        now = asyncio.get_running_loop().time()
+        now_ms = self.clock.now_ms()
+        for d in deliveries:
+            slack_s = (d.envelope.deadline_at_ms - now_ms - self.executor.expected_ms(d.envelope)) / 1000.0
+            self.batcher.put(d, self.priority[d.stream], start_by=now + slack_s)
 
     async def _execute_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -164,21 +176,16 @@ class WorkerProcess:
             await self._publish(replies)
             self.capacity.record(loop.time(), len(batch), loop.time() - started)
 
-    async def _heartbeat_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self.stopping.is_set():
-            capacity_per_s, service_ms = self.capacity.snapshot(loop.time())
-            beat = protocol.Heartbeat(
-                worker=self.name,
-                pool=self.pool_name,
-                at_ms=int(self.clock.now_ms()),
-                capacity_per_s=round(capacity_per_s, 3),
-                service_ms=round(service_ms, 3),
-            )
-            with contextlib.suppress(RedisError, OSError):  # the read loop reports outages
-                await self.consumer.heartbeat(beat)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), protocol.HEARTBEAT_S)
+    async def _heartbeat(self) -> None:
+        capacity_per_s, service_ms = self.capacity.snapshot(asyncio.get_running_loop().time())
+        beat = protocol.Heartbeat(
+            worker=self.name,
+            pool=self.pool_name,
+            at_ms=int(self.clock.now_ms()),
+            capacity_per_s=round(capacity_per_s, 3),
+            service_ms=round(service_ms, 3),
+        )
+        await self.consumer.heartbeat(beat)
 
     async def _reclaim_loop(self) -> None:
         """Take over the pending entries of workers that stopped heartbeating, and dead-letter

@@ -145,10 +145,13 @@ async def test_full_queue_is_refused_with_429(stack: StartStack, make_settings: 
     s: Stack = await stack(settings=make_settings(tiers__batch__max_queue=3), pools=[])
     statuses = [(await s.infer(model="sim-echo", input=f"q{i}", tier="batch", wait=False))[0] for i in range(3)]
     assert statuses == [202, 202, 202]
-    status, body = await s.infer(model="sim-echo", input="one too many", tier="batch", wait=False)
-    assert status == 429
-    assert body["error"]["type"] == "queue_full"
-    assert "the batch queue is full (3 requests waiting)" in body["error"]["message"]
+    async with s.http.post(f"{s.url}/v1/infer", json={"model": "sim-echo", "input": "one", "tier": "batch"}) as r:
+        status, body, retry_after = r.status, await r.json(), r.headers.get("Retry-After")
+    assert (status, retry_after) == (429, "1")
+    assert body["error"] == {
+        "type": "queue_full",
+        "message": "the batch queue is full (3 requests waiting, limit 3); retry later",
+    }
 
 
 async def test_redis_unreachable_is_503_and_healthz_stays_up(stack: StartStack) -> None:
