@@ -380,3 +380,22 @@ def _no_stray_env() -> Iterator[None]:
     saved = {k: os.environ.pop(k) for k in ("TIERGATE_REDIS_URL", "TIERGATE_CONFIG") if k in os.environ}
     yield
     os.environ.update(saved)
+
+
+async def test_worker_sigterm_finishes_and_acknowledges_its_batch_then_exits(cluster: Cluster) -> None:
+    gateway = cluster.gateway()
+    leaving = cluster.worker()
+    client = cluster.client()
+    load = Load()
+    await drive(gateway.ready["url"], load, 40, 0.002, "term")
+    await wait_for(lambda: len(pending_of(client, leaving.ready["worker"])) > 0)
+    held = [request_of(client, e) for e in pending_of(client, leaving.ready["worker"])]
+    leaving.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(leaving.wait) == 0
+    assert pending_of(client, leaving.ready["worker"]) == []  # it acknowledged all it had read
+    assert {finisher(client, i) for i in held} == {leaving.ready["worker"]}  # and answered them itself
+    cluster.worker()  # the rest of the queue is served by the next worker
+    final = await outcomes(gateway.ready["url"], load.accepted)
+    check_every_answer(final, load.accepted)
+    assert len(load.accepted) == 40
+    client.close()
