@@ -33,7 +33,8 @@ def default_raw() -> dict[str, Any]:
 
 @pytest.fixture
 def make_settings() -> Callable[..., Settings]:
-    """Build validated settings from the default config with dotted-key overrides applied."""
+    """Build validated settings from the default config with overrides applied; a keyword names
+    a key path with `__` between the parts: `pools__cerebras_batch__max_batch=1`."""
 
     def build(**overrides: Any) -> Settings:
         raw = default_raw()
@@ -41,6 +42,8 @@ def make_settings() -> Callable[..., Settings]:
             node = raw
             *parents, leaf = dotted.split("__")
             for key in parents:
+                # Config names use hyphens (`cerebras-cs3`), Python keywords cannot: accept both.
+                key = key if key in node or key.replace("_", "-") not in node else key.replace("_", "-")
                 node = node.setdefault(key, {})
             node[leaf] = value
         return parse_settings(raw)

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 READ_BLOCK_MS = 500  # bounds how long SIGTERM waits for an in-flight read
 CLOCK_SYNC_S = 30.0
 MAX_BACKOFF_S = 2.0
+START_MARGIN_MS = 5.0
 
 
 def connect(settings: Settings, url: str) -> Redis:
@@ -159,11 +160,13 @@ class WorkerProcess:
         self.batcher.close()
 
     def _admit(self, deliveries: list[Delivery]) -> None:
-        """Queue deliveries by tier, each to start while its deadline can still be met."""
+        """Queue deliveries by tier, each to start while its deadline can still be met: with
+        twice its expected service time (and a little more) still left, since batches run long."""
         now = asyncio.get_running_loop().time()
         now_ms = self.clock.now_ms()
         for d in deliveries:
-            slack_s = (d.envelope.deadline_at_ms - now_ms - self.executor.expected_ms(d.envelope)) / 1000.0
+            need_ms = 2 * self.executor.expected_ms(d.envelope) + START_MARGIN_MS
+            slack_s = (d.envelope.deadline_at_ms - now_ms - need_ms) / 1000.0
             self.batcher.put(d, self.priority[d.stream], start_by=now + slack_s)
 
     async def _execute_loop(self) -> None:

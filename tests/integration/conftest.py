@@ -36,9 +36,9 @@ class Stack:
             await asyncio.wait_for(ready.wait(), 10)
 
     async def stop_workers(self) -> None:
-        for worker, task in self.workers.values():
+        for worker, _ in self.workers.values():
             worker.stop()
-            await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(asyncio.gather(*(task for _, task in self.workers.values())), 15)
         self.workers.clear()
 
     async def infer(self, **body: object) -> tuple[int, dict]:  # type: ignore[type-arg]

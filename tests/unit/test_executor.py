@@ -1,0 +1,53 @@
+"""The executor never starts a request that is late or cannot finish in time, and says why."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway.clock import RedisClock
+from gateway.protocol import Envelope, Failure, Result
+from gateway.settings import Settings
+from workers.backends import Completion
+from workers.consumer import Delivery
+from workers.executor import Executor
+
+
+class RecordingBackend:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def run(self, batch: Sequence[Envelope], sink: Any = None) -> list[Completion]:
+        self.ran += [env.id for env in batch]
+        return [Completion(output=env.input[::-1], energy_j=1.0, cost=1.0) for env in batch]
+
+    async def close(self) -> None:
+        return None
+
+
+def delivery(request_id: str, deadline_at_ms: float) -> Delivery:
+    env = Envelope(
+        id=request_id, model="sim-embed", input="x", tier="batch", region="default", reply_to="gw",
+        deadline_at_ms=int(deadline_at_ms),
+    )  # fmt: skip
+    return Delivery("tg:{batch.default}:requests", b"1-0", env)
+
+
+async def test_late_and_hopeless_requests_are_answered_without_running(make_settings: Callable[..., Settings]) -> None:
+    backend = RecordingBackend()
+    clock = RedisClock()
+    executor = Executor(make_settings(), "cerebras-batch", "w1", backend, clock)  # about 40 ms a batch
+    now = clock.now_ms()
+    replies = dict(
+        (d.envelope.id, reply)
+        for d, reply in await executor.execute(
+            [delivery("late", now - 5), delivery("hopeless", now + 10), delivery("fine", now + 60_000)]
+        )
+    )
+    assert backend.ran == ["fine"]
+    assert isinstance(replies["fine"], Result)
+    late, hopeless = replies["late"], replies["hopeless"]
+    assert isinstance(late, Failure) and late.code == "deadline_exceeded"
+    assert "reached its deadline" in late.message
+    assert isinstance(hopeless, Failure) and hopeless.code == "deadline_exceeded"
+    assert "cannot finish before its deadline" in hopeless.message and "needs about 40 ms" in hopeless.message
