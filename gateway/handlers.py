@@ -142,7 +142,7 @@ async def _accept(state: GatewayState, envelope: protocol.Envelope, route: Route
         protocol.encoder.encode(accepted),
         state.settings.gateway.result_ttl_s,
     )
-    await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), 2 * route.max_queue, state_entry)
+    await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), state_entry)
     log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
     return json_response({"id": envelope.id, "status_url": f"/v1/requests/{envelope.id}"}, status=202)
 
@@ -154,7 +154,7 @@ async def _run_and_wait(
     metrics = request.app[METRICS]
     metrics.begin(route.tier)
     try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), 2 * route.max_queue)
+        await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope))
     except BaseException as exc:
         state.waiters.discard(envelope.id)
         metrics.interrupted(route.tier, exc)

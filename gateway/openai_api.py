@@ -230,7 +230,7 @@ def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra:
 async def _wait(state: GatewayState, route: Route, env: protocol.Envelope) -> protocol.Result:
     waiting = state.waiters.add(env.id, route.deadline_ms / 1000.0)
     try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(env), 2 * route.max_queue)
+        await state.queue.enqueue(route.stream, protocol.encoder.encode(env))
         reply = await waiting
     finally:
         state.waiters.discard(env.id)
@@ -245,7 +245,7 @@ async def _stream(
     events: asyncio.Queue[StreamEvent] = state.waiters.add_stream(env.id, route.deadline_ms / 1000.0)
     comment = _queue_comment(request)
     try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(env), 2 * route.max_queue)
+        await state.queue.enqueue(route.stream, protocol.encoder.encode(env))
         return await stream_reply(request, call, events, None if comment is None else (route.tier, comment))
     finally:
         state.waiters.discard(env.id)

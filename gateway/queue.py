@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 class _Pending:
     stream: str
     payload: bytes
-    maxlen: int
     future: asyncio.Future[bytes]
     state_key: str | None = None
     state: bytes | None = None
@@ -40,12 +39,16 @@ class RequestQueue:
         self._flushing: set[asyncio.Task[None]] = set()
 
     def enqueue(
-        self, stream: str, payload: bytes, maxlen: int, state: tuple[str, bytes, int] | None = None
+        self, stream: str, payload: bytes, state: tuple[str, bytes, int] | None = None
     ) -> asyncio.Future[bytes]:
-        """Queue an XADD for this tick's pipeline; the future resolves to the entry id."""
+        """Queue an XADD for this tick's pipeline; the future resolves to the entry id.
+
+        No MAXLEN: a trim could drop entries still waiting or pending. Workers XDEL what they
+        answered and admission refuses at `max_queue`, which bounds the stream instead.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
-        item = _Pending(stream, payload, maxlen, future)
+        item = _Pending(stream, payload, future)
         if state is not None:
             item.state_key, item.state, item.state_ttl_s = state
         if not self._pending:
@@ -64,7 +67,7 @@ class RequestQueue:
         for item in batch:
             if item.state_key is not None:
                 pipe.set(item.state_key, item.state, ex=item.state_ttl_s)  # type: ignore[arg-type]
-            pipe.xadd(item.stream, {protocol.PAYLOAD_FIELD: item.payload}, maxlen=item.maxlen, approximate=True)
+            pipe.xadd(item.stream, {protocol.PAYLOAD_FIELD: item.payload})
         streams = list(dict.fromkeys(item.stream for item in batch))
         for stream in streams:
             pipe.xlen(stream)

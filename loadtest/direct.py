@@ -75,7 +75,7 @@ class DirectDriver:
         outcome, server_ms = "errors", None
         try:
             stream = protocol.stream_key(arrival.tier, self.region)
-            await self.queue.enqueue(stream, protocol.encoder.encode(envelope), 2 * tier.max_queue)
+            await self.queue.enqueue(stream, protocol.encoder.encode(envelope))
             reply = await asyncio.wait_for(future, budget_ms / 1000.0 + CLIENT_SLACK_S)
             if isinstance(reply, protocol.Result):
                 outcome, server_ms = "ok", float(reply.finished_at_ms - reply.enqueued_at_ms)

@@ -214,8 +214,7 @@ class WorkerProcess:
                 log.warning("reclaim failed, retrying", extra={"error": str(exc)})
                 quiet_until = loop.time() + protocol.HEARTBEAT_STALE_MS / 1000.0
                 continue
-            for d in deliveries:
-                self.batcher.put(d)  # the strictest priority: these have waited longest
+            self._admit(deliveries)
 
     async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
         backoff = 0.1

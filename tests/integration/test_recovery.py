@@ -189,3 +189,28 @@ def test_the_idle_threshold_covers_the_slowest_pool_sharing_a_stream(make_settin
     inferentia = settings.processors["inferentia2"].latency
     assert claim_idle_ms(settings, "h100-interactive") >= int(4 * inferentia.per_token_ms * 256)
     assert claim_idle_ms(make_settings(), "groq-realtime") == make_settings().delivery.claim_idle_min_ms
+
+
+async def test_request_streams_hold_only_waiting_and_running_entries(
+    stack: StartStack, client: aioredis.Redis, make_settings: Callable[..., Settings]
+) -> None:
+    """No MAXLEN trim: every accepted entry stays until answered; admission bounds the length."""
+    s: Stack = await stack(make_settings(tiers__interactive__max_queue=6), pools=[])
+    accepted, refused = [], 0
+    for i in range(12):
+        async with s.http.post(f"{s.url}/v1/infer", json={"model": "sim-echo", "input": f"n{i}", "wait": False}) as r:
+            if r.status == 202:
+                accepted.append((await r.json())["id"])
+            else:
+                assert (r.status, (await r.json())["error"]["type"]) == (429, "queue_full")
+                refused += 1
+    assert len(accepted) == 6 and refused == 6
+    queued = [protocol.envelope_decoder.decode(f[protocol.PAYLOAD_FIELD]).id for _, f in await client.xrange(STREAM)]
+    assert queued == accepted  # none trimmed
+    await s.start_workers(["h100-interactive"])
+    await wait_until(lambda: _all_done(s, accepted))
+    assert await client.xlen(STREAM) == 0  # answered entries are deleted
+
+
+async def _all_done(s: Stack, ids: list[str]) -> bool:
+    return all([(await status_of(s, i))["status"] == "done" for i in ids])
