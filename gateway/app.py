@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
-from . import dashboard, handlers, metrics, openai_api, protocol
+from . import dashboard, handlers, metrics, openai_api, openapi, protocol
 from .admission import capacity_from
 from .background import every, join
 from .clock import RedisClock, keep_synced
@@ -67,17 +68,40 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal error; the gateway log has the details")
 
 
+def body_timeout(timeout_s: float) -> Middleware:
+    """Read each request body within `timeout_s`, or answer 408 and close: a client that sends
+    its body slowly holds a connection, never a handler, for longer."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await request.read()  # cached: the handler's own read() returns it
+            except TimeoutError:
+                response = error_response(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s")
+                response.force_close()
+                return response
+        return await handler(request)
+
+    return middleware
+
+
 def new_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def build_app(settings: Settings, redis_url: str, gateway_id: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.gateway.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.gateway.max_body_bytes,
+        middlewares=[error_middleware, body_timeout(settings.gateway.body_timeout_s)],
+    )
     app.router.add_post("/v1/infer", handlers.infer)
     app.router.add_get("/v1/requests/{id}", handlers.request_status)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
+    openapi.add_routes(app, settings)
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id()))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
     dashboard.add_routes(app)
@@ -138,7 +162,15 @@ def _sampler(state: GatewayState) -> Callable[[], Awaitable[None]]:
 async def serve(settings: Settings, redis_url: str, host: str, port: int) -> None:
     """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully."""
     app = build_app(settings, redis_url)
-    runner = web.AppRunner(app, shutdown_timeout=settings.gateway.shutdown_grace_s, access_log=None)
+    gw = settings.gateway
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=gw.shutdown_grace_s,
+        access_log=None,
+        keepalive_timeout=gw.keepalive_timeout_s,  # also closes a connection still sending its headers
+        max_line_size=gw.max_header_bytes,
+        max_field_size=gw.max_header_bytes,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

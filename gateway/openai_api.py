@@ -287,12 +287,25 @@ def _check_sampling(body: _Sampling) -> None:
         raise _unsupported("n", "one choice per request")
 
 
+def _check_limits(state: GatewayState, body: _Sampling) -> None:
+    """The gateway's limits on output tokens and conversation length ([gateway] in the config)."""
+    limits = state.settings.gateway
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = getattr(body, field, None)
+        if value is not None and value > limits.max_tokens:
+            raise InvalidRequest(f"{field} is {value}; the limit is {limits.max_tokens} - at `$.{field}`")
+    count = len(getattr(body, "messages", ()))
+    if count > limits.max_messages:
+        raise InvalidRequest(f"messages holds {count} messages; the limit is {limits.max_messages} - at `$.messages`")
+
+
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     state = request.app[STATE]
     body: ChatRequest = _decode(_chat_decoder, await request.read())
     _check_sampling(body)
+    _check_limits(state, body)
     if not body.messages:
         raise InvalidRequest("messages must hold at least one message - at `$.messages`")
     for field in ("tools", "functions"):
@@ -348,6 +361,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     body: CompletionRequest = _decode(_completion_decoder, await request.read())
     _check_sampling(body)
+    _check_limits(state, body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1 or not prompts[0]:
         raise InvalidRequest("prompt must be one non-empty string - at `$.prompt`")

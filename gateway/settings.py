@@ -56,6 +56,12 @@ class GatewaySettings(_Frozen, frozen=True):
     result_ttl_s: PositiveInt = 3600
     reply_stream_maxlen: PositiveInt = 100_000
     shutdown_grace_s: NonNegativeFloat = 10.0
+    # Limits on hostile input (docs/configuration.md): each is refused with a clear 4xx.
+    max_tokens: PositiveInt = 32_768  # max_tokens / max_completion_tokens of the OpenAI API
+    max_messages: PositiveInt = 1_000  # messages of one chat request
+    max_header_bytes: PositiveInt = 8_190  # one request line or header field
+    body_timeout_s: PositiveFloat = 10.0  # a body not received within this long gets 408
+    keepalive_timeout_s: PositiveFloat = 15.0  # idle, or still sending its headers: then closed
 
 
 class SLO(_Frozen, frozen=True):
