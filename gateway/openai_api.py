@@ -407,9 +407,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if not texts or not all(texts):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings - at `$.input`")
     _check_model(state, body.model, "embed")
-    dimensions = state.settings.models[body.model].dimensions
-    if body.dimensions is not None and body.dimensions != dimensions:
-        raise InvalidRequest(f"model {body.model!r} has {dimensions} dimensions - at `$.dimensions`")
+    spec = state.settings.models.get(body.model)  # an unknown model is the router's 404 below
+    if spec is not None and body.dimensions is not None and body.dimensions != spec.dimensions:
+        raise InvalidRequest(f"model {body.model!r} has {spec.dimensions} dimensions - at `$.dimensions`")
     routes = [_route(request, state, body.model, len(text), None) for text in texts]
     # Every input is its own request; all of them join the same tick's pipeline.
     results = await asyncio.gather(
