@@ -38,6 +38,7 @@ class EmbeddedRedis:
     def __init__(self) -> None:
         self.kind = ""
         self.url = ""
+        self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._fake: object | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -74,6 +75,7 @@ class EmbeddedRedis:
             self._fake = server
             self.kind = "fakeredis"
         wait_for_ping(port)
+        self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
         return self.url
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.embedded import free_port, wait_for_ping
+from gateway.embedded import EmbeddedRedis
 from gateway.settings import DEFAULT_CONFIG_PATH, Settings, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,45 +60,15 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    port = free_port()
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not on PATH and TIERGATE_TEST_REQUIRE_REDIS=1")
-        from fakeredis import TcpFakeServer
-
-        server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        wait_for_ping(port)
-        yield RedisServer(f"redis://127.0.0.1:{port}/0", port, "fakeredis")
-        server.shutdown()
-        server.server_close()
-        return
-    with tempfile.TemporaryDirectory(prefix="tiergate-test-redis-") as workdir:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_ping(port)
-            yield RedisServer(f"redis://127.0.0.1:{port}/0", port, "redis-server")
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    """`tiergate up`'s own private Redis: a redis-server child, else fakeredis's TCP server."""
+    if shutil.which("redis-server") is None and os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1":
+        pytest.fail("redis-server is not on PATH and TIERGATE_TEST_REQUIRE_REDIS=1")
+    server = EmbeddedRedis()
+    url = server.start()
+    try:
+        yield RedisServer(url, server.port, server.kind)
+    finally:
+        server.stop()
 
 
 @pytest.fixture
