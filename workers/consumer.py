@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from gateway import protocol
@@ -61,7 +62,7 @@ class Consumer:
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
-        self._set_final = redis.register_script(SET_FINAL_LUA)
+        self._set_final: AsyncScript | None = redis.register_script(SET_FINAL_LUA)
 
     async def setup(self) -> None:
         """Create each stream's consumer group (and the stream) unless it exists."""
@@ -71,6 +72,13 @@ class Consumer:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        try:
+            await self.redis.script_load(SET_FINAL_LUA)
+        except ResponseError:
+            # fakeredis, `tiergate up`'s fallback where redis-server is missing, has no scripting:
+            # there a request run twice keeps its last answer instead of its first.
+            log.warning("Redis has no scripting; result keys keep the last answer", extra={"worker": self.name})
+            self._set_final = None
 
     async def read(self, count: int, block_ms: int, streams: list[str] | None = None) -> list[Delivery]:
         """New entries for this consumer: up to `count` from each of `streams` (default: all)."""
@@ -179,6 +187,9 @@ class Consumer:
             maxlen=self._reply_maxlen,
             approximate=True,
         )
+        if self._set_final is None:
+            pipe.set(protocol.request_key(reply.id), payload, ex=self._result_ttl_s)
+            return
         await self._set_final(keys=[protocol.request_key(reply.id)], args=[payload, self._result_ttl_s], client=pipe)
 
     def _expire_replies(self, pipe: Pipeline, gateway_ids: set[str]) -> None:
