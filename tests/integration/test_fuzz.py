@@ -59,7 +59,7 @@ tiers = ["realtime", "interactive", "batch"]
 models = ["sim-echo", "sim-embed"]
 max_batch = 64
 """
-POSTS = 220  # generated requests per POST operation and mode
+POSTS = 140  # generated requests per POST operation and mode
 GETS = 40  # per GET operation and mode
 TOO_SHORT_MS = 50  # a deadline this short may honestly end in 504
 
