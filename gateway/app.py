@@ -74,7 +74,8 @@ def body_timeout(timeout_s: float) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.body_exists:
+        # A body that arrived with its headers (nearly all) is read at once: no timer needed.
+        if request.body_exists and not request.content.is_eof():
             try:
                 async with asyncio.timeout(timeout_s):
                     await request.read()  # cached: the handler's own read() returns it

@@ -13,8 +13,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateway import protocol
 from gateway.protocol import Envelope, Failure, Reply
@@ -62,7 +61,9 @@ class Consumer:
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
-        self._set_final: AsyncScript | None = redis.register_script(SET_FINAL_LUA)
+        # The SHA of SET_FINAL_LUA once loaded; None where Redis has no scripting. EVALSHA is
+        # queued directly: redis-py's Script objects add a SCRIPT EXISTS round trip per pipeline.
+        self._set_final: str | None = None
 
     async def setup(self) -> None:
         """Create each stream's consumer group (and the stream) unless it exists."""
@@ -72,8 +73,11 @@ class Consumer:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        await self._load_script()
+
+    async def _load_script(self) -> None:
         try:
-            await self.redis.script_load(SET_FINAL_LUA)
+            self._set_final = await self.redis.script_load(SET_FINAL_LUA)
         except ResponseError:
             # fakeredis, `tiergate up`'s fallback where redis-server is missing, has no scripting:
             # there a request run twice keeps its last answer instead of its first.
@@ -107,13 +111,28 @@ class Consumer:
         pipe = self.redis.pipeline(transaction=False)
         done: dict[str, list[bytes]] = {}
         for delivery, reply in replies:
-            await self._reply(pipe, delivery.envelope.reply_to, reply)
+            self._reply(pipe, delivery.envelope.reply_to, reply)
             done.setdefault(delivery.stream, []).append(delivery.entry_id)
         self._expire_replies(pipe, {delivery.envelope.reply_to for delivery, _ in replies})
         for stream, ids in done.items():
             pipe.xack(stream, protocol.GROUP, *ids)
             pipe.xdel(stream, *ids)
-        await pipe.execute()
+        await self._execute(pipe, [reply for _, reply in replies])
+
+    async def _execute(self, pipe: Pipeline, replies: list[Reply]) -> None:
+        """Run a publishing pipeline; if Redis lost the script (a restart), load it again and
+        store the answers whose EVALSHA it refused."""
+        results = await pipe.execute(raise_on_error=False)
+        if not any(isinstance(r, NoScriptError) for r in results):
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return
+        await self._load_script()
+        retry = self.redis.pipeline(transaction=False)
+        for reply in replies:
+            self._store(retry, reply)
+        await retry.execute()
 
     async def publish_chunks(self, chunks: list[tuple[Delivery, protocol.Chunk]]) -> None:
         """Send streaming output pieces to their gateways, in order, in one pipeline."""
@@ -173,13 +192,13 @@ class Consumer:
             approximate=True,
         )
         if failure is not None:
-            await self._reply(pipe, failure[0], failure[1])
+            self._reply(pipe, failure[0], failure[1])
             self._expire_replies(pipe, {failure[0]})
         pipe.xack(stream, protocol.GROUP, entry_id)
         pipe.xdel(stream, entry_id)
-        await pipe.execute()
+        await self._execute(pipe, [failure[1]] if failure is not None else [])
 
-    async def _reply(self, pipe: Pipeline, gateway_id: str, reply: Reply) -> None:
+    def _reply(self, pipe: Pipeline, gateway_id: str, reply: Reply) -> None:
         payload = protocol.encoder.encode(reply)
         pipe.xadd(
             protocol.reply_key(gateway_id),
@@ -187,10 +206,16 @@ class Consumer:
             maxlen=self._reply_maxlen,
             approximate=True,
         )
+        self._store(pipe, reply, payload)
+
+    def _store(self, pipe: Pipeline, reply: Reply, payload: bytes | None = None) -> None:
+        """Queue the write of a request's answer to its result key (the first answer wins)."""
+        payload = payload or protocol.encoder.encode(reply)
+        key = protocol.request_key(reply.id)
         if self._set_final is None:
-            pipe.set(protocol.request_key(reply.id), payload, ex=self._result_ttl_s)
-            return
-        await self._set_final(keys=[protocol.request_key(reply.id)], args=[payload, self._result_ttl_s], client=pipe)
+            pipe.set(key, payload, ex=self._result_ttl_s)
+        else:
+            pipe.evalsha(self._set_final, 1, key, payload, self._result_ttl_s)
 
     def _expire_replies(self, pipe: Pipeline, gateway_ids: set[str]) -> None:
         """A reply stream whose gateway is gone expires once no worker writes to it."""
