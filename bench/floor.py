@@ -91,7 +91,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.app == "hello":
         app.router.add_post("/v1/infer", hello)
     else:
-        redis = Redis.from_url(args.redis_url, max_connections=64)
+        redis = Redis.from_url(args.redis_url, max_connections=256)  # one XADD in flight per connection
         rt = RoundTrip(redis, pipelined=args.app == "roundtrip-pipelined")
         app.router.add_post("/v1/infer", rt.handle)
         asyncio.get_running_loop().create_task(rt.read_replies())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Annotated
 
 import msgspec
@@ -106,7 +105,7 @@ async def infer(request: web.Request) -> web.Response:
     except QueueFull:
         request.app[METRICS].refused(route.tier)
         raise
-    request_id = uuid.uuid4().hex
+    request_id = protocol.new_request_id()
     idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
     if idempotency_key is not None:
         first = await _claim(state, idempotency_key, request_id)

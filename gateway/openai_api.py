@@ -13,7 +13,6 @@ import logging
 import re
 import struct
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -216,7 +215,7 @@ def _queue_comment(request: web.Request) -> str | None:
 
 def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra: Any) -> protocol.Envelope:
     return protocol.Envelope(
-        id=uuid.uuid4().hex,
+        id=protocol.new_request_id(),
         model=model,
         input=text,
         tier=route.tier,

@@ -8,6 +8,7 @@ No I/O happens here.
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeAlias
 
 import msgspec
@@ -95,6 +96,11 @@ def loadtest_record_key(name: str) -> str:
 # What XREAD/XREADGROUP answer (redis-py, bytes responses): [(stream, [(entry_id, fields)])].
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 StreamReply: TypeAlias = list[tuple[bytes, StreamEntries]]
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits (uuid4's randomness without building a UUID object)."""
+    return os.urandom(16).hex()
 
 
 def entry_ms(entry_id: bytes | str) -> int:

@@ -31,12 +31,16 @@ class _Pending:
     state_ttl_s: int = 0
 
 
+MAX_FLUSHES = 4  # pipelines in flight at once; each holds one connection
+
+
 class RequestQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.lengths: dict[str, int] = {}  # last sampled XLEN per stream
         self._pending: list[_Pending] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._scheduled = False
 
     def enqueue(
         self, stream: str, payload: bytes, state: tuple[str, bytes, int] | None = None
@@ -51,16 +55,28 @@ class RequestQueue:
         item = _Pending(stream, payload, future)
         if state is not None:
             item.state_key, item.state, item.state_ttl_s = state
-        if not self._pending:
-            loop.call_soon(self._flush_soon)
         self._pending.append(item)
+        if not self._scheduled:
+            loop.call_soon(self._flush_soon)
+            self._scheduled = True
         return future
 
     def _flush_soon(self) -> None:
+        """Send what this tick gathered, unless MAX_FLUSHES are in flight: then the first to
+        finish sends it, in a larger pipeline (Redis slowing down batches more, not less)."""
+        self._scheduled = False
+        if not self._pending or len(self._flushing) >= MAX_FLUSHES:
+            return
         batch, self._pending = self._pending, []
         task = asyncio.get_running_loop().create_task(self._flush(batch))
         self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        if self._pending and not self._scheduled:
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+            self._scheduled = True
 
     async def _flush(self, batch: list[_Pending]) -> None:
         pipe = self.redis.pipeline(transaction=False)

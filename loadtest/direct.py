@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import uuid
 
 import msgspec
 from redis.asyncio import Redis
@@ -60,7 +59,7 @@ class DirectDriver:
         loop = asyncio.get_running_loop()
         tier = self.settings.tiers[arrival.tier]
         budget_ms = self.deadline_ms or tier.default_deadline_ms
-        request_id = uuid.uuid4().hex
+        request_id = protocol.new_request_id()
         envelope = protocol.Envelope(
             id=request_id,
             model=arrival.model,
