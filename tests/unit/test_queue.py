@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import fakeredis
+
 from gateway.queue import RequestQueue
 
 
