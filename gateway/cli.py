@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -18,10 +19,10 @@ from .errors import ConfigError
 from .settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
 
-def _run(coro: object) -> None:
+def _run(coro: Any) -> Any:
     import uvloop
 
-    uvloop.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)
 
 
 def _redis_url(args: argparse.Namespace, settings: Settings) -> str:
@@ -55,17 +56,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         return
     from .supervisor import Child, stop_all, wait_for_stop
 
-    async def supervise() -> None:
+    async def supervise() -> int:
         argv = _child_argv(args, "worker", "--pool", args.pool, "--replicas", "1", "--redis-url", url)
         children = [Child(f"{args.pool}[{i}]", argv) for i in range(replicas)]
         try:
             await asyncio.gather(*(c.start() for c in children))
             _print_ready(pool=args.pool, replicas=replicas, metrics_urls=[_metrics_urls(c.ready)[0] for c in children])
-            await wait_for_stop(children)
+            why = await wait_for_stop(children)
+            print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
+            return 0 if why == "signal" else 1  # a replica that died takes the pool down, loudly
         finally:
             await stop_all([children], grace_s=30.0)
 
-    _run(supervise())
+    raise SystemExit(_run(supervise()))
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:

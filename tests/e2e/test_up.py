@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
 import aiohttp
 import pytest
 
+from gateway.embedded import EmbeddedRedis
 from gateway.settings import load_settings
+from tests.conftest import REPO
 from tests.e2e.conftest import Up
 from workers.models import embed
 
@@ -80,3 +86,30 @@ def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Call
     assert lost == 0
     check_answers(answers, 30)
     assert up.stop() == 0
+
+
+def test_worker_replicas_run_as_separate_processes_and_stop_together() -> None:
+    redis = EmbeddedRedis()
+    url = redis.start()
+    argv = [sys.executable, "-m", "gateway", "worker", "--pool", "h100-interactive", "--replicas", "2"]
+    worker = subprocess.Popen(
+        [*argv, "--redis-url", url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        ready = json.loads(worker.stdout.readline())
+        assert (ready["event"], ready["pool"], ready["replicas"]) == ("ready", "h100-interactive", 2)
+        children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        for pid in children:
+            with pytest.raises(ProcessLookupError):
+                os.kill(int(pid), 0)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
+        redis.stop()
