@@ -50,7 +50,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except RequestError as exc:
-        log.info("request refused", extra={"path": request.path, "status": exc.status, "error": exc.code})
+        log.info("request refused", extra=exc.log_fields(request.path))
         response = error_response(exc.status, exc.code, exc.message)
         if isinstance(exc, QueueFull):
             response.headers["Retry-After"] = str(exc.retry_after_s)
@@ -130,7 +130,7 @@ def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[
             clock=RedisClock(),
         )
         app[STATE] = state
-        reader = ResultReader(redis, gateway_id, waiters)
+        reader = ResultReader(redis, gateway_id, waiters, app[metrics.METRICS].async_reply)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(reader.run(stop)),

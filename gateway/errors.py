@@ -35,6 +35,14 @@ class RequestError(TiergateError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.request_id = ""  # set once the request was queued: the gateway's log line carries it
+
+    def log_fields(self, path: str) -> dict[str, object]:
+        """The fields of the gateway's "request refused" line; `id` joins it to the worker's lines."""
+        fields: dict[str, object] = {"path": path, "status": self.status, "error": self.code}
+        if self.request_id:
+            fields["id"] = self.request_id
+        return fields
 
 
 class InvalidRequest(RequestError):
@@ -90,3 +98,9 @@ BY_CODE: dict[str, type[RequestError]] = {
 
 def from_code(code: str, message: str) -> RequestError:
     return BY_CODE.get(code, WorkerFailed)(message)
+
+
+def for_request(error: RequestError, request_id: str) -> RequestError:
+    """`error`, marked as the outcome of the queued request `request_id` (for the log)."""
+    error.request_id = request_id
+    return error

@@ -17,7 +17,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from . import protocol
-from .errors import DeadlineExceeded, InvalidRequest, NotFound, QueueFull, from_code
+from .errors import DeadlineExceeded, InvalidRequest, NotFound, QueueFull, RequestError, for_request, from_code
 from .metrics import METRICS
 from .routing import Route
 from .state import STATE, GatewayState
@@ -141,7 +141,12 @@ async def _accept(state: GatewayState, envelope: protocol.Envelope, route: Route
         protocol.encoder.encode(accepted),
         state.settings.gateway.result_ttl_s,
     )
-    await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), state_entry)
+    state.waiters.accept(envelope.id, route.tier, route.deadline_ms / 1000.0)  # before: its reply may come first
+    try:
+        await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), state_entry)
+    except BaseException:
+        state.waiters.take_async(envelope.id)
+        raise
     log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
     return json_response({"id": envelope.id, "status_url": f"/v1/requests/{envelope.id}"}, status=202)
 
@@ -157,16 +162,18 @@ async def _run_and_wait(
     except BaseException as exc:
         state.waiters.discard(envelope.id)
         metrics.interrupted(route.tier, exc)
+        _mark(exc, envelope.id)
         raise
     try:
         reply = await waiting
     except BaseException as exc:
         metrics.interrupted(route.tier, exc)
+        _mark(exc, envelope.id)
         raise
     total_ms = (time.perf_counter() - started) * 1000.0
     if isinstance(reply, protocol.Failure):
         metrics.failed(route.tier, reply.code, reply.pool)
-        raise from_code(reply.code, reply.message)
+        raise for_request(from_code(reply.code, reply.message), envelope.id)
     metrics.done(reply, total_ms)
     log.info(
         "request done",
@@ -182,6 +189,11 @@ async def _run_and_wait(
         },
     )
     return json_response(result_body(state, reply, total_ms))
+
+
+def _mark(exc: BaseException, request_id: str) -> None:
+    if isinstance(exc, RequestError):
+        exc.request_id = request_id
 
 
 async def _claim(state: GatewayState, key: str, request_id: str) -> str | None:
@@ -203,7 +215,7 @@ async def _replay(state: GatewayState, first_id: str, route: Route, wait: bool) 
             response.headers["Idempotent-Replayed"] = "true"
             return response
         if isinstance(stored, protocol.Failure):
-            raise from_code(stored.code, stored.message)
+            raise for_request(from_code(stored.code, stored.message), first_id)
         if loop.time() >= give_up_at:
             raise DeadlineExceeded(f"the first request with this idempotency key ({first_id}) has not finished")
         await asyncio.sleep(REPLAY_POLL_S)

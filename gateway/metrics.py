@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from . import protocol, slo
 from .background import join
 from .errors import RequestError
+from .results import Waiters
 from .settings import Settings
 from .slo_store import SloStore
 from .state import STATE
@@ -125,6 +126,20 @@ class GatewayMetrics:
     def done(self, result: protocol.Result, total_ms: float) -> None:
         """A result was returned to the client after `total_ms` (the figure the client sees)."""
         self._in_flight[result.tier].dec()
+        self._answered(result, total_ms)
+
+    def async_reply(self, reply: protocol.Reply, tier: str) -> None:
+        """The reply of a request accepted with `wait: false`: end to end on Redis's clock."""
+        if isinstance(reply, protocol.Result):
+            self._answered(reply, reply.finished_at_ms - reply.enqueued_at_ms)
+        else:
+            self._failure(tier, reply.code, reply.pool)
+
+    def async_expired(self, tier: str) -> None:
+        """An async request with no reply by its deadline and grace: counted as the gateway's 504."""
+        self._failure(tier, "deadline_exceeded", "")
+
+    def _answered(self, result: protocol.Result, total_ms: float) -> None:
         bound = self._bound.get((result.tier, result.pool))
         if bound is None:  # a pool this gateway's config does not know: bind it now
             bound = self._bound[(result.tier, result.pool)] = self._bind(result.tier, result.pool, result.processor)
@@ -202,6 +217,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_flush_loop(metrics, store, stop)),
         asyncio.create_task(_sample_loop(metrics, store, stop)),
+        asyncio.create_task(_sweep_loop(metrics, state.waiters, stop)),
     ]
     yield
     stop.set()
@@ -216,6 +232,16 @@ async def _flush_loop(metrics: GatewayMetrics, store: SloStore, stop: asyncio.Ev
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
         await store.flush(metrics.accumulator)
+
+
+async def _sweep_loop(metrics: GatewayMetrics, waiters: Waiters, stop: asyncio.Event) -> None:
+    """Forget async requests that outlived their deadline and grace with no reply, counting each."""
+    every_s = metrics.settings.metrics.queue_sample_interval_s
+    while not stop.is_set():
+        for tier in waiters.sweep_async():
+            metrics.async_expired(tier)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
 
 
 async def _sample_loop(metrics: GatewayMetrics, store: SloStore, stop: asyncio.Event) -> None:

@@ -14,17 +14,16 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import msgspec
 from aiohttp import web
-from msgspec import Meta
 
 from . import protocol
 from .admission import Admission
-from .errors import InvalidRequest, QueueFull, RequestError, from_code
+from .errors import InvalidRequest, QueueFull, RequestError, for_request, from_code
 from .handlers import QUEUE_INFO_HEADER, json_response
 from .metrics import METRICS
+from .openai_schema import decode_chat, decode_completion, decode_embedding, message_text
 from .openai_stream import StreamCall, error_type, stream_reply, usage
 from .results import StreamEvent
 from .routing import Route
@@ -37,96 +36,6 @@ TIER_HEADER = "X-Tiergate-Tier"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """Request bodies: every field OpenAI documents is accepted, anything else is a 400."""
-
-
-class TextPart(msgspec.Struct, forbid_unknown_fields=True):
-    type: str
-    text: str = ""
-
-
-class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    refusal: str | None = None
-    tool_calls: Any = None
-    tool_call_id: str | None = None
-    function_call: Any = None
-    audio: Any = None
-
-
-class StreamOptions(_Body):
-    include_usage: bool | None = None
-    include_obfuscation: bool | None = None
-
-
-MaxTokens = Annotated[int, Meta(gt=0)]
-
-
-class _Sampling(_Body):
-    """Fields shared by chat and text completions; sampling settings are accepted and ignored."""
-
-    model: Annotated[str, Meta(min_length=1, max_length=128)]
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    max_tokens: MaxTokens | None = None
-    n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    service_tier: str | None = None
-
-
-class ChatRequest(_Sampling):
-    messages: list[Message] = []
-    max_completion_tokens: MaxTokens | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: Any = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    modalities: list[str] | None = None
-    audio: Any = None
-    prediction: Any = None
-    reasoning_effort: str | None = None
-    verbosity: str | None = None
-    web_search_options: Any = None
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
-    safety_identifier: str | None = None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] = ""
-    echo: bool | None = None
-    best_of: int | None = None
-    logprobs: int | None = None
-    suffix: str | None = None
-
-
-class EmbeddingRequest(_Body):
-    model: Annotated[str, Meta(min_length=1, max_length=128)]
-    input: str | list[str]
-    encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = None
-    user: str | None = None
-
-
-_chat_decoder = msgspec.json.Decoder(ChatRequest)
-_completion_decoder = msgspec.json.Decoder(CompletionRequest)
-_embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)
 _PARAM = re.compile(r" - at `?\$\.?([^`]*)`?$")
 
 
@@ -139,7 +48,7 @@ def openai_errors(handler: Handler) -> Handler:
             return await handler(request)
         except RequestError as exc:
             match = _PARAM.search(exc.message)
-            log.info("request refused", extra={"path": request.path, "status": exc.status, "error": exc.code})
+            log.info("request refused", extra=exc.log_fields(request.path))
             error = {
                 "message": exc.message,
                 "type": error_type(exc.status),
@@ -152,19 +61,6 @@ def openai_errors(handler: Handler) -> Handler:
             return response
 
     return wrapped
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
-    try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
-
-
-def _unsupported(field: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"{field} is not supported: {why} - at `$.{field}`")
 
 
 def pick_tier(request: web.Request, state: GatewayState, service_tier: str | None) -> str | None:
@@ -183,15 +79,6 @@ def pick_tier(request: web.Request, state: GatewayState, service_tier: str | Non
 
 def _service_tier_name(state: GatewayState, tier: str) -> str | None:
     return next((name for name, t in state.settings.openai.service_tiers.items() if t == tier), None)
-
-
-def _check_model(state: GatewayState, model: str, kind: str) -> None:
-    spec = state.settings.models.get(model)
-    if spec is None:
-        return  # the router names the known models
-    if (spec.kind == "embed") != (kind == "embed"):
-        endpoint = "/v1/embeddings" if spec.kind == "embed" else "/v1/chat/completions or /v1/completions"
-        raise InvalidRequest(f"model {model!r} is a {spec.kind} model; use {endpoint} - at `$.model`")
 
 
 def _route(request: web.Request, state: GatewayState, model: str, chars: int, service_tier: str | None) -> Route:
@@ -226,42 +113,72 @@ def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra:
     )
 
 
-async def _wait(state: GatewayState, route: Route, env: protocol.Envelope) -> protocol.Result:
+async def _wait(request: web.Request, route: Route, env: protocol.Envelope) -> protocol.Result:
+    """Queue `env` and wait for its result; the request is counted as in flight until the
+    caller counts it done, and counted here if it fails."""
+    state, metrics = request.app[STATE], request.app[METRICS]
     waiting = state.waiters.add(env.id, route.deadline_ms / 1000.0)
+    metrics.begin(route.tier)
     try:
         await state.queue.enqueue(route.stream, protocol.encoder.encode(env))
         reply = await waiting
+    except BaseException as exc:
+        metrics.interrupted(route.tier, exc)
+        if isinstance(exc, RequestError):
+            exc.request_id = env.id
+        raise
     finally:
         state.waiters.discard(env.id)
     if isinstance(reply, protocol.Failure):
-        raise from_code(reply.code, reply.message)
+        metrics.failed(route.tier, reply.code, reply.pool)
+        raise for_request(from_code(reply.code, reply.message), env.id)
     return reply
 
 
 async def _stream(
     request: web.Request, state: GatewayState, route: Route, env: protocol.Envelope, call: StreamCall
 ) -> web.StreamResponse:
+    """Queue a streaming request and relay it; `stream_reply` counts its outcome."""
     events: asyncio.Queue[StreamEvent] = state.waiters.add_stream(env.id, route.deadline_ms / 1000.0)
     comment = _queue_comment(request)
+    metrics = request.app[METRICS]
+    metrics.begin(route.tier)
     try:
         await state.queue.enqueue(route.stream, protocol.encoder.encode(env))
+    except BaseException as exc:
+        state.waiters.discard(env.id)
+        metrics.interrupted(route.tier, exc)
+        if isinstance(exc, RequestError):
+            exc.request_id = env.id
+        raise
+    try:
         return await stream_reply(request, call, events, None if comment is None else (route.tier, comment))
     finally:
         state.waiters.discard(env.id)
 
 
-def _timing_headers(results: list[protocol.Result], started: float) -> dict[str, str]:
-    total_ms = (time.perf_counter() - started) * 1000.0
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
+def _answered(request: web.Request, result: protocol.Result, started: float) -> float:
+    """Count a non-streamed answer done; its end-to-end latency (ms), as the client is told."""
+    total_ms = _elapsed_ms(started)
+    request.app[METRICS].done(result, total_ms)
+    return total_ms
+
+
+def _timing_headers(results: list[protocol.Result], total_ms: float) -> dict[str, str]:
     return {
         TIER_HEADER: results[0].tier,
         "X-Tiergate-Pool": results[0].pool,
         "X-Tiergate-Queue-Ms": f"{max(r.queue_ms for r in results):g}",
         "X-Tiergate-Service-Ms": f"{max(r.service_ms for r in results):g}",
-        "X-Tiergate-Total-Ms": f"{round(total_ms, 3):g}",
+        "X-Tiergate-Total-Ms": f"{total_ms:g}",
     }
 
 
-def _tiergate(result: protocol.Result, started: float) -> dict[str, Any]:
+def _tiergate(result: protocol.Result, total_ms: float) -> dict[str, Any]:
     return {
         "tier": result.tier,
         "pool": result.pool,
@@ -269,51 +186,18 @@ def _tiergate(result: protocol.Result, started: float) -> dict[str, Any]:
         "batch_size": result.batch_size,
         "queue_ms": result.queue_ms,
         "service_ms": result.service_ms,
-        "total_ms": round((time.perf_counter() - started) * 1000.0, 3),
+        "total_ms": total_ms,
         "energy_j": result.energy_j,
         "cost": result.cost,
     }
-
-
-def _text(content: str | list[TextPart] | None) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    return "".join(part.text for part in content if part.type == "text")
-
-
-def _check_sampling(body: _Sampling) -> None:
-    if body.n is not None and body.n != 1:
-        raise _unsupported("n", "one choice per request")
-
-
-def _check_limits(state: GatewayState, body: _Sampling) -> None:
-    """The gateway's limits on output tokens and conversation length ([gateway] in the config)."""
-    limits = state.settings.gateway
-    for field in ("max_tokens", "max_completion_tokens"):
-        value = getattr(body, field, None)
-        if value is not None and value > limits.max_tokens:
-            raise InvalidRequest(f"{field} is {value}; the limit is {limits.max_tokens} - at `$.{field}`")
-    count = len(getattr(body, "messages", ()))
-    if count > limits.max_messages:
-        raise InvalidRequest(f"messages holds {count} messages; the limit is {limits.max_messages} - at `$.messages`")
 
 
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     state = request.app[STATE]
-    body: ChatRequest = _decode(_chat_decoder, await request.read())
-    _check_sampling(body)
-    _check_limits(state, body)
-    if not body.messages:
-        raise InvalidRequest("messages must hold at least one message - at `$.messages`")
-    for field in ("tools", "functions"):
-        if getattr(body, field):
-            raise _unsupported(field, "tiergate's models answer with text only")
-    if body.logprobs:
-        raise _unsupported("logprobs", "tiergate's models report no log probabilities")
-    _check_model(state, body.model, "chat")
-    messages = tuple(protocol.ChatMessage(m.role, _text(m.content), m.name or "") for m in body.messages)
+    body = decode_chat(state.settings, await request.read())
+    messages = tuple(protocol.ChatMessage(m.role, message_text(m.content), m.name or "") for m in body.messages)
     text = next((m.content for m in reversed(messages) if m.role == "user"), messages[-1].content)
     route = _route(request, state, body.model, sum(len(m.content) for m in messages), body.service_tier)
     env = _envelope(
@@ -327,10 +211,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     tier_name = body.service_tier if body.service_tier not in (None, "auto") else _service_tier_name(state, route.tier)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        call = StreamCall("chat", env.id, body.model, int(time.time()), started, include_usage, tier_name)
+        call = StreamCall(
+            "chat", env.id, body.model, int(time.time()), started, body.include_usage, tier_name, route.tier
+        )
         return await _stream(request, state, route, env, call)
-    result = await _wait(state, route, env)
+    result = await _wait(request, route, env)
+    total_ms = _answered(request, result, started)
     answer = {
         "id": f"chatcmpl-{env.id}",
         "object": "chat.completion",
@@ -347,10 +233,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "usage": usage(result),
         "service_tier": tier_name,
         "system_fingerprint": None,
-        "tiergate": _tiergate(result, started),
+        "tiergate": _tiergate(result, total_ms),
     }
     response = json_response(answer)
-    response.headers.update(_timing_headers([result], started))
+    response.headers.update(_timing_headers([result], total_ms))
     return response
 
 
@@ -358,22 +244,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     state = request.app[STATE]
-    body: CompletionRequest = _decode(_completion_decoder, await request.read())
-    _check_sampling(body)
-    _check_limits(state, body)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if len(prompts) != 1 or not prompts[0]:
-        raise InvalidRequest("prompt must be one non-empty string - at `$.prompt`")
-    if body.echo or body.best_of not in (None, 1) or body.logprobs is not None or body.suffix:
-        raise InvalidRequest("echo, best_of, logprobs and suffix are not supported - at `$.prompt`")
-    _check_model(state, body.model, "completion")
-    route = _route(request, state, body.model, len(prompts[0]), body.service_tier)
-    env = _envelope(state, route, body.model, prompts[0], stream=bool(body.stream), max_tokens=body.max_tokens or 0)
+    body, prompt = decode_completion(state.settings, await request.read())
+    route = _route(request, state, body.model, len(prompt), body.service_tier)
+    env = _envelope(state, route, body.model, prompt, stream=bool(body.stream), max_tokens=body.max_tokens or 0)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        call = StreamCall("completion", env.id, body.model, int(time.time()), started, include_usage, None)
+        call = StreamCall(
+            "completion", env.id, body.model, int(time.time()), started, body.include_usage, None, route.tier
+        )
         return await _stream(request, state, route, env, call)
-    result = await _wait(state, route, env)
+    result = await _wait(request, route, env)
+    total_ms = _answered(request, result, started)
     answer = {
         "id": f"cmpl-{env.id}",
         "object": "text_completion",
@@ -383,10 +263,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
             {"index": 0, "text": result.output, "finish_reason": result.finish_reason or "stop", "logprobs": None}
         ],
         "usage": usage(result),
-        "tiergate": _tiergate(result, started),
+        "tiergate": _tiergate(result, total_ms),
     }
     response = json_response(answer)
-    response.headers.update(_timing_headers([result], started))
+    response.headers.update(_timing_headers([result], total_ms))
     return response
 
 
@@ -401,22 +281,23 @@ def _vector(values: str | list[float], encoding: str | None) -> list[float] | st
 async def embeddings(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     state = request.app[STATE]
-    body: EmbeddingRequest = _decode(_embedding_decoder, await request.read())
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts or not all(texts):
-        raise InvalidRequest("input must be a non-empty string or a list of non-empty strings - at `$.input`")
-    _check_model(state, body.model, "embed")
-    spec = state.settings.models.get(body.model)  # an unknown model is the router's 404 below
-    if spec is not None and body.dimensions is not None and body.dimensions != spec.dimensions:
-        raise InvalidRequest(f"model {body.model!r} has {spec.dimensions} dimensions - at `$.dimensions`")
+    body, texts = decode_embedding(state.settings, await request.read())
     routes = [_route(request, state, body.model, len(text), None) for text in texts]
     # Every input is its own request; all of them join the same tick's pipeline.
-    results = await asyncio.gather(
+    outcomes = await asyncio.gather(
         *(
-            _wait(state, route, _envelope(state, route, body.model, text))
+            _wait(request, route, _envelope(state, route, body.model, text))
             for route, text in zip(routes, texts, strict=True)
-        )
+        ),
+        return_exceptions=True,
     )
+    results = [r for r in outcomes if isinstance(r, protocol.Result)]
+    total_ms = _elapsed_ms(started)
+    for result in results:  # each answered input counts, with the latency of the whole answer
+        request.app[METRICS].done(result, total_ms)
+    error = next((r for r in outcomes if isinstance(r, BaseException)), None)
+    if error is not None:
+        raise error
     prompt_tokens = sum(r.prompt_tokens for r in results)
     answer = {
         "object": "list",
@@ -428,7 +309,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
     response = json_response(answer)
-    response.headers.update(_timing_headers(list(results), started))
+    response.headers.update(_timing_headers(results, total_ms))
     return response
 
 

@@ -1,7 +1,8 @@
 """Server-Sent Events for the OpenAI-compatible API: turns a streaming request's chunks, read by
 the gateway's one reply reader, into OpenAI chunk objects as they arrive, ending with
 `data: [DONE]`. Headers go out with the first chunk, so they carry the time to first token;
-an error before it is an ordinary JSON error, one after it an SSE `error` event.
+an error before it is an ordinary JSON error, one after it an SSE `error` event. Each stream's
+outcome is counted in the request metrics.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import msgspec
 from aiohttp import web
 
 from . import protocol
-from .errors import RequestError, from_code
-from .metrics import METRICS
+from .errors import RequestError, for_request, from_code
+from .metrics import METRICS, GatewayMetrics
 from .results import StreamEvent
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class StreamCall:
     started: float  # time.perf_counter() when the request arrived
     include_usage: bool
     service_tier: str | None
+    tier: str = ""  # the routed tier, for the request metrics
 
 
 def usage(result: protocol.Result) -> dict[str, int]:
@@ -63,6 +65,7 @@ class _Writer:
         self.response: web.StreamResponse | None = None
         self.sent: list[str] = []
         self.ttft_ms = 0.0
+        self.counted = False  # the outcome is in the request metrics
         prefix, self.object = (
             ("chatcmpl", "chat.completion.chunk") if call.kind == "chat" else ("cmpl", "text_completion")
         )
@@ -122,12 +125,11 @@ class _Writer:
         await self.send(self._chunk([self._choice(text, None)]))
         self.sent.append(text)
 
-    async def finish(self, result: protocol.Result) -> None:
+    async def finish(self, result: protocol.Result, total_ms: float) -> None:
         streamed = "".join(self.sent)
         output = result.output if isinstance(result.output, str) else ""
         if output.startswith(streamed) and len(output) > len(streamed):  # chunks lost on the way
             await self.text(output[len(streamed) :])
-        total_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
         timings = {
             "tier": result.tier,
             "pool": result.pool,
@@ -149,33 +151,62 @@ async def stream_reply(
     events: asyncio.Queue[StreamEvent],
     early: tuple[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Relay one streaming request's events to the client until its Result or its error.
+    """Relay one streaming request's events to the client until its Result or its error, and
+    count its outcome (it was counted in flight): done at its Result, failed at its error,
+    abandoned if the client goes away first.
 
     `early` (tier, comment) opens the stream before the first token with that SSE comment.
     """
     writer = _Writer(request, call)
-    if early is not None:
-        await writer.open_early(*early)
+    metrics = request.app[METRICS]
     try:
-        while True:
-            event = await events.get()
-            if isinstance(event, protocol.Chunk | protocol.Result) and not writer.sent and not writer.ttft_ms:
-                if writer.response is None:
-                    await writer.open(event.tier, event.pool, event.queue_ms)
-                else:
-                    writer.first_token(event.tier, event.pool)
-            if isinstance(event, protocol.Chunk):
-                await writer.text(event.text)
-                continue
-            if isinstance(event, protocol.Result):
-                await writer.finish(event)
-                log.info("stream done", extra={"id": call.request_id, "tier": event.tier, "pool": event.pool})
-                return writer.response  # type: ignore[return-value]
-            error = from_code(event.code, event.message) if isinstance(event, protocol.Failure) else event
-            if writer.response is None:
-                raise error
-            await writer.send(error_object(error))
-            return writer.response
+        if early is not None:
+            await writer.open_early(*early)
+        return await _relay(writer, metrics, events)
     except ConnectionResetError:
         log.info("stream client went away", extra={"id": call.request_id})
+        if not writer.counted:
+            metrics.abandon(call.tier)
         return writer.response or web.Response(status=499)
+    except BaseException as exc:
+        if not writer.counted:
+            metrics.interrupted(call.tier, exc)
+        raise
+
+
+async def _relay(writer: _Writer, metrics: GatewayMetrics, events: asyncio.Queue[StreamEvent]) -> web.StreamResponse:
+    call = writer.call
+    while True:
+        event = await events.get()
+        if isinstance(event, protocol.Chunk | protocol.Result) and not writer.sent and not writer.ttft_ms:
+            if writer.response is None:
+                await writer.open(event.tier, event.pool, event.queue_ms)
+            else:
+                writer.first_token(event.tier, event.pool)
+        if isinstance(event, protocol.Chunk):
+            await writer.text(event.text)
+            continue
+        writer.counted = True
+        if isinstance(event, protocol.Result):
+            total_ms = round((time.perf_counter() - call.started) * 1000.0, 3)
+            metrics.done(event, total_ms)  # end to end: until the final Result
+            await writer.finish(event, total_ms)
+            log.info("stream done", extra={"id": call.request_id, "tier": event.tier, "pool": event.pool})
+            return writer.response  # type: ignore[return-value]
+        error = _count_failure(metrics, call, event)
+        if writer.response is None:
+            raise error
+        log.info("stream failed", extra={"id": call.request_id, "tier": call.tier, "error": error.code})
+        await writer.send(error_object(error))
+        return writer.response
+
+
+def _count_failure(metrics: GatewayMetrics, call: StreamCall, event: protocol.Failure | RequestError) -> RequestError:
+    """Count a stream's failure (a worker's, or the gateway's deadline) and the error to tell."""
+    if isinstance(event, protocol.Failure):
+        metrics.failed(call.tier, event.code, event.pool)
+        error = from_code(event.code, event.message)
+    else:
+        metrics.interrupted(call.tier, event)
+        error = event
+    return for_request(error, call.request_id)

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from .handlers import InferBody, ResultBody, json_response
-from .openai_api import ChatRequest, CompletionRequest, EmbeddingRequest
+from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest
 from .settings import Settings
 
 REF = "#/components/schemas/{name}"

@@ -2,13 +2,17 @@
 addressed to this gateway from its reply stream and resolves the request waiting for it.
 
 `Waiters` is the in-memory half (futures with deadline timers, no I/O); `ResultReader` the I/O.
-A streaming request also gets its `Chunk`s, then its outcome, through an asyncio.Queue.
+A streaming request also gets its `Chunk`s, then its outcome, through an asyncio.Queue. Requests
+accepted with `wait: false` are remembered (id and tier) until their reply, which goes to metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 
 import msgspec
 from redis.asyncio import Redis
@@ -24,6 +28,8 @@ StreamEvent = protocol.Chunk | protocol.Result | protocol.Failure | RequestError
 
 READ_COUNT = 1000
 READ_BLOCK_MS = 1000
+ASYNC_GRACE_S = 10.0  # an async request is remembered this long past its deadline
+ASYNC_LIMIT = 1_000_000  # async requests remembered at most; beyond, new ones go uncounted
 
 
 class Waiters:
@@ -32,6 +38,11 @@ class Waiters:
     def __init__(self) -> None:
         self._waiting: dict[str, tuple[asyncio.Future[protocol.Reply], asyncio.TimerHandle]] = {}
         self._streams: dict[str, asyncio.Queue[StreamEvent]] = {}
+        # Async requests with no reply yet: id -> (tier, span_s), and per span_s (deadline plus
+        # grace, whole seconds) id -> when to forget it, oldest first: a sweep stops at the first
+        # entry still due, so a sweep costs what it removes.
+        self._async: dict[str, tuple[str, int]] = {}
+        self._async_spans: dict[int, dict[str, float]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -74,6 +85,43 @@ class Waiters:
             future.set_result(reply)
         return True
 
+    def accept(self, request_id: str, tier: str, deadline_s: float) -> bool:
+        """Remember an async request until its reply, or its deadline plus `ASYNC_GRACE_S`."""
+        if len(self._async) >= ASYNC_LIMIT:
+            return False
+        span_s = math.ceil(deadline_s + ASYNC_GRACE_S)
+        entries = self._async_spans.get(span_s)
+        if entries is None:
+            entries = self._async_spans[span_s] = {}
+        entries[request_id] = time.monotonic() + span_s
+        self._async[request_id] = (tier, span_s)
+        return True
+
+    def take_async(self, request_id: str) -> str | None:
+        """The tier of an async request this gateway accepted and has had no reply for, forgetting it."""
+        entry = self._async.pop(request_id, None)
+        if entry is None:
+            return None
+        self._async_spans[entry[1]].pop(request_id, None)
+        return entry[0]
+
+    def sweep_async(self, now_s: float | None = None) -> list[str]:
+        """Forget async requests past their deadline and grace; the tier of each one forgotten."""
+        now_s = time.monotonic() if now_s is None else now_s
+        tiers: list[str] = []
+        for span_s, entries in list(self._async_spans.items()):
+            due = []
+            for request_id, forget_at_s in entries.items():
+                if forget_at_s > now_s:
+                    break
+                due.append(request_id)
+            for request_id in due:
+                del entries[request_id]
+                tiers.append(self._async.pop(request_id)[0])
+            if not entries:
+                del self._async_spans[span_s]
+        return tiers
+
     def discard(self, request_id: str) -> None:
         entry = self._waiting.pop(request_id, None)
         self._streams.pop(request_id, None)
@@ -96,10 +144,20 @@ class Waiters:
 
 
 class ResultReader:
-    def __init__(self, redis: Redis, gateway_id: str, waiters: Waiters) -> None:
+    """Reads the reply stream: waited requests get their reply; an async request's reply (and
+    its tier) goes to `on_async` once, however often it is read."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        gateway_id: str,
+        waiters: Waiters,
+        on_async: Callable[[protocol.Reply, str], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.key = protocol.reply_key(gateway_id)
         self.waiters = waiters
+        self.on_async = on_async
         self.last_id: bytes | str = "0-0"
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -128,8 +186,10 @@ class ResultReader:
                 continue
             if isinstance(reply, protocol.Chunk):
                 self.waiters.push(reply)
-            else:
-                self.waiters.resolve(reply)
+            elif not self.waiters.resolve(reply):
+                tier = self.waiters.take_async(reply.id)
+                if tier is not None and self.on_async is not None:
+                    self.on_async(reply, tier)
         try:  # read entries are done with: keep the reply stream short
             await self.redis.xtrim(self.key, minid=self.last_id)
         except (RedisError, OSError):
