@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Up
+from tests.processes import Proc
 
 TIERS = ("realtime", "interactive", "batch")
 PER_TIER = 30
@@ -85,7 +85,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> Any:
         time.sleep(0.1)
 
 
-def test_up_lists_every_metrics_url(tiergate_up: Callable[..., Up]) -> None:
+def test_up_lists_every_metrics_url(tiergate_up: Callable[..., Proc]) -> None:
     up = tiergate_up()
     urls = up.ready["metrics"]
     assert urls["gateway"] == f"{up.url}/metrics"
@@ -97,7 +97,7 @@ def test_up_lists_every_metrics_url(tiergate_up: Callable[..., Up]) -> None:
         assert {"tiergate_worker_batches", "tiergate_worker_batch_size"} <= families
 
 
-def test_dashboard_shows_the_live_load(tiergate_up: Callable[..., Up], tmp_path: Path) -> None:
+def test_dashboard_shows_the_live_load(tiergate_up: Callable[..., Proc], tmp_path: Path) -> None:
     binary = browser()
     up = tiergate_up()
     answers = asyncio.run(send_load(up.url))

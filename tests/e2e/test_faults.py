@@ -9,14 +9,11 @@ with a slow processor, so batches are in flight when the fault strikes.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ import redis
 
 from gateway import protocol
 from gateway.embedded import free_port, wait_for_ping
-from tests.conftest import REPO
+from tests.processes import Proc, start
 
 pytestmark = [
     pytest.mark.redis_server,
@@ -103,59 +100,14 @@ class RedisProcess:
 
 
 @dataclass
-class Proc:
-    """A `tiergate` process whose JSON ready line has been seen."""
-
-    process: subprocess.Popen[str]
-    ready: dict  # type: ignore[type-arg]
-    lines: list[str] = field(default_factory=list)
-    pump: threading.Thread | None = None
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout_s: float = 20) -> int:
-        return self.process.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.pump is not None:
-            self.pump.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-@dataclass
 class Cluster:
     redis: RedisProcess
     config: Path
     procs: list[Proc] = field(default_factory=list)
 
     def spawn(self, *args: str, timeout_s: float = 30) -> Proc:
-        argv = [sys.executable, "-m", "gateway", *args, "--config", str(self.config), "--redis-url", self.redis.url]
-        process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        proc = Proc(process, {})
+        proc = start(*args, "--config", str(self.config), "--redis-url", self.redis.url, timeout_s=timeout_s)
         self.procs.append(proc)
-        found = threading.Event()
-
-        def pump() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                proc.lines.append(line)
-                if not found.is_set() and line.startswith("{") and json.loads(line).get("event") == "ready":
-                    proc.ready.update(json.loads(line))
-                    found.set()
-
-        proc.pump = threading.Thread(target=pump, daemon=True)
-        proc.pump.start()
-        if not found.wait(timeout_s):
-            raise RuntimeError(f"tiergate {args[0]} was not ready: {''.join(proc.lines)[-2000:]}")
         return proc
 
     def gateway(self) -> Proc:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 
 import aiohttp
@@ -16,8 +12,7 @@ import pytest
 
 from gateway.embedded import EmbeddedRedis
 from gateway.settings import load_settings
-from tests.conftest import REPO
-from tests.e2e.conftest import Up
+from tests.processes import Proc, start
 from workers.models import embed
 
 TIERS = ("realtime", "interactive", "batch")
@@ -60,7 +55,7 @@ def check_answers(answers: list[tuple[dict, int, dict]], expected: int) -> None:
     assert len({body["id"] for _, _, body in answers}) == expected
 
 
-def test_up_answers_500_concurrent_requests_then_stops_cleanly(tiergate_up: Callable[..., Up]) -> None:
+def test_up_answers_500_concurrent_requests_then_stops_cleanly(tiergate_up: Callable[..., Proc]) -> None:
     up = tiergate_up()
     private_redis = shutil.which("redis-server") is not None
     assert up.ready["redis_kind"] == ("redis-server" if private_redis else "fakeredis")
@@ -77,7 +72,7 @@ def test_up_answers_500_concurrent_requests_then_stops_cleanly(tiergate_up: Call
     assert any('"event":"stopped"' in line for line in up.lines)
 
 
-def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Callable[..., Up], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Callable[..., Proc], tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = os.environ.copy()
     env["PATH"] = str(tmp_path)  # no redis-server to be found
     up = tiergate_up(env=env)
@@ -91,25 +86,16 @@ def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Call
 def test_worker_replicas_run_as_separate_processes_and_stop_together() -> None:
     redis = EmbeddedRedis()
     url = redis.start()
-    argv = [sys.executable, "-m", "gateway", "worker", "--pool", "h100-interactive", "--replicas", "2"]
-    worker = subprocess.Popen(
-        [*argv, "--redis-url", url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
     try:
-        assert worker.stdout is not None
-        ready = json.loads(worker.stdout.readline())
-        assert (ready["event"], ready["pool"], ready["replicas"]) == ("ready", "h100-interactive", 2)
-        children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 2
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0
+        worker = start("worker", "--pool", "h100-interactive", "--replicas", "2", "--redis-url", url)
+        try:
+            assert (worker.ready["pool"], worker.ready["replicas"]) == ("h100-interactive", 2)
+            children = worker.children()
+            assert len(children) == 2
+        finally:
+            assert worker.stop() == 0
         for pid in children:
             with pytest.raises(ProcessLookupError):
-                os.kill(int(pid), 0)
+                os.kill(pid, 0)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        if worker.stdout is not None:
-            worker.stdout.close()
         redis.stop()

@@ -5,10 +5,6 @@ may get a server error (a 5xx other than a deadline that was too short to meet),
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +15,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.conftest import REPO, RedisServer
+from tests.conftest import RedisServer
+from tests.processes import start
 
 pytestmark = pytest.mark.redis_server
 
@@ -64,43 +61,18 @@ GETS = 40  # per GET operation and mode
 TOO_SHORT_MS = 50  # a deadline this short may honestly end in 504
 
 
-def spawn(argv: list[str]) -> tuple[subprocess.Popen[str], dict[str, str], threading.Thread]:
-    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    ready: dict[str, str] = {}
-    found = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if not found.is_set() and line.startswith('{"event":"ready"'):
-                ready.update(json.loads(line))
-                found.set()
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    if not found.wait(30):
-        process.kill()
-        raise RuntimeError(f"{argv[3]} did not start")
-    return process, ready, thread
-
-
 @pytest.fixture(scope="module")
 def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("fuzz") / "tiergate.toml"
     config.write_text(CONFIG)
-    base = [sys.executable, "-m", "gateway"]
     tail = ["--config", str(config), "--redis-url", redis_server.url]
-    started = [spawn([*base, "worker", "--pool", "fast", *tail])]
+    started = [start("worker", "--pool", "fast", *tail, timeout_s=30)]
     try:
-        started.append(spawn([*base, "gateway", "--port", "0", *tail]))
-        yield started[-1][1]["url"]
+        started.append(start("gateway", "--port", "0", *tail, timeout_s=30))
+        yield started[-1].url
     finally:
-        for process, _, thread in reversed(started):
-            process.terminate()
-            process.wait(timeout=20)
-            thread.join(timeout=5)
-            assert process.stdout is not None
-            process.stdout.close()
+        for proc in reversed(started):
+            proc.stop(timeout_s=20)
 
 
 def acceptable(case: schemathesis.Case, response: requests.Response) -> bool:

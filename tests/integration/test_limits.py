@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,8 @@ import aiohttp
 import pytest
 
 from gateway.settings import DEFAULT_CONFIG_PATH, load_settings
-from tests.conftest import REPO, RedisServer
+from tests.conftest import RedisServer
+from tests.processes import start
 
 LIMITS = "max_body_bytes = 4096\nmax_input_chars = 100\nmax_tokens = 64\nmax_messages = 4\nmax_header_bytes = 1024\n"
 TIMEOUTS = "body_timeout_s = 0.5\nkeepalive_timeout_s = 1.0\n"
@@ -37,31 +36,11 @@ def gateway_config(tmp_path: Path) -> Path:
 def gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real gateway process for the module (no workers: nothing here reaches one); its base URL."""
     config = gateway_config(tmp_path_factory.mktemp("limits"))
-    argv = [sys.executable, "-m", "gateway", "gateway", "--port", "0", "--config", str(config)]
-    process = subprocess.Popen(
-        [*argv, "--redis-url", redis_server.url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert process.stdout is not None
-    ready: dict[str, str] = {}
-    found = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if not found.is_set() and line.startswith('{"event":"ready"'):
-                ready.update(json.loads(line))
-                found.set()
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
+    proc = start("gateway", "--port", "0", "--config", str(config), "--redis-url", redis_server.url, timeout_s=30)
     try:
-        assert found.wait(30), "the gateway did not start"
-        yield ready["url"]
+        yield proc.url
     finally:
-        process.terminate()
-        assert process.wait(timeout=20) == 0
-        thread.join(timeout=5)
-        process.stdout.close()
+        assert proc.stop(timeout_s=20) == 0
 
 
 CHAT = "/v1/chat/completions"
