@@ -151,30 +151,32 @@ async def _accept(state: GatewayState, envelope: protocol.Envelope, route: Route
     return json_response({"id": envelope.id, "status_url": f"/v1/requests/{envelope.id}"}, status=202)
 
 
-async def _run_and_wait(
-    request: web.Request, state: GatewayState, envelope: protocol.Envelope, route: Route, started: float
-) -> web.Response:
+async def wait_for_result(request: web.Request, route: Route, envelope: protocol.Envelope) -> protocol.Result:
+    """Queue `envelope` and wait for its result, counted in flight meanwhile. A failure is
+    counted and raised carrying the request id; the caller counts a success."""
+    state, metrics = request.app[STATE], request.app[METRICS]
     waiting = state.waiters.add(envelope.id, route.deadline_ms / 1000.0)
-    metrics = request.app[METRICS]
     metrics.begin(route.tier)
     try:
         await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope))
+        reply = await waiting
     except BaseException as exc:
         state.waiters.discard(envelope.id)
         metrics.interrupted(route.tier, exc)
         _mark(exc, envelope.id)
         raise
-    try:
-        reply = await waiting
-    except BaseException as exc:
-        metrics.interrupted(route.tier, exc)
-        _mark(exc, envelope.id)
-        raise
-    total_ms = (time.perf_counter() - started) * 1000.0
     if isinstance(reply, protocol.Failure):
         metrics.failed(route.tier, reply.code, reply.pool)
         raise for_request(from_code(reply.code, reply.message), envelope.id)
-    metrics.done(reply, total_ms)
+    return reply
+
+
+async def _run_and_wait(
+    request: web.Request, state: GatewayState, envelope: protocol.Envelope, route: Route, started: float
+) -> web.Response:
+    reply = await wait_for_result(request, route, envelope)
+    total_ms = (time.perf_counter() - started) * 1000.0
+    request.app[METRICS].done(reply, total_ms)
     log.info(
         "request done",
         extra={

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from . import protocol
 from .admission import Admission
-from .errors import InvalidRequest, QueueFull, RequestError, for_request, from_code
-from .handlers import QUEUE_INFO_HEADER, json_response
+from .errors import InvalidRequest, QueueFull, RequestError
+from .handlers import QUEUE_INFO_HEADER, json_response, wait_for_result
 from .metrics import METRICS
 from .openai_schema import decode_chat, decode_completion, decode_embedding, message_text
 from .openai_stream import StreamCall, error_type, stream_reply, usage
@@ -113,28 +113,6 @@ def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra:
     )
 
 
-async def _wait(request: web.Request, route: Route, env: protocol.Envelope) -> protocol.Result:
-    """Queue `env` and wait for its result; the request is counted as in flight until the
-    caller counts it done, and counted here if it fails."""
-    state, metrics = request.app[STATE], request.app[METRICS]
-    waiting = state.waiters.add(env.id, route.deadline_ms / 1000.0)
-    metrics.begin(route.tier)
-    try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(env))
-        reply = await waiting
-    except BaseException as exc:
-        metrics.interrupted(route.tier, exc)
-        if isinstance(exc, RequestError):
-            exc.request_id = env.id
-        raise
-    finally:
-        state.waiters.discard(env.id)
-    if isinstance(reply, protocol.Failure):
-        metrics.failed(route.tier, reply.code, reply.pool)
-        raise for_request(from_code(reply.code, reply.message), env.id)
-    return reply
-
-
 async def _stream(
     request: web.Request, state: GatewayState, route: Route, env: protocol.Envelope, call: StreamCall
 ) -> web.StreamResponse:
@@ -215,7 +193,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "chat", env.id, body.model, int(time.time()), started, body.include_usage, tier_name, route.tier
         )
         return await _stream(request, state, route, env, call)
-    result = await _wait(request, route, env)
+    result = await wait_for_result(request, route, env)
     total_ms = _answered(request, result, started)
     answer = {
         "id": f"chatcmpl-{env.id}",
@@ -252,7 +230,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "completion", env.id, body.model, int(time.time()), started, body.include_usage, None, route.tier
         )
         return await _stream(request, state, route, env, call)
-    result = await _wait(request, route, env)
+    result = await wait_for_result(request, route, env)
     total_ms = _answered(request, result, started)
     answer = {
         "id": f"cmpl-{env.id}",
@@ -286,7 +264,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     # Every input is its own request; all of them join the same tick's pipeline.
     outcomes = await asyncio.gather(
         *(
-            _wait(request, route, _envelope(state, route, body.model, text))
+            wait_for_result(request, route, _envelope(state, route, body.model, text))
             for route, text in zip(routes, texts, strict=True)
         ),
         return_exceptions=True,
