@@ -68,7 +68,8 @@ async def replay(redis: Redis, settings: Settings, letters: list[Letter]) -> tup
         deadline_at_ms = int(clock.now_ms()) + settings.tiers[envelope.tier].default_deadline_ms
         fresh = msgspec.structs.replace(envelope, deadline_at_ms=deadline_at_ms)
         accepted = protocol.Accepted(id=fresh.id, model=fresh.model, tier=fresh.tier, deadline_at_ms=deadline_at_ms)
-        pipe.set(protocol.request_key(fresh.id), protocol.encoder.encode(accepted), ex=settings.gateway.result_ttl_s)
+        pipe.delete(protocol.request_key(fresh.id))  # the dead-letter failure, so the new answer can land
+        pipe.set(protocol.accepted_key(fresh.id), protocol.encoder.encode(accepted), ex=settings.gateway.result_ttl_s)
         pipe.xadd(item.letter.stream, {protocol.PAYLOAD_FIELD: protocol.encoder.encode(fresh)})
         pipe.xdel(protocol.dead_letter_key(item.tier, item.region), item.entry_id)
         replayed.append(f"{item.entry_id}: request {fresh.id} queued again on {item.letter.stream}")

@@ -137,7 +137,7 @@ async def _accept(state: GatewayState, envelope: protocol.Envelope, route: Route
         id=envelope.id, model=envelope.model, tier=route.tier, deadline_at_ms=envelope.deadline_at_ms
     )
     state_entry = (
-        protocol.request_key(envelope.id),
+        protocol.accepted_key(envelope.id),
         protocol.encoder.encode(accepted),
         state.settings.gateway.result_ttl_s,
     )

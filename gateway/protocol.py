@@ -44,8 +44,14 @@ def reply_key(gateway_id: str) -> str:
 
 
 def request_key(request_id: str) -> str:
-    """A request's state: `Accepted` while queued, then its `Result` or `Failure` (with a TTL)."""
+    """A request's answer, its `Result` or `Failure`, with a TTL. Written with SET NX: the first
+    answer stays, even when a reclaimed request ran twice."""
     return f"{KEY_PREFIX}:{{req.{request_id}}}"
+
+
+def accepted_key(request_id: str) -> str:
+    """An async request's `Accepted` record, while it waits; its answer's hash slot."""
+    return f"{KEY_PREFIX}:{{req.{request_id}}}:accepted"
 
 
 def slo_second_key(epoch_s: int) -> str:
@@ -133,7 +139,7 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
-    """Stored under request_key while an async request waits for a worker."""
+    """Stored under accepted_key while an async request waits for a worker."""
 
     id: str
     model: str

@@ -115,11 +115,13 @@ class RequestQueue:
                 self.lengths[stream] = length
 
     async def stored(self, request_id: str) -> protocol.Stored | None:
+        keys = (protocol.request_key(request_id), protocol.accepted_key(request_id))
         try:
-            raw: bytes | None = await self.redis.get(protocol.request_key(request_id))  # type: ignore[assignment]
+            answer, accepted = await self.redis.mget(keys)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
-        return None if raw is None else protocol.stored_decoder.decode(raw)
+        raw = answer or accepted  # the answer wins once there is one
+        return None if raw is None else protocol.stored_decoder.decode(raw)  # type: ignore[arg-type]
 
     async def sample(self, streams: dict[str, str]) -> dict[str, list[protocol.Heartbeat]]:
         """Refresh `lengths` of every stream and read each one's worker heartbeats.

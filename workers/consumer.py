@@ -13,25 +13,13 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway import protocol
 from gateway.protocol import Envelope, Failure, Reply
 from gateway.settings import Settings, tier_rank
 
 log = logging.getLogger(__name__)
-
-# SET a request's answer unless it already holds one: the first answer wins, and only an
-# `Accepted` (queued again by `tiergate dlq replay`) may be replaced.
-SET_FINAL_LUA = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, stored = pcall(cmsgpack.unpack, current)
-  if ok and type(stored) == 'table' and stored['type'] ~= 'accepted' then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,9 +49,6 @@ class Consumer:
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
-        # The SHA of SET_FINAL_LUA once loaded; None where Redis has no scripting. EVALSHA is
-        # queued directly: redis-py's Script objects add a SCRIPT EXISTS round trip per pipeline.
-        self._set_final: str | None = None
 
     async def setup(self) -> None:
         """Create each stream's consumer group (and the stream) unless it exists."""
@@ -73,16 +58,6 @@ class Consumer:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-        await self._load_script()
-
-    async def _load_script(self) -> None:
-        try:
-            self._set_final = await self.redis.script_load(SET_FINAL_LUA)
-        except ResponseError:
-            # fakeredis, `tiergate up`'s fallback where redis-server is missing, has no scripting:
-            # there a request run twice keeps its last answer instead of its first.
-            log.warning("Redis has no scripting; result keys keep the last answer", extra={"worker": self.name})
-            self._set_final = None
 
     async def read(self, count: int, block_ms: int, streams: list[str] | None = None) -> list[Delivery]:
         """New entries for this consumer: up to `count` from each of `streams` (default: all)."""
@@ -117,22 +92,7 @@ class Consumer:
         for stream, ids in done.items():
             pipe.xack(stream, protocol.GROUP, *ids)
             pipe.xdel(stream, *ids)
-        await self._execute(pipe, [reply for _, reply in replies])
-
-    async def _execute(self, pipe: Pipeline, replies: list[Reply]) -> None:
-        """Run a publishing pipeline; if Redis lost the script (a restart), load it again and
-        store the answers whose EVALSHA it refused."""
-        results = await pipe.execute(raise_on_error=False)
-        if not any(isinstance(r, NoScriptError) for r in results):
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-            return
-        await self._load_script()
-        retry = self.redis.pipeline(transaction=False)
-        for reply in replies:
-            self._store(retry, reply)
-        await retry.execute()
+        await pipe.execute()
 
     async def publish_chunks(self, chunks: list[tuple[Delivery, protocol.Chunk]]) -> None:
         """Send streaming output pieces to their gateways, in order, in one pipeline."""
@@ -196,7 +156,7 @@ class Consumer:
             self._expire_replies(pipe, {failure[0]})
         pipe.xack(stream, protocol.GROUP, entry_id)
         pipe.xdel(stream, entry_id)
-        await self._execute(pipe, [failure[1]] if failure is not None else [])
+        await pipe.execute()
 
     def _reply(self, pipe: Pipeline, gateway_id: str, reply: Reply) -> None:
         payload = protocol.encoder.encode(reply)
@@ -208,14 +168,9 @@ class Consumer:
         )
         self._store(pipe, reply, payload)
 
-    def _store(self, pipe: Pipeline, reply: Reply, payload: bytes | None = None) -> None:
-        """Queue the write of a request's answer to its result key (the first answer wins)."""
-        payload = payload or protocol.encoder.encode(reply)
-        key = protocol.request_key(reply.id)
-        if self._set_final is None:
-            pipe.set(key, payload, ex=self._result_ttl_s)
-        else:
-            pipe.evalsha(self._set_final, 1, key, payload, self._result_ttl_s)
+    def _store(self, pipe: Pipeline, reply: Reply, payload: bytes) -> None:
+        """Queue the write of a request's answer: SET NX, so the first answer stays."""
+        pipe.set(protocol.request_key(reply.id), payload, ex=self._result_ttl_s, nx=True)
 
     def _expire_replies(self, pipe: Pipeline, gateway_ids: set[str]) -> None:
         """A reply stream whose gateway is gone expires once no worker writes to it."""

@@ -165,7 +165,7 @@ async def test_a_request_run_twice_keeps_its_first_answer(client: aioredis.Redis
         batch_size=1, enqueued_at_ms=1, queue_ms=0.0, service_ms=1.0, finished_at_ms=2, energy_j=0.0, cost=0.0,
     )  # fmt: skip
     late = protocol.Failure(id="twice", code="deadline_exceeded", message="too late the second time")
-    await client.set(protocol.request_key("twice"), protocol.encoder.encode(protocol.Accepted("twice", "m", "t", 1)))
+    await client.set(protocol.accepted_key("twice"), protocol.encoder.encode(protocol.Accepted("twice", "m", "t", 1)))
     await consumer.publish([(delivery, first)])
     await consumer.publish([(delivery, late)])
     stored = protocol.stored_decoder.decode(await client.get(protocol.request_key("twice")))
@@ -215,17 +215,3 @@ async def test_request_streams_hold_only_waiting_and_running_entries(
 
 async def _all_done(s: Stack, ids: list[str]) -> bool:
     return all([(await status_of(s, i))["status"] == "done" for i in ids])
-
-
-async def test_answers_are_stored_after_redis_lost_its_scripts(client: aioredis.Redis, fast: Settings) -> None:
-    """A Redis restart forgets loaded scripts: the consumer loads its own again and stores the answer."""
-    consumer = Consumer(client, fast, "h100-interactive", "w")
-    await consumer.setup()
-    await client.script_flush()
-    answer = protocol.Result(
-        id="after-restart", model="sim-echo", output="ok", tier="interactive", processor="h100", pool="p",
-        worker="w", batch_size=1, enqueued_at_ms=1, queue_ms=0.0, service_ms=1.0, finished_at_ms=2,
-        energy_j=0.0, cost=0.0,
-    )  # fmt: skip
-    await consumer.publish([(Delivery(STREAM, b"1-0", _envelope("after-restart")), answer)])
-    assert protocol.stored_decoder.decode(await client.get(protocol.request_key("after-restart"))) == answer

@@ -77,7 +77,8 @@ async def test_the_stricter_tier_is_served_first(
     client = aioredis.Redis.from_url(redis_url)
 
     async def stored() -> list[Any]:
-        return [protocol.stored_decoder.decode(raw) for raw in await client.mget(map(protocol.request_key, ids))]
+        answers = await client.mget(map(protocol.request_key, ids))
+        return [None if raw is None else protocol.stored_decoder.decode(raw) for raw in answers]
 
     try:
         await wait_until(lambda: _all_results(stored()))
