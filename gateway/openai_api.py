@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import logging
+import math
 import re
 import struct
 import time
@@ -30,6 +32,8 @@ from .routing import Route
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
+DEADLINE_HEADER = "X-Tiergate-Deadline-Ms"
+SDK_TIMEOUT_HEADER = "X-Stainless-Read-Timeout"  # the official SDK's timeout, in seconds
 ADMISSION: web.RequestKey[Admission] = web.RequestKey("admission", Admission)
 
 TIER_HEADER = "X-Tiergate-Tier"
@@ -81,8 +85,34 @@ def _service_tier_name(state: GatewayState, tier: str) -> str | None:
     return next((name for name, t in state.settings.openai.service_tiers.items() if t == tier), None)
 
 
+def client_deadline_ms(request: web.Request, tier_default_ms: int) -> int:
+    """`X-Tiergate-Deadline-Ms` when sent; else the SDK's own read timeout, which the official
+    SDK sends on every request, when it is shorter than the tier's default; else that default."""
+    explicit = request.headers.get(DEADLINE_HEADER)
+    if explicit is not None:
+        value = _positive(explicit, DEADLINE_HEADER, "a whole number of milliseconds")
+        return min(int(value), 3_600_000)
+    sdk = request.headers.get(SDK_TIMEOUT_HEADER)
+    if sdk is not None:
+        return min(tier_default_ms, max(1, int(_positive(sdk, SDK_TIMEOUT_HEADER, "a number of seconds") * 1000)))
+    return tier_default_ms
+
+
+def _positive(text: str, header: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidRequest(f"the {header} header must be {what} above 0, not {text!r}")
+    return value
+
+
 def _route(request: web.Request, state: GatewayState, model: str, chars: int, service_tier: str | None) -> Route:
     route = state.router.route(model, chars, pick_tier(request, state, service_tier))
+    deadline_ms = client_deadline_ms(request, route.deadline_ms)
+    if deadline_ms != route.deadline_ms:
+        route = dataclasses.replace(route, deadline_ms=deadline_ms)
     try:
         request[ADMISSION] = state.admit(route)
     except QueueFull:
