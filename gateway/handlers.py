@@ -93,6 +93,7 @@ def result_body(state: GatewayState, result: protocol.Result, total_ms: float, s
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 QUEUE_INFO_HEADER = "X-Tiergate-Queue-Info"  # a client sends it (any value) to learn its queue position
 REPLAY_POLL_S = 0.05
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -106,11 +107,9 @@ async def infer(request: web.Request) -> web.Response:
         request.app[METRICS].refused(route.tier)
         raise
     request_id = protocol.new_request_id()
-    idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
-    if idempotency_key is not None:
-        first = await _claim(state, idempotency_key, request_id)
-        if first is not None:
-            return await _replay(state, first, route, body.wait)
+    first = await claim_idempotency(request, request_id)
+    if first is not None:
+        return await _replay(state, first, route, body.wait)
     envelope = protocol.Envelope(
         id=request_id,
         model=body.model,
@@ -198,29 +197,42 @@ def _mark(exc: BaseException, request_id: str) -> None:
         exc.request_id = request_id
 
 
-async def _claim(state: GatewayState, key: str, request_id: str) -> str | None:
+async def claim_idempotency(request: web.Request, request_id: str) -> str | None:
+    """With an `Idempotency-Key` header: None when this request is the first with that key (it
+    runs), else the id of the first one (whose outcome this retry gets)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
     if not 1 <= len(key) <= 255:
         raise InvalidRequest(f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 characters, not {len(key)}")
+    state = request.app[STATE]
     return await state.queue.claim_idempotency(key, request_id, state.settings.gateway.result_ttl_s)
 
 
-async def _replay(state: GatewayState, first_id: str, route: Route, wait: bool) -> web.Response:
-    """Answer a retry with the first request's outcome, waiting for it if it is still running."""
-    if not wait:
-        return json_response({"id": first_id, "status_url": f"/v1/requests/{first_id}"}, status=202)
+async def first_result(state: GatewayState, first_id: str, route: Route) -> protocol.Result:
+    """The result of the first request sent with an idempotency key, waiting for it while it runs
+    (a rare path: it polls the stored answer rather than holding a waiter in another gateway)."""
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + route.deadline_ms / 1000.0
     while True:
         stored = await state.queue.stored(first_id)
         if isinstance(stored, protocol.Result):
-            response = json_response(result_body(state, stored, stored.finished_at_ms - stored.enqueued_at_ms))
-            response.headers["Idempotent-Replayed"] = "true"
-            return response
+            return stored
         if isinstance(stored, protocol.Failure):
             raise for_request(from_code(stored.code, stored.message), first_id)
         if loop.time() >= give_up_at:
             raise DeadlineExceeded(f"the first request with this idempotency key ({first_id}) has not finished")
         await asyncio.sleep(REPLAY_POLL_S)
+
+
+async def _replay(state: GatewayState, first_id: str, route: Route, wait: bool) -> web.Response:
+    """Answer a retry with the first request's outcome."""
+    if not wait:
+        return json_response({"id": first_id, "status_url": f"/v1/requests/{first_id}"}, status=202)
+    result = await first_result(state, first_id, route)
+    response = json_response(result_body(state, result, result.finished_at_ms - result.enqueued_at_ms))
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 async def request_status(request: web.Request) -> web.Response:

@@ -23,7 +23,14 @@ from aiohttp import web
 from . import protocol
 from .admission import Admission
 from .errors import InvalidRequest, QueueFull, RequestError
-from .handlers import QUEUE_INFO_HEADER, json_response, wait_for_result
+from .handlers import (
+    QUEUE_INFO_HEADER,
+    REPLAYED_HEADER,
+    claim_idempotency,
+    first_result,
+    json_response,
+    wait_for_result,
+)
 from .metrics import METRICS
 from .openai_schema import decode_chat, decode_completion, decode_embedding, message_text
 from .openai_stream import StreamCall, error_type, stream_reply, usage
@@ -176,6 +183,25 @@ def _answered(request: web.Request, result: protocol.Result, started: float) -> 
     return total_ms
 
 
+async def _run_once(
+    request: web.Request, state: GatewayState, route: Route, env: protocol.Envelope, started: float
+) -> tuple[protocol.Result, float, bool]:
+    """Run `env` and count it, unless its `Idempotency-Key` names an earlier request: then that
+    one's result, not counted again. The result, the latency to report, and whether it is a replay."""
+    first = await claim_idempotency(request, env.id)
+    if first is None:
+        result = await wait_for_result(request, route, env)
+        return result, _answered(request, result, started), False
+    return await first_result(state, first, route), _elapsed_ms(started), True
+
+
+def _with_headers(response: web.Response, result: protocol.Result, total_ms: float, replayed: bool) -> web.Response:
+    response.headers.update(_timing_headers([result], total_ms))
+    if replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
 def _timing_headers(results: list[protocol.Result], total_ms: float) -> dict[str, str]:
     return {
         TIER_HEADER: results[0].tier,
@@ -223,10 +249,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "chat", env.id, body.model, int(time.time()), started, body.include_usage, tier_name, route.tier
         )
         return await _stream(request, state, route, env, call)
-    result = await wait_for_result(request, route, env)
-    total_ms = _answered(request, result, started)
+    result, total_ms, replayed = await _run_once(request, state, route, env, started)
     answer = {
-        "id": f"chatcmpl-{env.id}",
+        "id": f"chatcmpl-{result.id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.model,
@@ -243,9 +268,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "system_fingerprint": None,
         "tiergate": _tiergate(result, total_ms),
     }
-    response = json_response(answer)
-    response.headers.update(_timing_headers([result], total_ms))
-    return response
+    return _with_headers(json_response(answer), result, total_ms, replayed)
 
 
 @openai_errors
@@ -260,10 +283,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "completion", env.id, body.model, int(time.time()), started, body.include_usage, None, route.tier
         )
         return await _stream(request, state, route, env, call)
-    result = await wait_for_result(request, route, env)
-    total_ms = _answered(request, result, started)
+    result, total_ms, replayed = await _run_once(request, state, route, env, started)
     answer = {
-        "id": f"cmpl-{env.id}",
+        "id": f"cmpl-{result.id}",
         "object": "text_completion",
         "created": int(time.time()),
         "model": body.model,
@@ -273,9 +295,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "usage": usage(result),
         "tiergate": _tiergate(result, total_ms),
     }
-    response = json_response(answer)
-    response.headers.update(_timing_headers([result], total_ms))
-    return response
+    return _with_headers(json_response(answer), result, total_ms, replayed)
 
 
 def _vector(values: str | list[float], encoding: str | None) -> list[float] | str:
