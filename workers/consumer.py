@@ -184,16 +184,36 @@ class Consumer:
         pipe = self.redis.pipeline(transaction=False)
         for key in self._heartbeats:
             pipe.hgetall(key)
-        alive: set[str] = set()
-        for beats in await pipe.execute():
-            for name, raw in beats.items():
-                try:
-                    beat = protocol.heartbeat_decoder.decode(raw)
-                except msgspec.DecodeError:
-                    continue
-                if now_ms - beat.at_ms < protocol.HEARTBEAT_STALE_MS:
-                    alive.add(name.decode())
-        return alive
+        heard = _last_heard(await pipe.execute())
+        return {name for name, at_ms in heard.items() if now_ms - at_ms < protocol.HEARTBEAT_STALE_MS}
+
+    async def forget_dead(self, now_ms: int, gone_ms: int) -> list[str]:
+        """Remove what stopped workers left behind: consumers silent for `gone_ms` (no read, no
+        heartbeat) with nothing pending leave the consumer groups, and heartbeat fields that old
+        leave the worker hashes. A consumer with pending entries stays for `reclaim` to empty."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._heartbeats:
+            pipe.hgetall(key)
+        for stream in self.streams:
+            pipe.xinfo_consumers(stream, protocol.GROUP)
+        replies = await pipe.execute()
+        heard = _last_heard(replies[: len(self._heartbeats)])
+        cleanup = self.redis.pipeline(transaction=False)
+        forgotten: set[str] = set()
+        for stream, consumers in zip(self.streams, replies[len(self._heartbeats) :], strict=True):
+            for consumer in consumers:
+                name = _text(consumer["name"])
+                silent = now_ms - heard.get(name, 0) > gone_ms and int(consumer["idle"]) > gone_ms
+                if name != self.name and silent and int(consumer["pending"]) == 0:
+                    cleanup.xgroup_delconsumer(stream, protocol.GROUP, name)
+                    forgotten.add(name)
+        stale = [name for name, at_ms in heard.items() if now_ms - at_ms > gone_ms and name != self.name]
+        for key in self._heartbeats if stale else ():
+            cleanup.hdel(key, *stale)
+        if forgotten or stale:
+            await cleanup.execute()
+            log.info("forgot stopped workers", extra={"worker": self.name, "consumers": sorted(forgotten)})
+        return sorted(forgotten)
 
     async def reclaim(self, idle_ms: int, count: int, now_ms: int) -> list[Delivery]:
         """Claim up to `count` entries idle `idle_ms` or longer whose owner stopped heartbeating.
@@ -261,3 +281,21 @@ class Consumer:
         )
         await self._dead_letter(stream, entry_id, payload, reason, (envelope.reply_to, failure), tries)
         return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _last_heard(hashes: list[dict[bytes, bytes]]) -> dict[str, int]:
+    """Each consumer's latest heartbeat time (ms) across worker hashes; 0 when unreadable."""
+    heard: dict[str, int] = {}
+    for beats in hashes:
+        for raw_name, raw in beats.items():
+            try:
+                at_ms = protocol.heartbeat_decoder.decode(raw).at_ms
+            except msgspec.DecodeError:
+                at_ms = 0
+            name = raw_name.decode()
+            heard[name] = max(heard.get(name, 0), at_ms)
+    return heard

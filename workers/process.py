@@ -37,6 +37,8 @@ READ_BLOCK_MS = 500  # bounds how long SIGTERM waits for an in-flight read
 CLOCK_SYNC_S = 30.0
 MAX_BACKOFF_S = 2.0
 START_MARGIN_MS = 5.0
+FORGET_EVERY_S = 30.0
+GONE_MS = 60_000  # a consumer silent this long, with nothing pending, leaves its group
 
 
 def connect(settings: Settings, url: str) -> Redis:
@@ -113,6 +115,7 @@ class WorkerProcess:
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
             asyncio.create_task(self._reclaim_loop()),
             asyncio.create_task(every(protocol.HEARTBEAT_S, self.stopping, self._heartbeat)),
+            asyncio.create_task(every(FORGET_EVERY_S, self.stopping, self._forget_dead)),
         ]
         try:
             await self._execute_loop()
@@ -189,6 +192,9 @@ class WorkerProcess:
             service_ms=round(service_ms, 3),
         )
         await self.consumer.heartbeat(beat)
+
+    async def _forget_dead(self) -> None:
+        await self.consumer.forget_dead(int(self.clock.now_ms()), GONE_MS)
 
     async def _reclaim_loop(self) -> None:
         """Take over the pending entries of workers that stopped heartbeating, and dead-letter

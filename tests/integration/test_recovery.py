@@ -215,3 +215,24 @@ async def test_request_streams_hold_only_waiting_and_running_entries(
 
 async def _all_done(s: Stack, ids: list[str]) -> bool:
     return all([(await status_of(s, i))["status"] == "done" for i in ids])
+
+
+async def test_stopped_workers_leave_the_group_and_the_worker_hashes(client: aioredis.Redis, fast: Settings) -> None:
+    """What a stopped worker left behind is removed once nothing of its is pending."""
+    consumer = Consumer(client, fast, "h100-interactive", "survivor")
+    await consumer.setup()
+    hearts = protocol.heartbeat_key("interactive", "default")
+    await client.xgroup_createconsumer(STREAM, protocol.GROUP, "gone")
+    await client.xgroup_createconsumer(STREAM, protocol.GROUP, "busy-but-gone")
+    await client.xadd(STREAM, {protocol.PAYLOAD_FIELD: protocol.encoder.encode(_envelope("held"))})
+    await client.xreadgroup(protocol.GROUP, "busy-but-gone", {STREAM: ">"}, count=1)  # holds one entry
+    old = protocol.Heartbeat(worker="gone", pool="p", at_ms=1, capacity_per_s=1.0, service_ms=1.0)
+    await client.hset(
+        hearts, mapping={"gone": protocol.encoder.encode(old), "busy-but-gone": protocol.encoder.encode(old)}
+    )
+    await asyncio.sleep(0.05)  # both consumers idle a little; "gone" only counts after 20 ms
+    forgotten = await consumer.forget_dead(now_ms=10_000, gone_ms=20)
+    assert forgotten == ["gone"]
+    names = {c["name"].decode() for c in await client.xinfo_consumers(STREAM, protocol.GROUP)}
+    assert names == {"busy-but-gone"}  # its pending entry keeps it until reclaimed
+    assert await client.hkeys(hearts) == []
