@@ -171,6 +171,7 @@ async def serve(settings: Settings, redis_url: str, host: str, port: int) -> Non
         keepalive_timeout=gw.keepalive_timeout_s,  # also closes a connection still sending its headers
         max_line_size=gw.max_header_bytes,
         max_field_size=gw.max_header_bytes,
+        handler_cancellation=True,  # a client that hangs up frees its waiter now, not at its deadline
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -38,6 +38,7 @@ class Waiters:
     def __init__(self) -> None:
         self._waiting: dict[str, tuple[asyncio.Future[protocol.Reply], asyncio.TimerHandle]] = {}
         self._streams: dict[str, asyncio.Queue[StreamEvent]] = {}
+        self._next_chunk: dict[str, int] = {}  # per stream: the next chunk `seq` not yet passed on
         # Async requests with no reply yet: id -> (tier, span_s), and per span_s (deadline plus
         # grace, whole seconds) id -> when to forget it, oldest first: a sweep stops at the first
         # entry still due, so a sweep costs what it removes.
@@ -61,6 +62,7 @@ class Waiters:
 
         def settle(future: asyncio.Future[protocol.Reply]) -> None:
             self._streams.pop(request_id, None)
+            self._next_chunk.pop(request_id, None)
             if not future.cancelled():
                 error = future.exception()
                 queue.put_nowait(future.result() if error is None else error)  # type: ignore[arg-type]
@@ -72,6 +74,9 @@ class Waiters:
         queue = self._streams.get(chunk.id)
         if queue is None:
             return False  # not streaming, finished, or timed out
+        if chunk.seq < self._next_chunk.get(chunk.id, 0):
+            return True  # a rerun of a reclaimed request sends its chunks again: the client has them
+        self._next_chunk[chunk.id] = chunk.seq + 1
         queue.put_nowait(chunk)
         return True
 

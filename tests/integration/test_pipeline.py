@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from gateway import protocol
 from gateway.settings import Settings
+from gateway.state import STATE
 from tests.integration.conftest import Stack, wait_until
 from workers.models import embed
 
@@ -182,3 +183,12 @@ async def test_undecodable_entry_is_dead_lettered_and_the_worker_keeps_serving(
         assert letter.payload == b"\xc1garbage" and "undecodable entry" in letter.reason
     finally:
         await client.aclose()
+
+
+async def test_a_client_that_hangs_up_frees_its_waiter_at_once(stack: StartStack) -> None:
+    s: Stack = await stack(pools=[])  # no worker: the request would wait for its 120 s deadline
+    waiters = s.server.app[STATE].waiters
+    client = asyncio.create_task(s.infer(model="sim-echo", input="never mind", tier="batch"))
+    await wait_until(lambda: len(waiters) == 1)
+    client.cancel()  # the client closes its connection
+    await wait_until(lambda: len(waiters) == 0, timeout_s=5)

@@ -82,3 +82,17 @@ async def test_streaming_waiter_gets_chunks_then_the_outcome() -> None:
     expiring = waiters.add_stream("r2", timeout_s=0.01)
     assert isinstance(await asyncio.wait_for(expiring.get(), 5), DeadlineExceeded)
     assert len(waiters) == 0
+
+
+async def test_chunks_of_a_rerun_request_reach_the_client_once() -> None:
+    """A reclaimed streaming request runs again from its first token: the repeats are dropped."""
+    waiters = Waiters()
+    events = waiters.add_stream("r", timeout_s=60)
+
+    def chunk(seq: int, text: str) -> protocol.Chunk:
+        return protocol.Chunk(id="r", seq=seq, text=text, produced_at_ms=0.0)
+
+    for piece in [chunk(0, "ab"), chunk(1, "cd"), chunk(0, "ab"), chunk(1, "cd"), chunk(2, "ef")]:
+        assert waiters.push(piece)
+    got = [events.get_nowait() for _ in range(events.qsize())]
+    assert [c.text for c in got if isinstance(c, protocol.Chunk)] == ["ab", "cd", "ef"]
