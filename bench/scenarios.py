@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from gateway.settings import Settings, load_settings
 from loadtest import schedule
@@ -26,13 +27,15 @@ from loadtest.stats import summary
 TIERS = ("realtime", "interactive", "batch")
 
 
-def start_stack(config: Path) -> tuple[subprocess.Popen[str], str]:
+def start_stack(config: Path, with_redis: bool = False) -> Any:
+    """`tiergate up` on `config`: (process, url), or (process, url, redis url) `with_redis`."""
     argv = [sys.executable, "-m", "gateway", "up", "--port", "0", "--config", str(config), "--log-level", "WARNING"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("{") and json.loads(line).get("event") == "ready":
-            return process, str(json.loads(line)["url"])
+            ready = json.loads(line)
+            return (process, ready["url"], ready["redis"]) if with_redis else (process, ready["url"])
     raise RuntimeError("tiergate up exited before it was ready")
 
 
