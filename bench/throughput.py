@@ -2,7 +2,8 @@
 
 Rows: a bare aiohttp "hello"; a bare stream round trip (one XADD per request); the same with
 XADDs pipelined per event-loop tick; tiergate's `POST /v1/infer` with a zero-latency processor
-(gateway log level INFO and WARNING). Each app is one process; Redis is a private redis-server.
+(gateway log level INFO and WARNING); and tiergate refusing requests with 429 (a full queue).
+Each app is one process; Redis is a private redis-server.
 Run: `python -m bench.throughput [--duration 10] [--connections 64]`. Needs `wrk` on PATH.
 """
 
@@ -85,6 +86,20 @@ def scenarios(redis_url: str) -> dict[str, list[list[str]]]:
         "tiergate /v1/infer (log INFO)": [
             [*tiergate, "worker", "--pool", "instant", *config, "--log-level", "WARNING"],
             [*tiergate, "gateway", "--port", "{port}", *config, "--log-level", "INFO"],
+        ],
+        "tiergate 429 refusal (queue full)": [
+            [
+                *tiergate,
+                "gateway",
+                "--port",
+                "{port}",
+                "--config",
+                str(HERE / "refusal.toml"),
+                "--redis-url",
+                redis_url,
+                "--log-level",
+                "WARNING",
+            ],
         ],
         "tiergate /v1/infer (log WARNING)": [
             [*tiergate, "worker", "--pool", "instant", *config, "--log-level", "WARNING"],
