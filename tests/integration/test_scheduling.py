@@ -95,7 +95,11 @@ async def _all_results(pending: Any) -> bool:
 
 async def test_a_batch_closes_early_for_its_deadline(stack: StartStack, make_settings: Callable[..., Settings]) -> None:
     # Batches wait up to ten seconds for company, but a request due in three cannot wait that long.
-    settings = make_settings(pools__cerebras_batch__max_wait_ms=10_000)
+    # A 200 ms batch: the batch closes with about 400 ms left, plenty for a loaded machine.
+    settings = make_settings(
+        pools__cerebras_batch__max_wait_ms=10_000,
+        processors__cerebras_cs3__latency={"kind": "fixed", "min_ms": 200},
+    )
     s: Stack = await stack(settings=settings, pools=["cerebras-batch"])
     status, body = await s.infer(model="sim-echo", input="in a hurry", tier="batch", deadline_ms=3000)
     assert status == 200, body
