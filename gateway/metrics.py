@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from . import protocol, slo
-from .background import join
+from .background import every, join
 from .errors import RequestError
 from .results import Waiters
 from .settings import Settings
@@ -214,10 +214,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     settle_s = 2 * metrics.settings.metrics.slo_flush_interval_s + 3.0  # a flush may be one interval late
     store = app[SLO_STORE] = SloStore(state.redis, state.gateway_id, settle_s)
     stop = asyncio.Event()
+    every_s = metrics.settings.metrics.queue_sample_interval_s
     tasks = [
-        asyncio.create_task(_flush_loop(metrics, store, stop)),
-        asyncio.create_task(_sample_loop(metrics, store, stop)),
-        asyncio.create_task(_sweep_loop(metrics, state.waiters, stop)),
+        asyncio.create_task(every(metrics.settings.metrics.slo_flush_interval_s, stop, _flusher(metrics, store))),
+        asyncio.create_task(every(every_s, stop, _sampler(metrics, store, state.queue.lengths))),
+        asyncio.create_task(every(every_s, stop, _sweeper(metrics, state.waiters))),
     ]
     yield
     stop.set()
@@ -226,48 +227,47 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await store.flush(metrics.accumulator)
 
 
-async def _flush_loop(metrics: GatewayMetrics, store: SloStore, stop: asyncio.Event) -> None:
-    every_s = metrics.settings.metrics.slo_flush_interval_s
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+def _flusher(metrics: GatewayMetrics, store: SloStore) -> Callable[[], Awaitable[None]]:
+    async def flush() -> None:
         await store.flush(metrics.accumulator)
 
+    return flush
 
-async def _sweep_loop(metrics: GatewayMetrics, waiters: Waiters, stop: asyncio.Event) -> None:
-    """Forget async requests that outlived their deadline and grace with no reply, counting each."""
-    every_s = metrics.settings.metrics.queue_sample_interval_s
-    while not stop.is_set():
+
+def _sweeper(metrics: GatewayMetrics, waiters: Waiters) -> Callable[[], Awaitable[None]]:
+    async def sweep() -> None:
+        """Forget async requests that outlived their deadline and grace with no reply, counting each."""
         for tier in waiters.sweep_async():
             metrics.async_expired(tier)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+
+    return sweep
 
 
-async def _sample_loop(metrics: GatewayMetrics, store: SloStore, stop: asyncio.Event) -> None:
-    """Queue depth, group lag and pending of every tier stream, once a sampling interval."""
+def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, int]) -> Callable[[], Awaitable[None]]:
+    """Queue depth, group lag and pending of every tier stream. The depth is the one admission
+    keeps fresh (`RequestQueue.lengths`); only lag and pending are read here."""
     streams = {protocol.stream_key(tier, region): (tier, region) for tier, region in _served(metrics.settings)}
-    every_s = metrics.settings.metrics.queue_sample_interval_s
-    while not stop.is_set():
+
+    async def sample() -> None:
         try:
-            samples = await store.sample_queues(list(streams))
+            samples = await store.sample_groups(list(streams))
         except (RedisError, OSError) as exc:
             log.warning("queue sampling failed", extra={"error": str(exc)})
-            samples = {}
+            return
         queues: dict[str, dict[str, int]] = {}
-        for stream, sample in samples.items():
+        for stream, (lag, pending) in samples.items():
             labels = streams[stream]
-            metrics.queue_depth.labels(*labels).set(sample.length)
-            metrics.group_lag.labels(*labels).set(sample.lag)
-            metrics.group_pending.labels(*labels).set(sample.pending)
+            depth = lengths.get(stream, 0)
+            metrics.queue_depth.labels(*labels).set(depth)
+            metrics.group_lag.labels(*labels).set(lag)
+            metrics.group_pending.labels(*labels).set(pending)
             totals = queues.setdefault(labels[0], {"depth": 0, "lag": 0, "pending": 0})
-            totals["depth"] += sample.length
-            totals["lag"] += sample.lag
-            totals["pending"] += sample.pending
-        if samples:
-            metrics.queues = queues
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+            totals["depth"] += depth
+            totals["lag"] += lag
+            totals["pending"] += pending
+        metrics.queues = queues
+
+    return sample
 
 
 def _served(settings: Settings) -> list[tuple[str, str]]:

@@ -159,7 +159,7 @@ class MetricsSettings(_Frozen, frozen=True):
     # Each worker process serves Prometheus /metrics here; port 0 picks a free port per process.
     worker_host: str = "127.0.0.1"
     worker_port: Annotated[int, Meta(ge=0, le=65535)] = 0
-    queue_sample_interval_s: PositiveFloat = 1.0  # XLEN / XINFO GROUPS of every tier stream
+    queue_sample_interval_s: PositiveFloat = 1.0  # XINFO GROUPS of every tier stream
     slo_flush_interval_s: PositiveFloat = 1.0  # per-second SLO buckets pushed to Redis
     slo_cache_s: NonNegativeFloat = 0.5  # how long one process reuses a computed /v1/slo answer
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -26,13 +25,6 @@ MINUTE_MAX_TTL_S = 3600 + 120  # the maximum is reported up to the 1-hour window
 SECONDS_READ = 300  # per-second keys read: the 1 min and 5 min windows
 MINUTES_FULL = 60  # per-minute keys read whole: the 30 min and 1 h windows
 MINUTES_COUNTS = 360  # per-minute keys whose tier totals are read: the 6 h window
-
-
-@dataclass(slots=True)
-class QueueSample:
-    length: int
-    lag: int
-    pending: int
 
 
 class SloStore:
@@ -130,22 +122,17 @@ class SloStore:
         for k in [k for k in cache if k < oldest]:
             del cache[k]
 
-    async def sample_queues(self, streams: list[str]) -> dict[str, QueueSample]:
-        """XLEN and the worker group's lag and pending count of each stream, in one pipeline."""
+    async def sample_groups(self, streams: list[str]) -> dict[str, tuple[int, int]]:
+        """The worker group's (lag, pending) of each stream, in one pipeline."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
-            pipe.xlen(stream)
             pipe.xinfo_groups(stream)
-        replies = await pipe.execute(raise_on_error=False)
-        samples: dict[str, QueueSample] = {}
-        for i, stream in enumerate(streams):
-            length, groups = replies[2 * i], replies[2 * i + 1]
-            sample = QueueSample(length if isinstance(length, int) else 0, 0, 0)
+        samples: dict[str, tuple[int, int]] = {}
+        for stream, groups in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
+            samples[stream] = (0, 0)
             for group in groups if isinstance(groups, list) else ():
                 if _text(group.get("name")) == protocol.GROUP:
-                    sample.lag = int(group.get("lag") or 0)
-                    sample.pending = int(group.get("pending") or 0)
-            samples[stream] = sample
+                    samples[stream] = (int(group.get("lag") or 0), int(group.get("pending") or 0))
         return samples
 
 
