@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from gateway.heap import freeze_startup_heap
 from gateway.settings import Settings
 
 from . import engine, schedule
@@ -111,6 +112,7 @@ async def play(
     try:
         async with _driver(settings, target) as driver:
             delay_s = start_in_s() if start_in_s is not None else 0.0
+            freeze_startup_heap()  # the schedule and the connections: no collection walks them mid-run
             run = engine.run(arrivals, driver, recorder, duration_s, delay_s, indices)
             await engine.while_running(run, *helpers)
     finally:

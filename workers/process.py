@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway import protocol
 from gateway.background import every, join
 from gateway.clock import RedisClock, keep_synced
+from gateway.heap import freeze_startup_heap
 from gateway.protocol import Reply
 from gateway.settings import Settings
 
@@ -110,6 +111,7 @@ class WorkerProcess:
         )
         if self._ready is not None:
             self._ready(pool=self.pool_name, worker=self.name, metrics_url=metrics_url)
+        freeze_startup_heap()
         tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
