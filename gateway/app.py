@@ -13,7 +13,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import msgspec
 from aiohttp import web
@@ -25,6 +25,7 @@ from .admission import capacity_from
 from .background import every, join
 from .clock import RedisClock, keep_synced
 from .errors import BackendUnavailable, QueueFull, RequestError
+from .heap import freeze_startup_heap
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
@@ -92,7 +93,10 @@ def new_gateway_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def build_app(settings: Settings, redis_url: str, gateway_id: str | None = None) -> web.Application:
+def build_app(
+    settings: Settings, redis_url: str, gateway_id: str | None = None, tiers: Sequence[str] | None = None
+) -> web.Application:
+    """The gateway's aiohttp application; `tiers` restricts it to those tiers (`Router`)."""
     app = web.Application(
         client_max_size=settings.gateway.max_body_bytes,
         middlewares=[error_middleware, body_timeout(settings.gateway.body_timeout_s)],
@@ -103,13 +107,15 @@ def build_app(settings: Settings, redis_url: str, gateway_id: str | None = None)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
     openapi.add_routes(app, settings)
-    app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id()))
+    app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id(), tiers))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
     dashboard.add_routes(app)
     return app
 
 
-def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _lifecycle(
+    settings: Settings, redis_url: str, gateway_id: str, tiers: Sequence[str] | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         r = settings.redis
         redis = Redis.from_url(
@@ -124,7 +130,7 @@ def _lifecycle(settings: Settings, redis_url: str, gateway_id: str) -> Callable[
             settings=settings,
             gateway_id=gateway_id,
             redis=redis,
-            router=Router(settings),
+            router=Router(settings, tiers),
             queue=RequestQueue(redis),
             waiters=waiters,
             clock=RedisClock(),
@@ -160,9 +166,9 @@ def _sampler(state: GatewayState) -> Callable[[], Awaitable[None]]:
     return sample
 
 
-async def serve(settings: Settings, redis_url: str, host: str, port: int) -> None:
+async def serve(settings: Settings, redis_url: str, host: str, port: int, tiers: Sequence[str] | None = None) -> None:
     """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully."""
-    app = build_app(settings, redis_url)
+    app = build_app(settings, redis_url, tiers=tiers)
     gw = settings.gateway
     runner = web.AppRunner(
         app,
@@ -182,7 +188,10 @@ async def serve(settings: Settings, redis_url: str, host: str, port: int) -> Non
         loop.add_signal_handler(sig, stop.set)
     bound = runner.addresses[0]
     url = f"http://{bound[0]}:{bound[1]}"
-    print(msgspec.json.encode({"event": "ready", "url": url, "gateway": app[STATE].gateway_id}).decode(), flush=True)
+    state = app[STATE]
+    ready = {"event": "ready", "url": url, "gateway": state.gateway_id, "tiers": list(state.router.tiers)}
+    print(msgspec.json.encode(ready).decode(), flush=True)
+    freeze_startup_heap()
     log.info("gateway ready", extra={"url": url})
     try:
         await stop.wait()

@@ -33,7 +33,7 @@ def _redis_url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _child_argv(args: argparse.Namespace, *command: str) -> list[str]:
-    return [sys.executable, "-m", "gateway", *command, "--config", str(args.config)]
+    return [sys.executable, "-m", "gateway", *command, "--config", str(args.config), "--log-level", args.log_level]
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
@@ -41,7 +41,18 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
 
     host = args.host or settings.gateway.host
     port = settings.gateway.port if args.port is None else args.port
-    _run(serve(settings, _redis_url(args, settings), host, port))
+    _run(serve(settings, _redis_url(args, settings), host, port, _tiers(args.tiers, settings)))
+
+
+def _tiers(flag: str | None, settings: Settings) -> list[str] | None:
+    """The tiers of `--tiers realtime,interactive`, checked; None (every tier) without the flag."""
+    if not flag:
+        return None
+    tiers = [t.strip() for t in flag.split(",") if t.strip()]
+    unknown = [t for t in tiers if t not in settings.tiers]
+    if unknown or not tiers:
+        raise SystemExit(f"tiergate: --tiers {flag!r}: unknown tier (configured: {', '.join(settings.tiers)})")
+    return tiers
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -86,27 +97,37 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
         gateway = Child(
             "gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port))
         )
+        tier_gateways = {
+            tier: Child(
+                f"gateway:{tier}",
+                _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(p), "--tiers", tier),
+            )
+            for tier, p in settings.gateway.tier_ports.items()
+        }
+        gateways = [gateway, *tier_gateways.values()]
         workers = [
             Child(f"worker:{name}", _child_argv(args, "worker", "--pool", name, "--redis-url", url))
             for name in settings.pools
         ]
         try:
-            await asyncio.gather(gateway.start(), *(w.start() for w in workers))
+            await asyncio.gather(*(g.start() for g in gateways), *(w.start() for w in workers))
             _print_ready(
                 url=gateway.ready["url"],
+                tier_urls={tier: g.ready["url"] for tier, g in tier_gateways.items()},
                 redis=url,
                 redis_kind=embedded.kind if embedded else "external",
                 pools={name: settings.pools[name].replicas for name in settings.pools},
                 metrics={
                     "gateway": f"{gateway.ready['url']}/metrics",
+                    **{f"gateway:{tier}": f"{g.ready['url']}/metrics" for tier, g in tier_gateways.items()},
                     **{name: _metrics_urls(w.ready) for name, w in zip(settings.pools, workers, strict=True)},
                 },
             )
-            why = await wait_for_stop([gateway, *workers])
+            why = await wait_for_stop([*gateways, *workers])
             print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
             return 0 if why == "signal" else 1
         finally:
-            await stop_all([[gateway], workers], grace_s=settings.gateway.shutdown_grace_s + 5)
+            await stop_all([gateways, workers], grace_s=settings.gateway.shutdown_grace_s + 5)
 
     try:
         code = asyncio.run(supervise())
@@ -178,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--host", default=None, help="bind address (default: [gateway].host)")
         sp.add_argument("--port", type=int, default=None, help="port, 0 for any free one (default: [gateway].port)")
+    gw.add_argument("--tiers", default=None, help="serve only these tiers, comma-separated (default: every tier)")
     wk = sub.add_parser("worker", help="run the worker processes of one pool")
     common(wk)
     wk.add_argument("--pool", required=True, help="pool name from the config")

@@ -6,6 +6,7 @@
         ├── InvalidRequest          400 invalid_request
         ├── NotFound                404 not_found
         │   └── ModelNotFound       404 model_not_found
+        ├── TierNotServed           421 tier_not_served (a gateway dedicated to other tiers)
         ├── PayloadTooLarge         413 payload_too_large
         ├── QueueFull               429 queue_full
         ├── BackendUnavailable      503 redis_unavailable
@@ -57,6 +58,13 @@ class NotFound(RequestError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class TierNotServed(RequestError):
+    """The request's tier is not one this gateway serves: it is dedicated to other tiers."""
+
+    status = 421
+    code = "tier_not_served"
 
 
 class PayloadTooLarge(RequestError):

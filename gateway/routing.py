@@ -4,9 +4,10 @@ request goes to, and its deadline budget. No I/O; unit tests drive it with plain
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidRequest, ModelNotFound
+from .errors import InvalidRequest, ModelNotFound, TierNotServed
 from .protocol import stream_key
 from .settings import TIER_NAMES, Settings, TierSettings
 
@@ -21,8 +22,13 @@ class Route:
 
 
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    """`tiers` restricts a gateway to some tiers (a tier's dedicated front door, which keeps
+    other tiers' traffic out of its process): a request without a tier then gets the first of
+    them unless its model's default is among them, and one naming another tier is refused."""
+
+    def __init__(self, settings: Settings, tiers: Sequence[str] | None = None) -> None:
         self.settings = settings
+        self.tiers = tuple(tiers) if tiers else tuple(settings.tiers)
         self.region = settings.gateway.region
         self.max_input_chars = settings.gateway.max_input_chars
         # (tier, region) pairs some pool serves, and the models served there.
@@ -30,7 +36,7 @@ class Router:
             (tier, pool.region): set(pool.models) for pool in settings.pools.values() for tier in pool.tiers
         }
         self._routes: dict[tuple[str, str], tuple[str, TierSettings]] = {
-            key: (stream_key(*key), settings.tiers[key[0]]) for key in self._served
+            key: (stream_key(*key), settings.tiers[key[0]]) for key in self._served if key[0] in self.tiers
         }
 
     def route(
@@ -47,10 +53,14 @@ class Router:
             raise ModelNotFound(f"model {model!r} does not exist (known models: {known})")
         if input_chars > self.max_input_chars:
             raise InvalidRequest(f"input is {input_chars} characters; the limit is {self.max_input_chars} - at $.input")
-        tier = tier or spec.default_tier
+        tier = tier or (spec.default_tier if spec.default_tier in self.tiers else self.tiers[0])
         if tier not in self.settings.tiers:
             known = ", ".join(self.settings.tiers)
             raise InvalidRequest(f"unknown tier {tier!r} (expected one of {known}) - at $.tier")
+        if tier not in self.tiers:
+            served = " and ".join(self.tiers) + (" tier" if len(self.tiers) == 1 else " tiers")
+            message = f"this gateway serves only the {served}; send {tier} requests to a gateway that serves it"
+            raise TierNotServed(message)
         region = region or self.region
         found = self._routes.get((tier, region))
         if found is None or model not in self._served[(tier, region)]:

@@ -62,6 +62,9 @@ class GatewaySettings(_Frozen, frozen=True):
     max_header_bytes: PositiveInt = 8_190  # one request line or header field
     body_timeout_s: PositiveFloat = 10.0  # a body not received within this long gets 408
     keepalive_timeout_s: PositiveFloat = 15.0  # idle, or still sending its headers: then closed
+    # Tier -> port: `tiergate up` also runs a gateway process on each port that serves only that
+    # tier, so that another tier's traffic never shares its process (0: any free port).
+    tier_ports: dict[str, Annotated[int, Meta(ge=0, le=65535)]] = msgspec.field(default_factory=dict)
 
 
 class SLO(_Frozen, frozen=True):
@@ -279,6 +282,11 @@ def validate(s: Settings) -> list[str]:
     for name, pool in s.pools.items():
         problems += [f"pools.{name}.{p}" for p in _check_pool(pool, s)]
         problems += [f"pools.{name}.{p}" for p in _check_upstream(pool)]
+    problems += [
+        f"gateway.tier_ports.{tier}: unknown tier (expected one of {', '.join(s.tiers)})"
+        for tier in s.gateway.tier_ports
+        if tier not in s.tiers
+    ]
     problems += [
         f"openai.service_tiers.{key}: unknown tier {tier!r}"
         for key, tier in s.openai.service_tiers.items()

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from gateway.embedded import EmbeddedRedis
-from gateway.settings import load_settings
+from gateway.settings import DEFAULT_CONFIG_PATH, load_settings
 from tests.processes import Proc, start
 from workers.models import embed
 
@@ -70,6 +70,38 @@ def test_up_answers_500_concurrent_requests_then_stops_cleanly(tiergate_up: Call
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert any('"event":"stopped"' in line for line in up.lines)
+
+
+def test_up_runs_a_gateway_of_its_own_for_each_tier_port(tiergate_up: Callable[..., Proc], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "tiergate.toml"
+    with_door = DEFAULT_CONFIG_PATH.read_text().replace("[gateway]\n", "[gateway]\ntier_ports = { realtime = 0 }\n")
+    config.write_text(with_door)
+    up = tiergate_up("--config", str(config))
+    door = up.ready["tier_urls"]["realtime"]
+    assert door != up.url
+    assert len(up.children()) == 2 + len(up.ready["pools"]) + (shutil.which("redis-server") is not None)
+
+    async def calls() -> list[tuple[int, dict]]:  # type: ignore[type-arg]
+        async with aiohttp.ClientSession() as http:
+            out = []
+            for url, body in (
+                (door, {"model": "sim-echo", "input": "no tier named"}),
+                (door, {"model": "sim-echo", "input": "wrong door", "tier": "batch"}),
+                (up.url, {"model": "sim-echo", "input": "main door", "tier": "batch"}),
+            ):
+                async with http.post(f"{url}/v1/infer", json=body) as response:
+                    out.append((response.status, await response.json()))
+            return out
+
+    (door_status, door_body), (wrong_status, wrong_body), (main_status, main_body) = asyncio.run(calls())
+    assert (door_status, door_body["tier"], door_body["output"]) == (200, "realtime", "deman reit on")
+    assert wrong_status == 421
+    assert wrong_body["error"] == {
+        "type": "tier_not_served",
+        "message": "this gateway serves only the realtime tier; send batch requests to a gateway that serves it",
+    }
+    assert (main_status, main_body["tier"], main_body["output"]) == (200, "batch", "rood niam")
+    assert up.stop() == 0
 
 
 def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Callable[..., Proc], tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.errors import InvalidRequest, ModelNotFound, TierNotServed
 from gateway.routing import Router
 from gateway.settings import Settings
 
@@ -38,3 +38,23 @@ def test_routing_table_lists_tiers_in_order(make_settings: Callable[..., Setting
     table = Router(make_settings()).table()
     assert [row[0] for row in table] == ["realtime", "interactive", "batch"]
     assert table[0][3] == ["groq-realtime"]
+
+
+def test_a_tier_gateway_routes_only_its_tiers(make_settings: Callable[..., Settings]) -> None:
+    router = Router(make_settings(), tiers=["realtime"])
+    # sim-echo's own default (interactive) is not served here: the gateway's tier is the default
+    route = router.route("sim-echo", 5)
+    assert (route.tier, route.stream) == ("realtime", "tg:{realtime.default}:requests")
+    with pytest.raises(TierNotServed, match="serves only the realtime tier; send batch requests") as refused:
+        router.route("sim-echo", 5, tier="batch")
+    assert (refused.value.status, refused.value.code) == (421, "tier_not_served")
+    with pytest.raises(InvalidRequest, match="unknown tier 'urgent'"):
+        router.route("sim-echo", 5, tier="urgent")
+    assert [row[0] for row in router.table()] == ["realtime"]
+
+
+def test_a_gateway_of_several_tiers_keeps_a_model_default_it_serves(make_settings: Callable[..., Settings]) -> None:
+    router = Router(make_settings(), tiers=["batch", "interactive"])
+    assert router.route("sim-echo", 5).tier == "interactive"  # the model's default, served here
+    with pytest.raises(TierNotServed, match="serves only the batch and interactive tiers"):
+        router.route("sim-echo", 5, tier="realtime")

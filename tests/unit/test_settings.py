@@ -86,3 +86,13 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
     broken.write_text("[tiers\n")
     with pytest.raises(ConfigError, match=r"broken.toml: not valid TOML"):
         load_settings(broken, environ={})
+
+
+def test_tier_ports_name_configured_tiers_and_valid_ports() -> None:
+    raw = default_raw()
+    raw["gateway"]["tier_ports"] = {"urgent": 8081}
+    assert "gateway.tier_ports.urgent: unknown tier (expected one of realtime, interactive, batch)" in refused(raw)
+    raw["gateway"]["tier_ports"] = {"realtime": 70000}
+    assert "Expected `int` <= 65535 - at `$.gateway.tier_ports[...]`" in refused(raw)
+    raw["gateway"]["tier_ports"] = {"realtime": 8081}
+    assert parse_settings(raw).gateway.tier_ports == {"realtime": 8081}
