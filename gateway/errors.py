@@ -6,8 +6,8 @@
         ├── InvalidRequest          400 invalid_request
         ├── NotFound                404 not_found
         │   └── ModelNotFound       404 model_not_found
-        ├── TierNotServed           421 tier_not_served (a gateway dedicated to other tiers)
         ├── PayloadTooLarge         413 payload_too_large
+        ├── TierNotServed           421 tier_not_served (a gateway dedicated to other tiers)
         ├── QueueFull               429 queue_full
         ├── BackendUnavailable      503 redis_unavailable
         ├── DeadlineExceeded        504 deadline_exceeded

@@ -287,6 +287,12 @@ def validate(s: Settings) -> list[str]:
         for tier in s.gateway.tier_ports
         if tier not in s.tiers
     ]
+    fixed = [port for port in (s.gateway.port, *s.gateway.tier_ports.values()) if port]
+    problems += [
+        f"gateway.tier_ports.{tier}: port {port} is already taken by another gateway of this config"
+        for tier, port in s.gateway.tier_ports.items()
+        if port and fixed.count(port) > 1
+    ]
     problems += [
         f"openai.service_tiers.{key}: unknown tier {tier!r}"
         for key, tier in s.openai.service_tiers.items()

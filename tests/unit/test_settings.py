@@ -96,3 +96,11 @@ def test_tier_ports_name_configured_tiers_and_valid_ports() -> None:
     assert "Expected `int` <= 65535 - at `$.gateway.tier_ports[...]`" in refused(raw)
     raw["gateway"]["tier_ports"] = {"realtime": 8081}
     assert parse_settings(raw).gateway.tier_ports == {"realtime": 8081}
+
+
+def test_tier_ports_may_not_collide_with_another_gateway() -> None:
+    raw = default_raw()
+    raw["gateway"]["tier_ports"] = {"realtime": raw["gateway"]["port"]}
+    assert "gateway.tier_ports.realtime: port 8080 is already taken by another gateway of this config" in refused(raw)
+    raw["gateway"]["tier_ports"] = {"realtime": 0, "batch": 0}  # free ports never collide
+    assert parse_settings(raw).gateway.tier_ports == {"realtime": 0, "batch": 0}
