@@ -138,14 +138,23 @@ async def drained(redis: Redis, region: str, timeout_s: float = 180.0) -> None:
     keys = [protocol.stream_key(tier, region) for tier in TIERS]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if sum([await redis.xlen(key) for key in keys]) == 0:
+        pipe = redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xlen(key)
+        if sum(await pipe.execute()) == 0:
             return
         await asyncio.sleep(0.5)
     raise RuntimeError("the queues did not drain")
 
 
 async def isolation(
-    config: Path, settings: Settings, ready: dict[str, Any], cap: dict[str, float], seconds: float, rounds: int
+    config: Path,
+    settings: Settings,
+    ready: dict[str, Any],
+    redis: Redis,
+    cap: dict[str, float],
+    seconds: float,
+    rounds: int,
 ) -> None:
     main_url, own_url = ready["url"], ready["tier_urls"]["realtime"]
     realtime = [(cap["realtime"] * 0.5, seconds)]
@@ -156,29 +165,25 @@ async def isolation(
         "batch 3x, shared gateway": (main_url, {"batch": overload}),
     }
     pooled: dict[str, list[Recorder]] = {name: [] for name in phases}
-    redis = Redis.from_url(ready["redis"])
     print(f"\nrealtime at {realtime[0][0]:g} req/s for {seconds:g} s; batch offered {overload[0][0]:g} req/s\n")
     print(f"| round | {'phase':<24} | {'sent':>5} | {'ok':>5} | {'p50 ms':>6} | {'p99 ms':>6} | {'p99.9 ms':>8} "
           f"| {'attained':>8} | {'steal %':>7} |")  # fmt: skip
     print(f"|-------|{'-' * 26}|-------|-------|--------|--------|----------|----------|---------|")
-    try:
-        for n in range(1, rounds + 1):
-            for name, (realtime_url, others) in phases.items():
-                urls = {"realtime": realtime_url, "batch": main_url}
-                before = cpu_times()
-                recorder = await run_clients(config, urls, {"realtime": realtime, **others}, seed=n)
-                steal = steal_pct(before, cpu_times())
-                pooled[name].append(recorder)
-                row = summary(recorder, objectives(settings))["tiers"]["realtime"]
-                print(
-                    f"| {n:>5} | {name:<24} | {row['sent']:>5} | {row['ok']:>5} | {fmt(row['p50_ms']):>6} "
-                    f"| {fmt(row['p99_ms']):>6} | {fmt(row['p99.9_ms']):>8} | {row['slo_attainment_pct']:>8.2f} "
-                    f"| {fmt(steal):>7} |",
-                    flush=True,
-                )
-                await drained(redis, settings.gateway.region)
-    finally:
-        await redis.aclose()
+    for n in range(1, rounds + 1):
+        for name, (realtime_url, others) in phases.items():
+            urls = {"realtime": realtime_url, "batch": main_url}
+            before = cpu_times()
+            recorder = await run_clients(config, urls, {"realtime": realtime, **others}, seed=n)
+            steal = steal_pct(before, cpu_times())
+            pooled[name].append(recorder)
+            row = summary(recorder, objectives(settings))["tiers"]["realtime"]
+            print(
+                f"| {n:>5} | {name:<24} | {row['sent']:>5} | {row['ok']:>5} | {fmt(row['p50_ms']):>6} "
+                f"| {fmt(row['p99_ms']):>6} | {fmt(row['p99.9_ms']):>8} | {row['slo_attainment_pct']:>8.2f} "
+                f"| {fmt(steal):>7} |",
+                flush=True,
+            )
+            await drained(redis, settings.gateway.region)
     p99 = {
         name: summary(merged(parts), objectives(settings))["tiers"]["realtime"]["p99_ms"]
         for name, parts in pooled.items()
@@ -211,10 +216,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 recorder = await run_clients(args.config, urls, phases)
                 print_rows(name, summary(recorder, objectives(settings)), steal_pct(before, cpu_times()))
                 await drained(redis, settings.gateway.region)
+            if args.rounds:
+                await isolation(args.config, settings, ready, redis, cap, args.isolation_s, args.rounds)
         finally:
             await redis.aclose()
-        if args.rounds:
-            await isolation(args.config, settings, ready, cap, args.isolation_s, args.rounds)
     finally:
         process.terminate()
         process.wait(timeout=30)
