@@ -1,9 +1,9 @@
 """Admission at the front door: pure decisions from a tier's last sampled state, no I/O.
 
 A request is refused at once (429 with Retry-After) when its tier's queue is at its limit, or
-when the estimated wait (backlog / the live workers' capacity) plus the expected service time
-already exceeds its deadline. With no live worker heartbeat the capacity is unknown and only the
-queue limit applies: requests queue for workers that are starting.
+when the estimated wait (backlog / the live workers' capacity for this tier) plus the expected
+service time exceeds `DEADLINE_SHARE` of its deadline. With no live worker heartbeat the capacity
+is unknown and only the queue limit applies: requests queue for workers that are starting.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 from .errors import QueueFull
 from .protocol import HEARTBEAT_STALE_MS, Heartbeat
+
+# Admit only what the estimate says will finish within this share of its deadline. The rest of
+# the deadline absorbs what the estimate cannot see: a processor's variable service time, a
+# capacity that changed since the last heartbeat, the reply's way back. Admitting up to the whole
+# deadline would let the last admitted requests miss it whenever the estimate is a little high.
+DEADLINE_SHARE = 0.8
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,14 +57,22 @@ def admit(tier: str, backlog: int, capacity: Capacity | None, max_queue: int, de
     if capacity is None or capacity.per_s <= 0:
         return Admission(position=backlog, wait_ms=None)
     wait_ms = backlog / capacity.per_s * 1000.0
-    if wait_ms + capacity.service_ms > deadline_ms:
-        excess = math.ceil((wait_ms + capacity.service_ms - deadline_ms) / 1000.0 * capacity.per_s)
+    budget_ms = deadline_ms * DEADLINE_SHARE
+    if wait_ms + capacity.service_ms > budget_ms:
+        excess = math.ceil((wait_ms + capacity.service_ms - budget_ms) / 1000.0 * capacity.per_s)
         raise QueueFull(
             f"deadline of {deadline_ms} ms cannot be met on the {tier} tier: about {wait_ms:.0f} ms of queue "
             f"ahead ({backlog} requests) plus {capacity.service_ms:.1f} ms of service",
             retry_after_s=_drain_s(capacity, excess),
         )
     return Admission(position=backlog, wait_ms=wait_ms)
+
+
+def projected_backlog(sampled: float, capacity: Capacity | None, elapsed_s: float) -> float:
+    """The backlog `elapsed_s` after it was `sampled`, drained meanwhile at the workers' capacity."""
+    if capacity is None:
+        return sampled
+    return max(0.0, sampled - capacity.per_s * elapsed_s)
 
 
 def _drain_s(capacity: Capacity | None, requests: int) -> int:

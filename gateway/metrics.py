@@ -243,7 +243,7 @@ def _sweeper(metrics: GatewayMetrics, waiters: Waiters) -> Callable[[], Awaitabl
     return sweep
 
 
-def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, int]) -> Callable[[], Awaitable[None]]:
+def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, float]) -> Callable[[], Awaitable[None]]:
     """Queue depth, group lag and pending of every tier stream. The depth is the one admission
     keeps fresh (`RequestQueue.lengths`); only lag and pending are read here."""
     streams = {protocol.stream_key(tier, region): (tier, region) for tier, region in _served(metrics.settings)}
@@ -257,7 +257,7 @@ def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, int]) 
         queues: dict[str, dict[str, int]] = {}
         for stream, (lag, pending) in samples.items():
             labels = streams[stream]
-            depth = lengths.get(stream, 0)
+            depth = round(lengths.get(stream, 0))
             metrics.queue_depth.labels(*labels).set(depth)
             metrics.group_lag.labels(*labels).set(lag)
             metrics.group_pending.labels(*labels).set(pending)

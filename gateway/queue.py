@@ -37,7 +37,8 @@ MAX_FLUSHES = 4  # pipelines in flight at once; each holds one connection
 class RequestQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.lengths: dict[str, int] = {}  # last sampled XLEN per stream
+        self.lengths: dict[str, float] = {}  # per stream: XLEN when sampled, then as admission projects it
+        self.sampled_at: dict[str, float] = {}  # per stream: loop time of that sample or projection
         self._pending: list[_Pending] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._scheduled = False
@@ -112,7 +113,16 @@ class RequestQueue:
                 item.future.set_exception(BackendUnavailable(f"Redis refused the request: {reply}"))
         for stream, length in zip(streams, replies[position:], strict=True):
             if isinstance(length, int):
-                self.lengths[stream] = length
+                self._sampled(stream, length)
+
+    def _sampled(self, stream: str, length: int) -> None:
+        self.lengths[stream] = length + self._unsent(stream)
+        self.sampled_at[stream] = asyncio.get_running_loop().time()
+
+    def _unsent(self, stream: str) -> int:
+        """Requests admitted to `stream` that the next pipeline has yet to send: a sampled length
+        does not hold them, and admission must."""
+        return sum(1 for item in self._pending if item.stream == stream)
 
     async def stored(self, request_id: str) -> protocol.Stored | None:
         keys = (protocol.request_key(request_id), protocol.accepted_key(request_id))
@@ -136,7 +146,7 @@ class RequestQueue:
         replies = await pipe.execute()
         beats: dict[str, list[protocol.Heartbeat]] = {}
         for i, stream in enumerate(streams):
-            self.lengths[stream] = int(replies[2 * i])
+            self._sampled(stream, int(replies[2 * i]))
             decoded = []
             for raw in replies[2 * i + 1]:
                 with contextlib.suppress(msgspec.DecodeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -27,9 +29,24 @@ class GatewayState:
     capacity: dict[str, admission.Capacity | None] = field(default_factory=dict)  # per stream, sampled
 
     def admit(self, route: Route) -> admission.Admission:
-        """Admission for a routed request from the last sampled backlog and worker capacity."""
-        backlog = self.queue.lengths.get(route.stream, 0)
-        return admission.admit(route.tier, backlog, self.capacity.get(route.stream), route.max_queue, route.deadline_ms)
+        """Admission for a routed request from the backlog as it is now, projected from the last
+        sample, and the workers' capacity.
+
+        Between samples the backlog drains at the workers' capacity and grows by each request
+        admitted here. Without the projection a tier at its limit would refuse everything until
+        the next sample, however fast its pools drained, and leave them idle meanwhile."""
+        capacity = self.capacity.get(route.stream)
+        backlog = self._backlog(route.stream, capacity)
+        decision = admission.admit(route.tier, math.ceil(backlog), capacity, route.max_queue, route.deadline_ms)
+        self.queue.lengths[route.stream] = backlog + 1
+        return decision
+
+    def _backlog(self, stream: str, capacity: admission.Capacity | None) -> float:
+        now = asyncio.get_running_loop().time()
+        elapsed_s = now - self.queue.sampled_at.get(stream, now)
+        backlog = admission.projected_backlog(self.queue.lengths.get(stream, 0.0), capacity, elapsed_s)
+        self.queue.lengths[stream], self.queue.sampled_at[stream] = backlog, now
+        return backlog
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

@@ -44,7 +44,7 @@ class Consumer:
         self._dead_letters = {
             protocol.stream_key(t, pool.region): protocol.dead_letter_key(t, pool.region) for t in pool.tiers
         }
-        self._heartbeats = [protocol.heartbeat_key(tier, pool.region) for tier in pool.tiers]
+        self._heartbeats = [protocol.heartbeat_key(tier, pool.region) for tier in self.tiers]
         self._result_ttl_s = settings.gateway.result_ttl_s
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
@@ -106,12 +106,12 @@ class Consumer:
             )
         await pipe.execute()
 
-    async def heartbeat(self, beat: protocol.Heartbeat) -> None:
-        """Say this worker is alive, and what it can do, on each of its streams' worker hashes."""
-        payload = protocol.encoder.encode(beat)
+    async def heartbeat(self, beats: list[protocol.Heartbeat]) -> None:
+        """Say this worker is alive, and what it can do for each stream (`beats` in the order
+        of `streams`), on each of its streams' worker hashes."""
         pipe = self.redis.pipeline(transaction=False)
-        for key in self._heartbeats:
-            pipe.hset(key, self.name, payload)
+        for key, beat in zip(self._heartbeats, beats, strict=True):
+            pipe.hset(key, self.name, protocol.encoder.encode(beat))
             pipe.pexpire(key, protocol.HEARTBEAT_STALE_MS * 2)  # a fleet that is gone leaves nothing
         await pipe.execute()
 

@@ -94,6 +94,16 @@ class Executor:
                 refused.append((d, failure))
         return runnable, refused
 
+    def refuse(self, doomed: list[Delivery]) -> list[tuple[Delivery, Reply]]:
+        """Answer, without running, deliveries that can no longer meet their deadline."""
+        now_ms = self.clock.now_ms()
+        return [(d, self._refusal(d, now_ms) or self._late(d, now_ms)) for d in doomed]
+
+    def _late(self, d: Delivery, now_ms: float) -> Failure:
+        left_ms = d.envelope.deadline_at_ms - now_ms
+        message = f"request {d.envelope.id} cannot finish before its deadline: {left_ms:.0f} ms left"
+        return self._failure(d, "deadline_exceeded", message)
+
     async def execute(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply]]:
         runnable, replies = self._triage(batch)
         if not runnable:

@@ -22,7 +22,7 @@ from gateway import protocol
 from gateway.background import every, join
 from gateway.clock import RedisClock, keep_synced
 from gateway.heap import freeze_startup_heap
-from gateway.protocol import Reply
+from gateway.protocol import Reply, Result
 from gateway.settings import Settings
 
 from .backends import make_backend
@@ -88,7 +88,9 @@ class WorkerProcess:
             pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
         )
         self.priority = {stream: rank for rank, stream in enumerate(self.consumer.streams)}
-        self.capacity = CapacityMeter(settings.processors[pool.processor].latency, pool.max_batch)
+        latency = settings.processors[pool.processor].latency
+        self.refill_ms = int(min(READ_BLOCK_MS, max(1.0, expected_batch_ms(latency, pool.max_batch))))
+        self.capacity = CapacityMeter(latency, pool.max_batch, len(pool.tiers), pool.min_share)
         self.stopping = asyncio.Event()
         self.claim_interval_s = settings.delivery.claim_interval_s
         self.claim_idle_ms = claim_idle_ms(settings, pool_name)
@@ -153,26 +155,39 @@ class WorkerProcess:
             await self.batcher.wait_for_room()
             rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
             open_streams = [stream for stream, room in rooms.items() if room > 0]
+            # A blocked read waits on the open streams only: while a full one's buffer drains, block
+            # no longer than one batch, or that stream would idle its share of the pool meanwhile.
+            block_ms = READ_BLOCK_MS if len(open_streams) == len(rooms) else self.refill_ms
             try:
-                deliveries = await self.consumer.read(max(rooms.values()), READ_BLOCK_MS, open_streams)
+                deliveries = await self.consumer.read(max(rooms.values()), block_ms, open_streams)
                 backoff = 0.1
             except RedisError as exc:
                 log.warning("read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
-            self._admit(deliveries)
+            await self._admit(deliveries)
         self.batcher.close()
 
-    def _admit(self, deliveries: list[Delivery]) -> None:
+    async def _admit(self, deliveries: list[Delivery]) -> None:
         """Queue deliveries by tier, each to start while its deadline can still be met: with
-        twice its expected service time (and a little more) still left, since batches run long."""
+        twice its expected service time (and a little more) still left, since batches run long.
+        Those that can no longer make it are answered at once, unrun: dead work never takes a
+        processor's slot in a batch."""
         now = asyncio.get_running_loop().time()
         now_ms = self.clock.now_ms()
+        doomed = []
         for d in deliveries:
-            need_ms = 2 * self.executor.expected_ms(d.envelope) + START_MARGIN_MS
-            slack_s = (d.envelope.deadline_at_ms - now_ms - need_ms) / 1000.0
+            expected_ms = self.executor.expected_ms(d.envelope)
+            if d.envelope.deadline_at_ms - now_ms < expected_ms:
+                doomed.append(d)
+                continue
+            slack_s = (d.envelope.deadline_at_ms - now_ms - 2 * expected_ms - START_MARGIN_MS) / 1000.0
             self.batcher.put(d, self.priority[d.stream], start_by=now + slack_s)
+        if doomed:
+            replies = self.executor.refuse(doomed)
+            self.metrics.observe(replies)
+            await self._publish(replies)
 
     async def _execute_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -182,18 +197,31 @@ class WorkerProcess:
             replies = await self.executor.execute(batch)
             self.metrics.observe(replies)
             await self._publish(replies)
-            self.capacity.record(loop.time(), len(batch), loop.time() - started)
+            self.capacity.record(loop.time(), self._ran(replies), loop.time() - started)
+
+    def _ran(self, replies: list[tuple[Delivery, Reply]]) -> list[int]:
+        """Requests of each priority that ran on the processor (not those answered unrun)."""
+        ran = [0] * len(self.priority)
+        for d, reply in replies:
+            if isinstance(reply, Result):
+                ran[self.priority[d.stream]] += 1
+        return ran
 
     async def _heartbeat(self) -> None:
-        capacity_per_s, service_ms = self.capacity.snapshot(asyncio.get_running_loop().time())
-        beat = protocol.Heartbeat(
-            worker=self.name,
-            pool=self.pool_name,
-            at_ms=int(self.clock.now_ms()),
-            capacity_per_s=round(capacity_per_s, 3),
-            service_ms=round(service_ms, 3),
-        )
-        await self.consumer.heartbeat(beat)
+        """One heartbeat per stream: each tier is told the capacity this worker has for it."""
+        snapshot = self.capacity.snapshot(asyncio.get_running_loop().time())
+        at_ms = int(self.clock.now_ms())
+        beats = [
+            protocol.Heartbeat(
+                worker=self.name,
+                pool=self.pool_name,
+                at_ms=at_ms,
+                capacity_per_s=round(per_s, 3),
+                service_ms=round(snapshot.service_ms, 3),
+            )
+            for per_s in snapshot.per_s
+        ]
+        await self.consumer.heartbeat(beats)
 
     async def _forget_dead(self) -> None:
         await self.consumer.forget_dead(int(self.clock.now_ms()), GONE_MS)
@@ -222,7 +250,7 @@ class WorkerProcess:
                 log.warning("reclaim failed, retrying", extra={"error": str(exc)})
                 quiet_until = loop.time() + protocol.HEARTBEAT_STALE_MS / 1000.0
                 continue
-            self._admit(deliveries)
+            await self._admit(deliveries)
 
     async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
         backoff = 0.1

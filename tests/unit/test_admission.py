@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.admission import Capacity, admit, capacity_from
+from gateway.admission import DEADLINE_SHARE, Capacity, admit, capacity_from, projected_backlog
 from gateway.errors import QueueFull
 from gateway.protocol import Heartbeat
 
@@ -48,3 +48,26 @@ def test_capacity_sums_fresh_heartbeats_and_ignores_stale_ones() -> None:
     ]
     assert capacity_from(beats, now_ms=10_200) == Capacity(per_s=500, service_ms=9, workers=2)
     assert capacity_from(beats[2:], now_ms=10_200) is None
+
+
+def test_admission_keeps_a_share_of_the_deadline_for_what_the_estimate_cannot_see() -> None:
+    capacity = Capacity(per_s=100, service_ms=50, workers=1)  # 10 ms of queue a request
+    fits = int((1000 * DEADLINE_SHARE - 50) / 10)
+    assert admit("batch", fits, capacity, 10_000, deadline_ms=1000).wait_ms == pytest.approx(fits * 10.0)
+    with pytest.raises(QueueFull) as info:
+        admit("batch", fits + 1, capacity, 10_000, deadline_ms=1000)
+    assert info.value.retry_after_s == 1
+
+
+def test_retry_after_is_the_time_the_excess_takes_to_drain() -> None:
+    capacity = Capacity(per_s=10, service_ms=0, workers=1)  # 100 requests: 10 s of queue
+    with pytest.raises(QueueFull) as info:
+        admit("batch", 100, capacity, 10_000, deadline_ms=5000)  # 4 s budget: 60 too many, 6 s to drain
+    assert info.value.retry_after_s == 6
+
+
+def test_the_backlog_drains_at_capacity_between_samples() -> None:
+    capacity = Capacity(per_s=100, service_ms=5, workers=1)
+    assert projected_backlog(40, capacity, elapsed_s=0.25) == pytest.approx(15.0)
+    assert projected_backlog(40, capacity, elapsed_s=2.0) == 0.0
+    assert projected_backlog(40, None, elapsed_s=2.0) == 40  # no live worker: nothing drains

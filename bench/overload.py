@@ -1,0 +1,204 @@
+"""Admission and goodput past capacity: does a tier answer what it admits, and keep its processors
+busy, when offered 2x and 5x what it can do?
+
+For each tier: its capacity alone (closed loop: enough clients that its pools never idle, a long
+deadline, completions a second), then open-loop Poisson load at each multiple of that capacity with
+each deadline. Every request names its deadline; a 200 counts as goodput only if it came within it.
+Per phase: sent, answered 200 in time, refused 429, admitted-then-504, other errors, late share of
+admitted, goodput (in-time answers a second, from the first second on) against capacity, the
+client-side cost of a refusal (p50/p99) and the median Retry-After, and host steal.
+The load comes from a client process of its own, as a client on another machine would send it.
+Run: `python -m bench.overload [--config bench/overload.toml] [--tiers batch,interactive,realtime]
+[--multiples 2,5] [--deadlines 500,2000,10000] [--min-requests 2000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+from redis.asyncio import Redis
+
+from bench.scenarios import cpu_times, drained, start_stack, steal_pct
+from gateway.settings import load_settings
+
+WARMUP_S = 1.0  # answers before this are not counted in goodput: the pools are still filling up
+CLOSED_LOOP_CLIENTS = 64
+INPUT_CHARS = {"realtime": 400, "interactive": 64, "batch": 64}  # realtime: 100 tokens, about 5.8 ms each
+
+
+def body(tier: str, n: int, deadline_ms: int) -> dict[str, Any]:
+    text = f"{tier}-{n}-".ljust(INPUT_CHARS[tier], "x")
+    return {"model": "sim-echo", "input": text, "tier": tier, "deadline_ms": deadline_ms}
+
+
+class Tally:
+    """What one phase's requests got: (sent at, done at, status, retry-after) each, times from the start."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float, int, float]] = []
+
+    def summary(self, seconds: float, deadline_ms: int) -> dict[str, Any]:
+        ok = [r for r in self.rows if r[2] == 200 and (r[1] - r[0]) * 1000 <= deadline_ms]
+        refused = sorted((r[1] - r[0]) * 1000 for r in self.rows if r[2] == 429)
+        retry = sorted(r[3] for r in self.rows if r[2] == 429)
+        late = sum(1 for r in self.rows if r[2] == 504 or (r[2] == 200 and (r[1] - r[0]) * 1000 > deadline_ms))
+        counted = [r for r in ok if WARMUP_S <= r[1] <= seconds]
+        return {
+            "sent": len(self.rows),
+            "ok": len(ok),
+            "refused": len(refused),
+            "late": late,
+            "errors": len(self.rows) - len(ok) - len(refused) - late,
+            "goodput_per_s": len(counted) / (seconds - WARMUP_S),
+            "refusal_p50_ms": _pct(refused, 50),
+            "refusal_p99_ms": _pct(refused, 99),
+            "retry_after_p50_s": _pct(retry, 50),
+        }
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    return values[min(len(values) - 1, int(len(values) * p / 100))] if values else None
+
+
+async def _send(session: aiohttp.ClientSession, url: str, payload: dict[str, Any], start: float, tally: Tally) -> None:
+    sent = time.perf_counter() - start
+    try:
+        async with session.post(f"{url}/v1/infer", json=payload) as response:
+            data = await response.read()
+            status = response.status
+            retry = float(response.headers.get("Retry-After", 0))
+            if status == 200 and json.loads(data)["output"] != payload["input"][::-1]:
+                status = 0  # an answer to another request: an error, never goodput
+    except aiohttp.ClientError:
+        status, retry = -1, 0.0
+    tally.rows.append((sent, time.perf_counter() - start, status, retry))
+
+
+async def open_loop(url: str, tier: str, rate: float, seconds: float, deadline_ms: int, seed: int) -> Tally:
+    rng, tally, tasks = random.Random(seed), Tally(), []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        start, at, n = time.perf_counter(), 0.0, 0
+        while (at := at + rng.expovariate(rate)) < seconds:
+            await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
+            tasks.append(asyncio.create_task(_send(session, url, body(tier, n, deadline_ms), start, tally)))
+            n += 1
+        await asyncio.gather(*tasks)
+    return tally
+
+
+async def closed_loop(url: str, tier: str, seconds: float) -> Tally:
+    tally = Tally()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        start = time.perf_counter()
+
+        async def client(k: int) -> None:
+            n = k
+            while time.perf_counter() - start < seconds:
+                await _send(session, url, body(tier, n, 60_000), start, tally)
+                n += CLOSED_LOOP_CLIENTS
+
+        await asyncio.gather(*(client(k) for k in range(CLOSED_LOOP_CLIENTS)))
+    return tally
+
+
+def client_main(spec: dict[str, Any]) -> None:
+    """The client process: one phase, its summary as one JSON line on stdout."""
+    if spec["rate"]:
+        run = open_loop(spec["url"], spec["tier"], spec["rate"], spec["seconds"], spec["deadline_ms"], spec["seed"])
+    else:
+        run = closed_loop(spec["url"], spec["tier"], spec["seconds"])
+    tally = uvloop.run(run)
+    print(json.dumps(tally.summary(spec["seconds"], spec["deadline_ms"])))
+
+
+def phase(spec: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    before = cpu_times()
+    argv = [sys.executable, "-m", "bench.overload", "--client", json.dumps(spec)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1]), steal_pct(before, cpu_times())
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+async def settle(redis: Redis, region: str) -> None:
+    await drained(redis, region)
+    await asyncio.sleep(1.0)  # let heartbeats report the pools idle again
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = load_settings(args.config)
+    process, ready = start_stack(args.config)
+    redis = Redis.from_url(ready["redis"])
+    url = ready["url"]
+    print("| tier | multiple | deadline ms | offered /s | sent | ok | refused 429 | admitted then 504 | late % of "
+          "admitted | errors | goodput /s | goodput / capacity | refusal p50 ms | refusal p99 ms | Retry-After p50 s "
+          "| steal % |")  # fmt: skip
+    print("|---" * 16 + "|")
+    try:
+        for tier in args.tiers.split(","):
+            spec = {"url": url, "tier": tier, "rate": 0, "seconds": args.capacity_s, "deadline_ms": 60_000, "seed": 0}
+            row, steal = phase(spec)
+            capacity = row["goodput_per_s"]
+            print(f"| {tier} | capacity alone (closed loop, {CLOSED_LOOP_CLIENTS} clients) | 60000 | - | {row['sent']} "
+                  f"| {row['ok']} | {row['refused']} | {row['late']} | - | {row['errors']} | {capacity:.1f} | 1.00 "
+                  f"| - | - | - | {fmt(steal)} |", flush=True)  # fmt: skip
+            await settle(redis, settings.gateway.region)
+            for deadline_ms in (int(d) for d in args.deadlines.split(",")):
+                for multiple in (float(m) for m in args.multiples.split(",")):
+                    rate = capacity * multiple
+                    seconds = max(args.seconds, args.min_requests / rate)
+                    spec |= {"rate": rate, "seconds": seconds, "deadline_ms": deadline_ms, "seed": int(rate)}
+                    row, steal = phase(spec)
+                    print_row(tier, multiple, deadline_ms, rate, capacity, row, steal)
+                    await settle(redis, settings.gateway.region)
+    finally:
+        await redis.aclose()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def print_row(
+    tier: str, multiple: float, deadline_ms: int, rate: float, capacity: float, row: dict[str, Any], steal: float | None
+) -> None:
+    admitted = row["sent"] - row["refused"]
+    late_pct = 100.0 * row["late"] / admitted if admitted else 0.0
+    print(
+        f"| {tier} | {multiple:g}x | {deadline_ms} | {rate:.0f} | {row['sent']} | {row['ok']} | {row['refused']} "
+        f"| {row['late']} | {late_pct:.2f} | {row['errors']} | {row['goodput_per_s']:.1f} "
+        f"| {row['goodput_per_s'] / capacity:.2f} | {fmt(row['refusal_p50_ms'], 2)} | {fmt(row['refusal_p99_ms'], 2)} "
+        f"| {fmt(row['retry_after_p50_s'], 0)} | {fmt(steal)} |",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--client", default=None, help=argparse.SUPPRESS)  # the client process's phase
+    parser.add_argument("--config", type=Path, default=Path(__file__).with_name("overload.toml"))
+    parser.add_argument("--tiers", default="batch,interactive,realtime")
+    parser.add_argument("--multiples", default="2,5", help="offered load as multiples of the measured capacity")
+    parser.add_argument("--deadlines", default="500,2000,10000", help="deadline_ms of every request, per phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="shortest phase")
+    parser.add_argument("--min-requests", type=int, default=2000, help="requests per phase at the least")
+    parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the closed-loop capacity phase")
+    args = parser.parse_args()
+    if args.client:
+        client_main(json.loads(args.client))
+        return
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
