@@ -165,7 +165,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_for, "signal")
         self.metrics.serve()
-        self._keepers = [asyncio.create_task(self._keep(child)) for child in self.children]
+        self._keepers = [asyncio.create_task(self._guard(child)) for child in self.children]
         all_ready = asyncio.create_task(self._all_ready())
         stopping = asyncio.create_task(self._stopping.wait())
         await asyncio.wait([all_ready, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -195,6 +195,14 @@ class Supervisor:
             await asyncio.gather(*(child.stop(grace_s) for child in group))
         await asyncio.to_thread(self.metrics.close)
 
+    async def _guard(self, child: Child) -> None:
+        """`_keep`, stopping the stack rather than running on without `child` if it breaks."""
+        try:
+            await self._keep(child)
+        except Exception as exc:
+            log.exception("supervising a child failed", extra={"child": child.name})
+            self._stop_for(f"{child.name}: supervising it failed: {exc!r}")
+
     async def _keep(self, child: Child) -> None:
         """Run `child`, and run it again each time it exits, until the policy gives up."""
         policy = RestartPolicy(self.settings)
@@ -219,7 +227,7 @@ class Supervisor:
         never was ready)."""
         try:
             await child.start(self.settings.ready_timeout_s)
-        except StartFailed as exc:
+        except (StartFailed, OSError) as exc:  # OSError: it could not even be executed
             log.warning("child failed to start", extra={"child": child.name, "error": child.last_error() or str(exc)})
             return None
         loop = asyncio.get_running_loop()
