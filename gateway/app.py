@@ -1,6 +1,7 @@
 """Builds the aiohttp application and runs it: routes, the JSON error middleware, and the
-background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works),
-prints one ready line with the real URL, and shuts down gracefully on SIGTERM or SIGINT.
+background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works; an
+address it cannot listen on raises `ListenError`), prints one ready line with the real URL, and
+shuts down gracefully on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from . import dashboard, handlers, metrics, openai_api, openapi, protocol
 from .admission import capacity_from
 from .background import every, join
 from .clock import RedisClock, keep_synced
-from .errors import BackendUnavailable, QueueFull, RequestError
+from .errors import BackendUnavailable, ListenError, QueueFull, RequestError
 from .heap import freeze_startup_heap
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
@@ -166,6 +167,17 @@ def _sampler(state: GatewayState) -> Callable[[], Awaitable[None]]:
     return sample
 
 
+async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
+    """Bind and listen on host:port, or raise `ListenError` saying which address and why."""
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise ListenError(host, port, reason) from exc
+
+
 async def serve(settings: Settings, redis_url: str, host: str, port: int, tiers: Sequence[str] | None = None) -> None:
     """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully."""
     app = build_app(settings, redis_url, tiers=tiers)
@@ -180,8 +192,7 @@ async def serve(settings: Settings, redis_url: str, host: str, port: int, tiers:
         handler_cancellation=True,  # a client that hangs up frees its waiter now, not at its deadline
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    await _listen(runner, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

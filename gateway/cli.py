@@ -11,12 +11,15 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 from .settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+
+if TYPE_CHECKING:
+    from .supervisor import Child
 
 
 def _run(coro: Any) -> Any:
@@ -41,7 +44,10 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
 
     host = args.host or settings.gateway.host
     port = settings.gateway.port if args.port is None else args.port
-    _run(serve(settings, _redis_url(args, settings), host, port, _tiers(args.tiers, settings)))
+    try:
+        _run(serve(settings, _redis_url(args, settings), host, port, _tiers(args.tiers, settings)))
+    except ListenError as exc:
+        raise SystemExit(f"tiergate gateway: {exc}") from None
 
 
 def _tiers(flag: str | None, settings: Settings) -> list[str] | None:
@@ -65,26 +71,32 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
         _run(serve(settings, args.pool, url, ready=_print_ready))
         return
-    from .supervisor import Child, stop_all, wait_for_stop
+    from .supervisor import Child, Supervisor
 
     async def supervise() -> int:
         argv = _child_argv(args, "worker", "--pool", args.pool, "--replicas", "1", "--redis-url", url)
         children = [Child(f"{args.pool}[{i}]", argv) for i in range(replicas)]
+        supervisor = Supervisor(settings.supervisor, [children])
+
+        def ready() -> None:
+            _print_ready(
+                pool=args.pool,
+                replicas=replicas,
+                metrics_urls=[_metrics_urls(c.ready)[0] for c in children],
+                supervisor_metrics_url=supervisor.metrics.url,
+            )
+
         try:
-            await asyncio.gather(*(c.start() for c in children))
-            _print_ready(pool=args.pool, replicas=replicas, metrics_urls=[_metrics_urls(c.ready)[0] for c in children])
-            why = await wait_for_stop(children)
-            print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
-            return 0 if why == "signal" else 1  # a replica that died takes the pool down, loudly
+            return _stopping(await supervisor.run(ready))
         finally:
-            await stop_all([children], grace_s=30.0)
+            await supervisor.stop(grace_s=30.0)
 
     raise SystemExit(_run(supervise()))
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from .embedded import EmbeddedRedis
-    from .supervisor import Child, stop_all, wait_for_stop
+    from .supervisor import Supervisor
 
     url = args.redis_url or settings.redis.url
     embedded = None if url else EmbeddedRedis()
@@ -94,23 +106,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     port = settings.gateway.port if args.port is None else args.port
 
     async def supervise() -> int:
-        gateway = Child(
-            "gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port))
-        )
-        tier_gateways = {
-            tier: Child(
-                f"gateway:{tier}",
-                _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(p), "--tiers", tier),
-            )
-            for tier, p in settings.gateway.tier_ports.items()
-        }
+        gateway, tier_gateways, workers = _up_children(args, settings, url, host, port)
         gateways = [gateway, *tier_gateways.values()]
-        workers = [
-            Child(f"worker:{name}", _child_argv(args, "worker", "--pool", name, "--redis-url", url))
-            for name in settings.pools
-        ]
-        try:
-            await asyncio.gather(*(g.start() for g in gateways), *(w.start() for w in workers))
+        supervisor = Supervisor(settings.supervisor, [gateways, list(workers.values())])
+
+        def ready() -> None:
             _print_ready(
                 url=gateway.ready["url"],
                 tier_urls={tier: g.ready["url"] for tier, g in tier_gateways.items()},
@@ -120,14 +120,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
                 metrics={
                     "gateway": f"{gateway.ready['url']}/metrics",
                     **{f"gateway:{tier}": f"{g.ready['url']}/metrics" for tier, g in tier_gateways.items()},
-                    **{name: _metrics_urls(w.ready) for name, w in zip(settings.pools, workers, strict=True)},
+                    **{name: _metrics_urls(w.ready) for name, w in workers.items()},
+                    "supervisor": supervisor.metrics.url,
                 },
             )
-            why = await wait_for_stop([*gateways, *workers])
-            print(msgspec.json.encode({"event": "stopping", "reason": why}).decode(), flush=True)
-            return 0 if why == "signal" else 1
+
+        try:
+            return _stopping(await supervisor.run(ready))
         finally:
-            await stop_all([gateways, workers], grace_s=settings.gateway.shutdown_grace_s + 5)
+            await supervisor.stop(grace_s=settings.gateway.shutdown_grace_s + 5)
 
     try:
         code = asyncio.run(supervise())
@@ -136,6 +137,27 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
             embedded.stop()
     print(msgspec.json.encode({"event": "stopped"}).decode(), flush=True)
     raise SystemExit(code)
+
+
+def _up_children(
+    args: argparse.Namespace, settings: Settings, url: str, host: str, port: int
+) -> tuple[Child, dict[str, Child], dict[str, Child]]:
+    """The children of `tiergate up`: the gateway, one per `tier_ports` entry, one worker per pool."""
+    from .supervisor import Child
+
+    gateway = Child("gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port)))
+    tier_gateways = {
+        tier: Child(
+            f"gateway:{tier}",
+            _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(p), "--tiers", tier),
+        )
+        for tier, p in settings.gateway.tier_ports.items()
+    }
+    workers = {
+        name: Child(f"worker:{name}", _child_argv(args, "worker", "--pool", name, "--redis-url", url))
+        for name in settings.pools
+    }
+    return gateway, tier_gateways, workers
 
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> None:
@@ -173,6 +195,12 @@ def _metrics_urls(ready: dict[str, object]) -> list[str]:
     """The /metrics URLs a worker's ready line names (one process, or a supervisor's children)."""
     urls = ready.get("metrics_urls") or [ready.get("metrics_url")]
     return [str(url) for url in urls] if isinstance(urls, list) else []
+
+
+def _stopping(reason: str) -> int:
+    """Say why the stack stops; its exit status: 0 for a signal, 1 for a child that cannot start."""
+    print(msgspec.json.encode({"event": "stopping", "reason": reason}).decode(), flush=True)
+    return 0 if reason == "signal" else 1
 
 
 def _print_ready(**fields: object) -> None:

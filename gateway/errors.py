@@ -2,6 +2,7 @@
 
     TiergateError
     ├── ConfigError                 a config file is unreadable or invalid (not an HTTP error)
+    ├── ListenError                 a gateway cannot listen on its host and port (not an HTTP error)
     └── RequestError                anything a client is told about
         ├── InvalidRequest          400 invalid_request
         ├── NotFound                404 not_found
@@ -27,6 +28,16 @@ class TiergateError(Exception):
 
 class ConfigError(TiergateError):
     """The configuration cannot be used; the message names the file, the key and the problem."""
+
+
+class ListenError(TiergateError):
+    """A gateway cannot listen; the message names the host, the port and why."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
 
 
 class RequestError(TiergateError):

@@ -167,6 +167,16 @@ class MetricsSettings(_Frozen, frozen=True):
     slo_cache_s: NonNegativeFloat = 0.5  # how long one process reuses a computed /v1/slo answer
 
 
+class SupervisorSettings(_Frozen, frozen=True):
+    """How `tiergate up` and `tiergate worker --replicas N` restart a child that exits."""
+
+    restart_backoff_s: PositiveFloat = 0.5  # wait before the first restart; doubled for each next one
+    restart_backoff_max_s: PositiveFloat = 30.0  # the cap of that wait
+    restart_reset_s: PositiveFloat = 60.0  # a child that ran this long after its ready line: backoff starts over
+    start_failures_max: PositiveInt = 5  # exits before the ready line, in a row, that stop the whole stack
+    ready_timeout_s: PositiveFloat = 60.0  # a child not ready within this long is killed: a start failure
+
+
 def _default_service_tiers() -> dict[str, str]:
     return {"priority": "realtime", "default": "interactive", "flex": "batch"}
 
@@ -187,6 +197,7 @@ class Settings(_Frozen, frozen=True):
     delivery: DeliverySettings = DeliverySettings()
     openai: OpenAISettings = OpenAISettings()
     metrics: MetricsSettings = MetricsSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -298,6 +309,11 @@ def validate(s: Settings) -> list[str]:
         for key, tier in s.openai.service_tiers.items()
         if tier not in s.tiers
     ]
+    if s.supervisor.restart_backoff_max_s < s.supervisor.restart_backoff_s:
+        problems.append(
+            f"supervisor.restart_backoff_max_s: {s.supervisor.restart_backoff_max_s:g} is below "
+            f"restart_backoff_s ({s.supervisor.restart_backoff_s:g})"
+        )
     problems += _check_routing(s)
     return problems
 

@@ -1,7 +1,8 @@
 """Real `tiergate` processes for tests: start one, wait for its JSON ready line, always stop it.
 
-Used by the end-to-end and process-level integration tests; the child's stdout is pumped by a
-thread so its lines can be read back, and `stop` sends SIGTERM, then SIGKILL after a grace.
+Used by the end-to-end and process-level integration tests; the child's stdout (and, when asked,
+its stderr) is pumped by a thread so its lines can be read back, and `stop` sends SIGTERM, then
+SIGKILL after a grace. `spawn` starts one without waiting for its ready line.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.conftest import REPO
@@ -22,7 +25,9 @@ class Proc:
     process: subprocess.Popen[str]
     ready: dict = field(default_factory=dict)  # type: ignore[type-arg]
     lines: list[str] = field(default_factory=list)
-    pump: threading.Thread | None = None
+    errors: list[str] = field(default_factory=list)  # stderr lines, when captured
+    pumps: list[threading.Thread] = field(default_factory=list)
+    found: threading.Event = field(default_factory=threading.Event)  # the ready line was read
 
     @property
     def url(self) -> str:
@@ -33,6 +38,22 @@ class Proc:
 
     def wait(self, timeout_s: float = 20) -> int:
         return self.process.wait(timeout=timeout_s)
+
+    def logged(self, msg: str, timeout_s: float = 30, **fields: object) -> dict:  # type: ignore[type-arg]
+        """The first JSON log line on stderr with this `msg` and these fields, waiting for it."""
+
+        def match(line: str) -> bool:
+            record = json.loads(line) if line.startswith("{") else {}
+            return bool(record.get("msg") == msg and all(record.get(k) == v for k, v in fields.items()))
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = next((json.loads(line) for line in list(self.errors) if match(line)), None)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {msg!r} log line with {fields} within {timeout_s} s")
+            time.sleep(0.05)
 
     def children(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
@@ -48,32 +69,52 @@ class Proc:
             self.process.kill()
             return self.process.wait()
         finally:
-            if self.pump is not None:
-                self.pump.join(timeout=5)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+            self.close()
+
+    def close(self) -> None:
+        """Once it has exited: read the rest of its output, close the pipes."""
+        for pump in self.pumps:
+            pump.join(timeout=5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
 
 
-def start(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> Proc:
-    """`python -m gateway ARGS...` (the `tiergate` command), once its ready line is out."""
+def spawn(*args: str, env: dict[str, str] | None = None, capture_stderr: bool = False) -> Proc:
+    """`python -m gateway ARGS...` (the `tiergate` command), its output pumped into `lines`
+    (and `errors`); does not wait for anything."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env or os.environ.copy(),
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if capture_stderr else subprocess.DEVNULL, text=True, env=env or os.environ.copy(),
     )  # fmt: skip
     proc = Proc(process)
-    found = threading.Event()
 
+    def on_stdout(line: str) -> None:
+        if not proc.found.is_set() and line.startswith("{") and json.loads(line).get("event") == "ready":
+            proc.ready.update(json.loads(line))
+            proc.found.set()
+
+    proc.pumps.append(_pump(process.stdout, proc.lines, on_stdout))
+    if capture_stderr:
+        proc.pumps.append(_pump(process.stderr, proc.errors, lambda line: None))
+    return proc
+
+
+def _pump(stream: object, into: list[str], each: Callable[[str], None]) -> threading.Thread:
     def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            proc.lines.append(line)
-            if not found.is_set() and line.startswith("{") and json.loads(line).get("event") == "ready":
-                proc.ready.update(json.loads(line))
-                found.set()
+        for line in stream:  # type: ignore[attr-defined]
+            into.append(line)
+            each(line)
 
-    proc.pump = threading.Thread(target=pump, daemon=True)
-    proc.pump.start()
-    if not found.wait(timeout_s):
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def start(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60, capture_stderr: bool = False) -> Proc:
+    """`python -m gateway ARGS...` (the `tiergate` command), once its ready line is out."""
+    proc = spawn(*args, env=env, capture_stderr=capture_stderr)
+    if not proc.found.wait(timeout_s):
         proc.stop(timeout_s=5)
         raise RuntimeError(f"tiergate {args[0]} was not ready: {''.join(proc.lines)[-2000:]}")
     return proc
