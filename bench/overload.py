@@ -36,8 +36,8 @@ CLOSED_LOOP_CLIENTS = 64
 INPUT_CHARS = {"realtime": 400, "interactive": 64, "batch": 64}  # realtime: 100 tokens, about 5.8 ms each
 
 
-def body(tier: str, n: int, deadline_ms: int) -> dict[str, Any]:
-    text = f"{tier}-{n}-".ljust(INPUT_CHARS[tier], "x")
+def body(tier: str, n: int, deadline_ms: int, chars: int = 0) -> dict[str, Any]:
+    text = f"{tier}-{n}-".ljust(chars or INPUT_CHARS[tier], "x")
     return {"model": "sim-echo", "input": text, "tier": tier, "deadline_ms": deadline_ms}
 
 
@@ -63,6 +63,7 @@ class Tally:
             "refusal_p50_ms": _pct(refused, 50),
             "refusal_p99_ms": _pct(refused, 99),
             "retry_after_p50_s": _pct(retry, 50),
+            "latencies_ms": [round((r[1] - r[0]) * 1000, 3) for r in self.rows if r[2] == 200],
         }
 
 
@@ -84,13 +85,16 @@ async def _send(session: aiohttp.ClientSession, url: str, payload: dict[str, Any
     tally.rows.append((sent, time.perf_counter() - start, status, retry))
 
 
-async def open_loop(url: str, tier: str, rate: float, seconds: float, deadline_ms: int, seed: int) -> Tally:
+async def open_loop(
+    url: str, tier: str, rate: float, seconds: float, deadline_ms: int, seed: int, chars: int = 0
+) -> Tally:
     rng, tally, tasks = random.Random(seed), Tally(), []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         start, at, n = time.perf_counter(), 0.0, 0
         while (at := at + rng.expovariate(rate)) < seconds:
             await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
-            tasks.append(asyncio.create_task(_send(session, url, body(tier, n, deadline_ms), start, tally)))
+            payload = body(tier, n, deadline_ms, chars)
+            tasks.append(asyncio.create_task(_send(session, url, payload, start, tally)))
             n += 1
         await asyncio.gather(*tasks)
     return tally
@@ -114,7 +118,8 @@ async def closed_loop(url: str, tier: str, seconds: float) -> Tally:
 def client_main(spec: dict[str, Any]) -> None:
     """The client process: one phase, its summary as one JSON line on stdout."""
     if spec["rate"]:
-        run = open_loop(spec["url"], spec["tier"], spec["rate"], spec["seconds"], spec["deadline_ms"], spec["seed"])
+        args = (spec["url"], spec["tier"], spec["rate"], spec["seconds"], spec["deadline_ms"], spec["seed"])
+        run = open_loop(*args, spec.get("chars", 0))
     else:
         run = closed_loop(spec["url"], spec["tier"], spec["seconds"])
     tally = uvloop.run(run)
@@ -126,6 +131,21 @@ def phase(spec: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
     argv = [sys.executable, "-m", "bench.overload", "--client", json.dumps(spec)]
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1]), steal_pct(before, cpu_times())
+
+
+async def phases(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float | None]:
+    """Several clients at once, each in a process of its own; their summaries and the host's steal."""
+    before = cpu_times()
+    clients = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.overload", "--client", json.dumps(spec), stdout=asyncio.subprocess.PIPE
+        )
+        for spec in specs
+    ]
+    outputs = await asyncio.gather(*(client.communicate() for client in clients))
+    if any(client.returncode for client in clients):
+        raise RuntimeError("a client process failed")
+    return [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs], steal_pct(before, cpu_times())
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -147,6 +167,9 @@ async def run(args: argparse.Namespace) -> None:
           "| steal % |")  # fmt: skip
     print("|---" * 16 + "|")
     try:
+        if args.isolation_rounds:
+            await isolation(url, redis, settings.gateway.region, args.isolation_s, args.isolation_rounds)
+            return
         for tier in args.tiers.split(","):
             spec = {"url": url, "tier": tier, "rate": 0, "seconds": args.capacity_s, "deadline_ms": 60_000, "seed": 0}
             row, steal = phase(spec)
@@ -167,6 +190,67 @@ async def run(args: argparse.Namespace) -> None:
         await redis.aclose()
         process.terminate()
         process.wait(timeout=30)
+
+
+ISOLATION_RATES = {"realtime": 50.0, "interactive": 50.0}
+FLOOD = {"tier": "batch", "rate": 1000.0, "deadline_ms": 2000}
+
+
+async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds: int) -> None:
+    """Realtime and interactive through the one URL, with batch idle, then flooded; alternating rounds."""
+    flood = f"batch at {FLOOD['rate']:g} req/s (deadline {FLOOD['deadline_ms']} ms) from its own process"
+    print(f"\nrealtime and interactive at {ISOLATION_RATES} req/s, {seconds:g} s a phase, through {url}; {flood}\n")
+    print(
+        "| round | phase | realtime sent | realtime p50 ms | realtime p99 ms | interactive p50 ms "
+        "| interactive p99 ms | batch sent | batch ok | batch 429 | steal % |"
+    )
+    print("|---" * 11 + "|")
+    pooled: dict[str, dict[str, list[float]]] = {}
+    per_round: dict[str, list[float]] = {}
+    for n in range(1, rounds + 1):
+        for name in ("batch idle", "batch flood"):
+            specs = [
+                {
+                    "url": url,
+                    "tier": tier,
+                    "rate": rate,
+                    "seconds": seconds,
+                    "deadline_ms": 1000,
+                    "seed": n,
+                    "chars": 64,
+                }
+                for tier, rate in ISOLATION_RATES.items()
+            ]
+            if name == "batch flood":
+                specs.append({"url": url, "seconds": seconds, "seed": n} | FLOOD)
+            rows, steal = await phases(specs)
+            for tier, row in zip(ISOLATION_RATES, rows, strict=False):
+                pooled.setdefault(name, {}).setdefault(tier, []).extend(row["latencies_ms"])
+                per_round.setdefault(f"{name}/{tier}", []).append(_pct(sorted(row["latencies_ms"]), 99) or 0.0)
+            print_isolation_row(n, name, rows, steal)
+            await settle(redis, region)
+    for tier in ISOLATION_RATES:
+        idle = _pct(sorted(pooled["batch idle"][tier]), 99) or 0.0
+        flood = _pct(sorted(pooled["batch flood"][tier]), 99) or 0.0
+        rounds_idle, rounds_flood = per_round[f"batch idle/{tier}"], per_round[f"batch flood/{tier}"]
+        ratios = [f / i for i, f in zip(rounds_idle, rounds_flood, strict=True)]
+        spread = f"rounds {min(ratios):.2f}x to {max(ratios):.2f}x"
+        count = len(pooled["batch flood"][tier])
+        print(
+            f"{tier}: p99 over {count} requests a phase: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: ", end=""
+        )
+        print(f"{flood / idle:.2f}x ({spread})")
+
+
+def print_isolation_row(n: int, name: str, rows: list[dict[str, Any]], steal: float | None) -> None:
+    rt, it = (sorted(row["latencies_ms"]) for row in rows[:2])
+    batch = rows[2] if len(rows) > 2 else {"sent": 0, "ok": 0, "refused": 0}
+    realtime = f"{rows[0]['sent']} | {fmt(_pct(rt, 50), 2)} | {fmt(_pct(rt, 99), 2)}"
+    print(
+        f"| {n} | {name} | {realtime} | {fmt(_pct(it, 50), 2)} | {fmt(_pct(it, 99), 2)} "
+        f"| {batch['sent']} | {batch['ok']} | {batch['refused']} | {fmt(steal)} |",
+        flush=True,
+    )
 
 
 def print_row(
@@ -192,6 +276,8 @@ def main() -> None:
     parser.add_argument("--deadlines", default="500,2000,10000", help="deadline_ms of every request, per phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="shortest phase")
     parser.add_argument("--min-requests", type=int, default=2000, help="requests per phase at the least")
+    parser.add_argument("--isolation-rounds", type=int, default=0, help="run the isolation rounds instead (0: no)")
+    parser.add_argument("--isolation-s", type=float, default=10.0, help="seconds of each isolation phase")
     parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the closed-loop capacity phase")
     args = parser.parse_args()
     if args.client:

@@ -69,6 +69,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     if replicas == 1:
         from workers.process import serve
 
+        os.nice(settings.pools[args.pool].nice)  # the process that runs the pool, whoever started it
+
         _run(serve(settings, args.pool, url, ready=_print_ready))
         return
     from .supervisor import Child, Supervisor

@@ -137,6 +137,9 @@ class PoolSettings(_Frozen, frozen=True):
     min_share: Annotated[float, Meta(ge=0, le=1)] = 0.1
     backend: Literal["simulated", "openai"] = "simulated"
     upstream: UpstreamSettings | None = None  # backend "openai" only
+    # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
+    # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
+    nice: Annotated[int, Meta(ge=0, le=19)] = 0
 
 
 class AccountingSettings(_Frozen, frozen=True):

@@ -104,3 +104,10 @@ def test_tier_ports_may_not_collide_with_another_gateway() -> None:
     assert "gateway.tier_ports.realtime: port 8080 is already taken by another gateway of this config" in refused(raw)
     raw["gateway"]["tier_ports"] = {"realtime": 0, "batch": 0}  # free ports never collide
     assert parse_settings(raw).gateway.tier_ports == {"realtime": 0, "batch": 0}
+
+
+def test_a_pools_cpu_priority_is_a_nice_value() -> None:
+    assert load_settings(environ={}).pools["cerebras-batch"].nice == 10
+    raw = default_raw()
+    raw["pools"]["cerebras-batch"]["nice"] = -5  # raising priority needs privileges a pool never has
+    assert "pools.cerebras-batch" in refused(raw) and "nice" in refused(raw)
