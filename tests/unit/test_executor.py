@@ -17,7 +17,9 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.ran: list[str] = []
 
-    async def run(self, batch: Sequence[Envelope], sink: Any = None) -> list[Completion]:
+    async def run(
+        self, batch: Sequence[Envelope], sink: Any = None, started_s: float | None = None
+    ) -> list[Completion]:
         self.ran += [env.id for env in batch]
         return [Completion(output=env.input[::-1], energy_j=1.0, cost=1.0) for env in batch]
 
