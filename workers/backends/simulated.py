@@ -35,10 +35,12 @@ def service_time_ms(latency: LatencyModel, batch_size: int, rng: random.Random) 
 
 
 class SimulatedBackend:
-    def __init__(self, settings: Settings, pool_name: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pool_name: str, rng: random.Random | None = None, wait: precise.Wait | None = None
+    ) -> None:
         pool = settings.pools[pool_name]
         self._precise = pool.mode == "deterministic"
-        self._wait: precise.Wait = precise.wait_until if self._precise else precise.wait_loosely
+        self._wait: precise.Wait = wait or (precise.wait_until if self._precise else precise.wait_loosely)
         if self._precise:
             precise.lower_timer_slack()
         self.processor = settings.processors[pool.processor]
