@@ -163,7 +163,6 @@ class WorkerProcess:
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
             self._admit(deliveries)
-            await asyncio.sleep(0)  # the batch starts before the next read is sent
         self.batcher.close()
 
     def _admit(self, deliveries: list[Delivery]) -> None:
