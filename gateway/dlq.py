@@ -65,8 +65,9 @@ async def replay(redis: Redis, settings: Settings, letters: list[Letter]) -> tup
                 f"{item.entry_id}: the payload is not a request and cannot be replayed ({item.letter.reason})"
             )
             continue
-        deadline_at_ms = int(clock.now_ms()) + settings.tiers[envelope.tier].default_deadline_ms
-        fresh = msgspec.structs.replace(envelope, deadline_at_ms=deadline_at_ms)
+        now_ms = clock.now_ms()
+        deadline_at_ms = int(now_ms) + settings.tiers[envelope.tier].default_deadline_ms
+        fresh = msgspec.structs.replace(envelope, deadline_at_ms=deadline_at_ms, sent_at_ms=round(now_ms, 3))
         accepted = protocol.Accepted(id=fresh.id, model=fresh.model, tier=fresh.tier, deadline_at_ms=deadline_at_ms)
         pipe.delete(protocol.request_key(fresh.id))  # the dead-letter failure, so the new answer can land
         pipe.set(protocol.accepted_key(fresh.id), protocol.encoder.encode(accepted), ex=settings.gateway.result_ttl_s)

@@ -110,6 +110,7 @@ async def infer(request: web.Request) -> web.Response:
     first = await claim_idempotency(request, request_id)
     if first is not None:
         return await _replay(state, first, route, body.wait)
+    now_ms = state.clock.now_ms()
     envelope = protocol.Envelope(
         id=request_id,
         model=body.model,
@@ -117,7 +118,8 @@ async def infer(request: web.Request) -> web.Response:
         tier=route.tier,
         region=route.region,
         reply_to=state.gateway_id,
-        deadline_at_ms=int(state.clock.now_ms()) + route.deadline_ms,
+        deadline_at_ms=int(now_ms) + route.deadline_ms,
+        sent_at_ms=round(now_ms, 3),
     )
     if body.wait:
         response = await _run_and_wait(request, state, envelope, route, started)

@@ -138,6 +138,7 @@ def _queue_comment(request: web.Request) -> str | None:
 
 
 def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra: Any) -> protocol.Envelope:
+    now_ms = state.clock.now_ms()
     return protocol.Envelope(
         id=protocol.new_request_id(),
         model=model,
@@ -145,7 +146,8 @@ def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra:
         tier=route.tier,
         region=route.region,
         reply_to=state.gateway_id,
-        deadline_at_ms=int(state.clock.now_ms()) + route.deadline_ms,
+        deadline_at_ms=int(now_ms) + route.deadline_ms,
+        sent_at_ms=round(now_ms, 3),
         **extra,
     )
 

@@ -115,6 +115,15 @@ def entry_ms(entry_id: bytes | str) -> int:
     return int(raw.split("-", 1)[0])
 
 
+def queued_at_ms(envelope: Envelope, entry_id: bytes | str) -> float:
+    """When a request was queued, on Redis's clock: its sender's stamp, which is finer than the
+    entry id's whole milliseconds but cannot be later than Redis appending it (so a sender whose
+    clock runs ahead is held to the entry id); the entry id alone for an envelope without one."""
+    entry = float(entry_ms(entry_id))
+    stamp = envelope.sent_at_ms
+    return min(stamp, entry + 1.0) if stamp > 0 else entry
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True, frozen=True):
     """One message of a chat conversation, text only (the OpenAI API's `messages` items)."""
 
@@ -136,6 +145,8 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     stream: bool = False  # publish a `Chunk` to reply_to for each piece of output as it is made
     max_tokens: int = 0  # 0: no limit
     messages: tuple[ChatMessage, ...] = ()  # the whole conversation of a chat request; `input` is its last turn
+    # Redis clock (ms, to a µs) when the sender queued it; 0 from senders older than this field.
+    sent_at_ms: float = 0.0
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
@@ -156,8 +167,8 @@ class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
     pool: str
     worker: str
     batch_size: int
-    enqueued_at_ms: int  # Redis clock, from the stream entry id
-    queue_ms: float
+    enqueued_at_ms: int  # Redis clock, from the stream entry id (whole ms)
+    queue_ms: float  # from the envelope's `sent_at_ms` (else the entry id) to the batch's start
     service_ms: float
     finished_at_ms: int  # Redis clock
     energy_j: float

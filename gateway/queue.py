@@ -57,29 +57,27 @@ class RequestQueue:
         if state is not None:
             item.state_key, item.state, item.state_ttl_s = state
         self._pending.append(item)
-        if not self._scheduled:
-            loop.call_soon(self._flush_soon)
-            self._scheduled = True
+        if not self._scheduled and len(self._flushing) < MAX_FLUSHES:
+            self._start_flush()
         return future
 
-    def _flush_soon(self) -> None:
-        """Send what this tick gathered, unless MAX_FLUSHES are in flight: then the first to
-        finish sends it, in a larger pipeline (Redis slowing down batches more, not less)."""
-        self._scheduled = False
-        if not self._pending or len(self._flushing) >= MAX_FLUSHES:
-            return
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
+    def _start_flush(self) -> None:
+        """Start a pipeline task; when it first runs (next tick) it sends everything gathered by
+        then. With MAX_FLUSHES in flight the first to finish starts it instead, in a larger
+        pipeline (Redis slowing down batches more, not less)."""
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._scheduled = True
         self._flushing.add(task)
         task.add_done_callback(self._flushed)
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)
         if self._pending and not self._scheduled:
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-            self._scheduled = True
+            self._start_flush()
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
         pipe = self.redis.pipeline(transaction=False)
         for item in batch:
             if item.state_key is not None:

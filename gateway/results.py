@@ -195,6 +195,7 @@ class ResultReader:
                 tier = self.waiters.take_async(reply.id)
                 if tier is not None and self.on_async is not None:
                     self.on_async(reply, tier)
+        await asyncio.sleep(0)  # the requests just answered reply before the trim is sent
         try:  # read entries are done with: keep the reply stream short
             await self.redis.xtrim(self.key, minid=self.last_id)
         except (RedisError, OSError):

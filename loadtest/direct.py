@@ -60,6 +60,7 @@ class DirectDriver:
         tier = self.settings.tiers[arrival.tier]
         budget_ms = self.deadline_ms or tier.default_deadline_ms
         request_id = protocol.new_request_id()
+        now_ms = self.clock.now_ms()
         envelope = protocol.Envelope(
             id=request_id,
             model=arrival.model,
@@ -67,7 +68,8 @@ class DirectDriver:
             tier=arrival.tier,
             region=self.region,
             reply_to=self.gateway_id,
-            deadline_at_ms=int(self.clock.now_ms()) + budget_ms,
+            deadline_at_ms=int(now_ms) + budget_ms,
+            sent_at_ms=round(now_ms, 3),
         )
         future: asyncio.Future[protocol.Reply] = loop.create_future()
         self._waiting[request_id] = future

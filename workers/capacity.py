@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from gateway.settings import LatencyModel
 
+from .models import tokens
+
 WINDOW_S = 10.0
 # Output tokens a request is assumed to generate before any batch was measured. Assuming too few
 # would advertise a capacity the pool does not have and admit work that then misses its
@@ -30,6 +32,15 @@ def expected_batch_ms(latency: LatencyModel, batch_size: int) -> float:
         mode = latency.mode_ms if latency.mode_ms is not None else latency.min_ms
         return (latency.min_ms + mode + latency.max_ms) / 3 + extra
     return latency.min_ms + extra
+
+
+def request_ms(latency: LatencyModel, generates: bool, text: str, max_tokens: int) -> float:
+    """The profile's service time of one request alone, token generation included: `generates`
+    says whether its model writes text token by token (echo models), `max_tokens` 0 is no limit."""
+    generated = 0
+    if generates:
+        generated = tokens(text) if max_tokens <= 0 else min(max_tokens, tokens(text))
+    return expected_batch_ms(latency, 1) + latency.per_token_ms * max(0, generated - 1)
 
 
 @dataclass(slots=True, frozen=True)

@@ -30,7 +30,13 @@ class Delivery:
 
     @property
     def enqueued_at_ms(self) -> int:
+        """Redis's clock when it appended the entry, in whole ms (the entry id)."""
         return protocol.entry_ms(self.entry_id)
+
+    @property
+    def sent_at_ms(self) -> float:
+        """When the request was queued, on Redis's clock, to a µs where its sender stamped it."""
+        return protocol.queued_at_ms(self.envelope, self.entry_id)
 
 
 class Consumer:

@@ -13,9 +13,8 @@ from gateway.protocol import Envelope, Failure, Reply, Result
 from gateway.settings import Settings
 
 from .backends import Backend, Completion
-from .capacity import expected_batch_ms
+from .capacity import request_ms
 from .consumer import Delivery
-from .models import tokens
 from .streaming import ChunkPublisher, ChunkStream
 
 log = logging.getLogger(__name__)
@@ -76,10 +75,7 @@ class Executor:
 
     def expected_ms(self, env: Envelope) -> float:
         """The processor profile's service time for this request alone, token generation included."""
-        generated = 0
-        if env.model in self.generates:
-            generated = tokens(env.input) if env.max_tokens <= 0 else min(env.max_tokens, tokens(env.input))
-        return expected_batch_ms(self.latency, 1) + self.latency.per_token_ms * max(0, generated - 1)
+        return request_ms(self.latency, env.model in self.generates, env.input, env.max_tokens)
 
     def _triage(self, batch: list[Delivery]) -> tuple[list[Delivery], list[tuple[Delivery, Reply]]]:
         """Split a batch into what runs now and the failures answered without running."""
@@ -109,14 +105,14 @@ class Executor:
         if not runnable:
             return replies
         started_ms = self.clock.now_ms()
-        t0 = time.perf_counter()
+        started_s = time.perf_counter()
         try:
-            completions = await self._run(runnable, started_ms)
+            completions, ended_s = await self._run(runnable, started_ms, started_s)
         except Exception as exc:  # a backend failure fails its batch, never the worker
             log.exception("backend failed", extra={"pool": self.pool_name, "batch_size": len(runnable)})
             message = f"pool {self.pool_name} failed to run the request: {type(exc).__name__}: {exc}"
             return replies + [(d, self._failure(d, "worker_error", message)) for d in runnable]
-        service_ms = (time.perf_counter() - t0) * 1000.0
+        service_ms = (ended_s - started_s) * 1000.0
         finished_ms = int(self.clock.now_ms())
         size = len(runnable)
         for d, done in zip(runnable, completions, strict=True):
@@ -137,7 +133,7 @@ class Executor:
                         worker=self.worker,
                         batch_size=size,
                         enqueued_at_ms=d.enqueued_at_ms,
-                        queue_ms=round(max(0.0, started_ms - d.enqueued_at_ms), 3),
+                        queue_ms=round(max(0.0, started_ms - d.sent_at_ms), 3),
                         service_ms=round(service_ms, 3),
                         finished_at_ms=finished_ms,
                         energy_j=done.energy_j,
@@ -160,13 +156,19 @@ class Executor:
         )
         return replies
 
-    async def _run(self, runnable: list[Delivery], started_ms: float) -> list[Completion]:
-        """Run the batch on the backend, streaming the output of requests that asked for it."""
+    async def _run(
+        self, runnable: list[Delivery], started_ms: float, started_s: float
+    ) -> tuple[list[Completion], float]:
+        """Run the batch on the backend, streaming the output of requests that asked for it; the
+        completions and the `perf_counter` instant the backend finished (before the last chunks
+        are published, which is delivery, not service)."""
         envelopes = [d.envelope for d in runnable]
         if self.publish_chunks is None or not any(env.stream for env in envelopes):
-            return await self.backend.run(envelopes)
+            completions = await self.backend.run(envelopes, started_s=started_s)
+            return completions, time.perf_counter()
         chunks = ChunkStream(runnable, self.publish_chunks, self.clock, self.pool_name, started_ms)
         try:
-            return await self.backend.run(envelopes, chunks)
+            completions = await self.backend.run(envelopes, chunks, started_s=started_s)
+            return completions, time.perf_counter()
         finally:
             await chunks.close()  # every chunk is out before the Results follow

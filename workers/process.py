@@ -39,6 +39,7 @@ CLOCK_SYNC_S = 30.0
 MAX_BACKOFF_S = 2.0
 START_MARGIN_MS = 5.0
 FORGET_EVERY_S = 30.0
+PUBLISH_YIELDS = 3  # redis-py 8 writes a pipeline on the second event-loop pass after it starts
 GONE_MS = 60_000  # a consumer silent this long, with nothing pending, leaves its group
 
 
@@ -190,14 +191,27 @@ class WorkerProcess:
             await self._publish(replies)
 
     async def _execute_loop(self) -> None:
+        """Run batch after batch. A batch's replies are published while the next one runs (one
+        publish in flight at a time), so a worker's pace is its processor's, not that plus a
+        Redis round trip; every publish is done before this returns."""
         loop = asyncio.get_running_loop()
-        while batch := await self.batcher.next_batch():
-            started = loop.time()
-            self.metrics.running = len(batch)
-            replies = await self.executor.execute(batch)
-            self.metrics.observe(replies)
-            await self._publish(replies)
-            self.capacity.record(loop.time(), self._ran(replies), loop.time() - started)
+        publishing: asyncio.Task[None] | None = None
+        try:
+            while batch := await self.batcher.next_batch():
+                started = loop.time()
+                self.metrics.running = len(batch)
+                replies = await self.executor.execute(batch)
+                self.metrics.observe(replies)
+                if publishing is not None:
+                    await publishing
+                # Busy until the last batch's replies are out: a publish that lags slows the pool.
+                self.capacity.record(loop.time(), self._ran(replies), loop.time() - started)
+                publishing = loop.create_task(self._publish(replies))
+                for _ in range(PUBLISH_YIELDS):  # it writes its pipeline now, before the next batch runs
+                    await asyncio.sleep(0)
+        finally:
+            if publishing is not None:
+                await publishing
 
     def _ran(self, replies: list[tuple[Delivery, Reply]]) -> list[int]:
         """Requests of each priority that ran on the processor (not those answered unrun)."""

@@ -47,7 +47,7 @@ class ChunkStream:
             seq=seq,
             text=text,
             produced_at_ms=round(self._clock.now_ms(), 3),
-            queue_ms=round(max(0.0, self._started_ms - d.enqueued_at_ms), 3) if seq == 0 else 0.0,
+            queue_ms=round(max(0.0, self._started_ms - d.sent_at_ms), 3) if seq == 0 else 0.0,
             tier=d.envelope.tier if seq == 0 else "",
             pool=self._pool if seq == 0 else "",
         )

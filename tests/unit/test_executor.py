@@ -17,7 +17,9 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.ran: list[str] = []
 
-    async def run(self, batch: Sequence[Envelope], sink: Any = None) -> list[Completion]:
+    async def run(
+        self, batch: Sequence[Envelope], sink: Any = None, started_s: float | None = None
+    ) -> list[Completion]:
         self.ran += [env.id for env in batch]
         return [Completion(output=env.input[::-1], energy_j=1.0, cost=1.0) for env in batch]
 
@@ -51,3 +53,32 @@ async def test_late_and_hopeless_requests_are_answered_without_running(make_sett
     assert "reached its deadline" in late.message
     assert isinstance(hopeless, Failure) and hopeless.code == "deadline_exceeded"
     assert "cannot finish before its deadline" in hopeless.message and "needs about 40 ms" in hopeless.message
+
+
+class FixedClock(RedisClock):
+    def __init__(self, now_ms: float) -> None:
+        super().__init__()
+        self.at_ms = now_ms
+
+    def now_ms(self) -> float:
+        return self.at_ms
+
+
+async def test_queue_wait_counts_from_the_send_stamp_else_from_the_entry_id(
+    make_settings: Callable[..., Settings],
+) -> None:
+    executor = Executor(make_settings(), "groq-realtime", "w1", RecordingBackend(), FixedClock(1_000_010.0))
+
+    def realtime(request_id: str, sent_at_ms: float) -> Delivery:
+        env = Envelope(
+            id=request_id, model="sim-echo", input="hi", tier="realtime", region="default", reply_to="gw",
+            deadline_at_ms=2_000_000, sent_at_ms=sent_at_ms,
+        )  # fmt: skip
+        return Delivery("tg:{realtime.default}:requests", b"1000000-0", env)
+
+    replies = {d.envelope.id: reply for d, reply in await executor.execute([realtime("stamped", 999_999.25)])}
+    replies |= {d.envelope.id: reply for d, reply in await executor.execute([realtime("old", 0.0)])}
+    stamped, old = replies["stamped"], replies["old"]
+    assert isinstance(stamped, Result) and stamped.queue_ms == 10.75
+    assert isinstance(old, Result) and old.queue_ms == 10.0  # no stamp: the entry id's whole ms
+    assert stamped.enqueued_at_ms == old.enqueued_at_ms == 1_000_000

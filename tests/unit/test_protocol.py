@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import msgspec
 import pytest
 
 from gateway import protocol
@@ -61,3 +62,39 @@ def test_a_stream_and_its_dead_letters_share_a_hash_slot() -> None:
 def test_entry_ms_reads_redis_time_from_an_entry_id() -> None:
     assert protocol.entry_ms(b"1700000000123-7") == 1700000000123
     assert protocol.entry_ms("5-0") == 5
+
+
+class OldEnvelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
+    """An Envelope as senders wrote it before `sent_at_ms` existed."""
+
+    id: str
+    model: str
+    input: str
+    tier: str
+    region: str
+    reply_to: str
+    deadline_at_ms: int
+
+
+def test_an_envelope_without_a_send_stamp_still_decodes_and_falls_back_to_the_entry_id() -> None:
+    old = OldEnvelope(id="a", model="m", input="x", tier="realtime", region="eu", reply_to="gw", deadline_at_ms=5)
+    env = protocol.envelope_decoder.decode(protocol.encoder.encode(old))
+    assert env.sent_at_ms == 0.0
+    assert protocol.queued_at_ms(env, b"1700000000123-4") == 1700000000123.0
+
+
+def test_the_send_stamp_is_used_to_the_microsecond_and_an_old_reader_ignores_it() -> None:
+    env = protocol.Envelope(
+        id="a", model="m", input="x", tier="realtime", region="eu", reply_to="gw", deadline_at_ms=5,
+        sent_at_ms=1700000000122.625,
+    )  # fmt: skip
+    assert protocol.queued_at_ms(env, b"1700000000123-0") == 1700000000122.625
+    assert msgspec.msgpack.decode(protocol.encoder.encode(env), type=OldEnvelope).id == "a"
+
+
+def test_a_send_stamp_later_than_the_append_is_held_to_the_entry_id() -> None:
+    env = protocol.Envelope(
+        id="a", model="m", input="x", tier="realtime", region="eu", reply_to="gw", deadline_at_ms=5,
+        sent_at_ms=1700000000130.5,  # a sender whose clock runs 7 ms ahead
+    )  # fmt: skip
+    assert protocol.queued_at_ms(env, b"1700000000123-0") == 1700000000124.0

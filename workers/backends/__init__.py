@@ -2,7 +2,9 @@
 
 A backend gets the whole batch in one call and answers one `Completion` per request, in order;
 a request it could not run gets a Completion with `error` set. With a `TokenSink` it reports
-each piece of output as it is made. `make_backend` builds the backend a pool's settings name.
+each piece of output as it is made. `started_s` is the `time.perf_counter()` instant the caller
+measures the batch's service time from (None: when `run` is called). `make_backend` builds the
+backend a pool's settings name.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class TokenSink(Protocol):
 
 
 class Backend(Protocol):
-    async def run(self, batch: Sequence[Envelope], sink: TokenSink | None = None) -> list[Completion]: ...
+    async def run(
+        self, batch: Sequence[Envelope], sink: TokenSink | None = None, started_s: float | None = None
+    ) -> list[Completion]: ...
 
     async def close(self) -> None: ...
 

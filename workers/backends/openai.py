@@ -58,7 +58,9 @@ class OpenAIBackend:
             )
         return self._session
 
-    async def run(self, batch: Sequence[Envelope], sink: TokenSink | None = None) -> list[Completion]:
+    async def run(
+        self, batch: Sequence[Envelope], sink: TokenSink | None = None, started_s: float | None = None
+    ) -> list[Completion]:
         return list(await asyncio.gather(*(self._one(i, env, sink) for i, env in enumerate(batch))))
 
     async def close(self) -> None:

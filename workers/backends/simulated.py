@@ -4,18 +4,21 @@ Each batch costs the energy and money its FLOPs cost on this processor (relative
 cost per FLOP against the H100 baseline), apportioned to each request by its share of the FLOPs.
 Text models generate token by token: the first token after the latency model's time, each next
 one `per_token_ms` later, all members of a batch side by side; a `TokenSink` sees each as it comes.
+Times count from the instant the caller measures service time from, and outputs are computed
+within them. A `deterministic` pool waits precisely (workers/precise.py), others on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 
 from gateway.protocol import Envelope
 from gateway.settings import LatencyModel, Settings
 
-from .. import models
+from .. import models, precise
 from . import Completion, TokenSink
 
 TOKEN_CHARS = 4  # one simulated token is four characters, as `models.tokens` counts
@@ -32,8 +35,14 @@ def service_time_ms(latency: LatencyModel, batch_size: int, rng: random.Random) 
 
 
 class SimulatedBackend:
-    def __init__(self, settings: Settings, pool_name: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, settings: Settings, pool_name: str, rng: random.Random | None = None, wait: precise.Wait | None = None
+    ) -> None:
         pool = settings.pools[pool_name]
+        self._precise = pool.mode == "deterministic"
+        self._wait: precise.Wait = wait or (precise.wait_until if self._precise else precise.wait_loosely)
+        if self._precise:
+            precise.lower_timer_slack()
         self.processor = settings.processors[pool.processor]
         self.models = settings.models
         self._rng = rng or random.Random()
@@ -41,26 +50,31 @@ class SimulatedBackend:
         self._joules_per_flop = 1.0 / (self.processor.energy_efficiency * accounting.baseline_flops_per_joule)
         self._usd_per_flop = self.processor.cost_per_flop * accounting.baseline_usd_per_pflop / 1e15
 
-    async def run(self, batch: Sequence[Envelope], sink: TokenSink | None = None) -> list[Completion]:
+    async def run(
+        self, batch: Sequence[Envelope], sink: TokenSink | None = None, started_s: float | None = None
+    ) -> list[Completion]:
+        start_s = time.perf_counter() if started_s is None else started_s
         latency = self.processor.latency
-        loop = asyncio.get_running_loop()
-        first_at = loop.time() + service_time_ms(latency, len(batch), self._rng) / 1000.0
+        first_at = start_s + service_time_ms(latency, len(batch), self._rng) / 1000.0
         per_token_s = latency.per_token_ms / 1000.0
         outputs = [models.compute(self.models[env.model], env.input) for env in batch]
         tokens = [
             _pieces(out, env.max_tokens) if isinstance(out, str) else []
             for env, out in zip(batch, outputs, strict=True)
         ]
+        done = self._completions(batch, outputs, tokens)  # within the service time, not after it
         steps = max((len(t) for t in tokens), default=0)
         if sink is None or not any(env.stream for env in batch):
-            await asyncio.sleep(max(0.0, first_at + max(0, steps - 1) * per_token_s - loop.time()))
-        else:
-            for step in range(steps):
-                await asyncio.sleep(max(0.0, first_at + step * per_token_s - loop.time()))
-                for position, (env, pieces) in enumerate(zip(batch, tokens, strict=True)):
-                    if env.stream and step < len(pieces):
-                        sink(position, pieces[step])
-        return self._completions(batch, outputs, tokens)
+            await self._wait(first_at + max(0, steps - 1) * per_token_s)
+            return done
+        for step in range(steps):
+            await self._wait(first_at + step * per_token_s)
+            for position, (env, pieces) in enumerate(zip(batch, tokens, strict=True)):
+                if env.stream and step < len(pieces):
+                    sink(position, pieces[step])
+            if self._precise and step < steps - 1:
+                await asyncio.sleep(0)  # the chunk publisher sends them while the next token is made
+        return done
 
     def _completions(
         self, batch: Sequence[Envelope], outputs: list[models.Output], tokens: list[list[str]]

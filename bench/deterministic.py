@@ -1,0 +1,205 @@
+"""Service-time spread of deterministic pools, through HTTP against `tiergate up`.
+
+For each pool whose `mode` is `deterministic`, it sends one fixed request to the pool's tier:
+first N requests one after another at idle, then N open-loop (Poisson arrivals) at 50 % and at
+80 % of the pool's capacity (replicas x 1000 / the profile's service ms). It prints, per phase,
+the spread of `timings.service_ms` against the processor profile (p1/p50/p99/max and the share
+within ±50 µs of it), `queue_ms` and `total_ms` p50/p99, and the host's steal time.
+Run: `python -m bench.deterministic [--config PATH] [--requests 2000] [--loads 0.5,0.8]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.scenarios import cpu_times, start_stack, steal_pct
+from gateway.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from workers.capacity import request_ms
+
+TEXT = "hello tiergate"
+WITHIN_MS = 0.05  # the precision a deterministic pool promises: ±50 µs of its profile
+WARMUP = 200
+
+
+@dataclass(slots=True, frozen=True)
+class PoolTarget:
+    """Where to send a pool's requests, what to send, and what the profile says they take."""
+
+    pool: str
+    tier: str
+    model: str
+    url: str
+    profile_ms: float
+    capacity_per_s: float
+
+
+@dataclass(slots=True)
+class Phase:
+    pool: str
+    name: str
+    rate_per_s: float | None  # None: one request after another
+    profile_ms: float
+    sent: int = 0
+    service_ms: list[float] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    elsewhere: int = 0  # answered by another pool sharing the tier's stream
+    failed: int = 0
+    steal_pct: float | None = None
+
+
+def targets(settings: Settings, ready: dict[str, Any]) -> list[PoolTarget]:
+    """The deterministic pools of `settings`, each with the URL of a gateway serving its tier."""
+    found = []
+    tier_urls: dict[str, str] = ready.get("tier_urls") or {}
+    for name, pool in settings.pools.items():
+        if pool.mode != "deterministic":
+            continue
+        tier, model = pool.tiers[0], pool.models[0]
+        latency = settings.processors[pool.processor].latency
+        profile = request_ms(latency, settings.models[model].kind == "echo", TEXT, 0)
+        url = tier_urls.get(tier, ready["url"])
+        found.append(PoolTarget(name, tier, model, url, profile, pool.replicas * 1000.0 / profile))
+    return found
+
+
+async def _one(session: aiohttp.ClientSession, target: PoolTarget, phase: Phase | None) -> None:
+    body = {"model": target.model, "input": TEXT, "tier": target.tier}
+    async with session.post(f"{target.url}/v1/infer", json=body) as response:
+        answer = await response.json()
+    if phase is None:
+        return
+    if response.status != 200:
+        phase.failed += 1
+    elif answer["pool"] != target.pool:
+        phase.elsewhere += 1
+    else:
+        timings = answer["timings"]
+        phase.service_ms.append(timings["service_ms"])
+        phase.queue_ms.append(timings["queue_ms"])
+        phase.total_ms.append(timings["total_ms"])
+
+
+async def sequential(session: aiohttp.ClientSession, target: PoolTarget, requests: int) -> Phase:
+    phase = Phase(target.pool, "idle, sequential", None, target.profile_ms, sent=requests)
+    for _ in range(requests):
+        await _one(session, target, phase)
+    return phase
+
+
+async def open_loop(
+    session: aiohttp.ClientSession, target: PoolTarget, share: float, requests: int, seed: int = 1
+) -> Phase:
+    """`requests` Poisson arrivals at `share` of the pool's capacity, each sent at its own time."""
+    rate = target.capacity_per_s * share
+    phase = Phase(target.pool, f"open loop, {share:.0%} load", rate, target.profile_ms, sent=requests)
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+    start, offset_s = loop.time(), 0.0
+    sent: list[asyncio.Task[None]] = []
+    for _ in range(requests):
+        offset_s += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, start + offset_s - loop.time()))
+        sent.append(asyncio.create_task(_one(session, target, phase)))
+    await asyncio.gather(*sent)
+    return phase
+
+
+async def spread(
+    settings: Settings, ready: dict[str, Any], requests: int = 2000, loads: Sequence[float] = (0.5, 0.8)
+) -> list[Phase]:
+    """Every deterministic pool's phases against a running stack (`ready`: its ready line)."""
+    phases: list[Phase] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for target in targets(settings, ready):
+            for _ in range(WARMUP):
+                await _one(session, target, None)
+            before = cpu_times()
+            phases.append(await sequential(session, target, requests))
+            phases[-1].steal_pct = steal_pct(before, cpu_times())
+            for n, share in enumerate(loads):
+                await asyncio.sleep(1.0)
+                before = cpu_times()
+                phases.append(await open_loop(session, target, share, requests, seed=n + 1))
+                phases[-1].steal_pct = steal_pct(before, cpu_times())
+    return phases
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile of `values` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100.0 * len(ordered) + 0.5) - 1))]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table(phases: Sequence[Phase]) -> str:
+    """The markdown table of `phases`."""
+    head = (
+        "| pool | phase | req/s | ok | profile ms | service p1 | p50 | p99 | max | within ±50 µs "
+        "| queue p50 | queue p99 | total p50 | total p99 | steal % |"
+    )
+    lines = [head, "|" + "---|" * 15]
+    for p in phases:
+        s = p.service_ms
+        within = sum(abs(v - p.profile_ms) <= WITHIN_MS for v in s) / len(s) * 100.0 if s else 0.0
+        rate = "-" if p.rate_per_s is None else f"{p.rate_per_s:.0f}"
+        steal = "-" if p.steal_pct is None else f"{p.steal_pct:.1f}"
+        cells = [
+            p.pool, p.name, rate, f"{len(s)}/{p.sent}", f"{p.profile_ms:.3f}",
+            _ms(percentile(s, 1)), _ms(percentile(s, 50)), _ms(percentile(s, 99)), _ms(max(s, default=None)),
+            f"{within:.2f} %", _ms(percentile(p.queue_ms, 50)), _ms(percentile(p.queue_ms, 99)),
+            _ms(percentile(p.total_ms, 50)), _ms(percentile(p.total_ms, 99)), steal,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    settings = load_settings(args.config)
+    process, ready = start_stack(args.config)
+    try:
+        await asyncio.sleep(1.0)  # let every process finish starting
+        load_before = os.getloadavg()
+        started = time.monotonic()
+        phases = await spread(settings, ready, args.requests, [float(x) for x in args.loads.split(",")])
+        print(table(phases))
+        elapsed_s = time.monotonic() - started
+        load_after = os.getloadavg()
+        print(
+            f"\n{len(phases)} phases in {elapsed_s:.0f} s; load average (1 min) {load_before[0]:.2f} before, "
+            f"{load_after[0]:.2f} after; {os.cpu_count()} CPUs"
+        )
+        for p in phases:
+            if p.elsewhere or p.failed:
+                print(f"{p.pool}, {p.name}: {p.elsewhere} answered by another pool, {p.failed} failed")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per phase")
+    parser.add_argument("--loads", default="0.5,0.8", help="open-loop loads, as shares of the pool's capacity")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
