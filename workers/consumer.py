@@ -65,8 +65,9 @@ class Consumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def read(self, count: int, block_ms: int, streams: list[str] | None = None) -> list[Delivery]:
-        """New entries for this consumer: up to `count` from each of `streams` (default: all)."""
+    async def read(self, count: int, block_ms: int | None, streams: list[str] | None = None) -> list[Delivery]:
+        """New entries for this consumer: up to `count` from each of `streams` (default: all),
+        waiting up to `block_ms` for one to arrive (None: not at all)."""
         response: protocol.StreamReply | None = await self.redis.xreadgroup(
             protocol.GROUP, self.name, dict.fromkeys(streams or self.streams, ">"), count=count, block=block_ms
         )  # type: ignore[assignment]

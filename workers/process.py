@@ -93,6 +93,7 @@ class WorkerProcess:
         self.refill_ms = int(min(READ_BLOCK_MS, max(1.0, expected_batch_ms(latency, pool.max_batch))))
         self.capacity = CapacityMeter(latency, pool.max_batch, len(pool.tiers), pool.min_share)
         self.stopping = asyncio.Event()
+        self.batch_done = asyncio.Event()
         self.claim_interval_s = settings.delivery.claim_interval_s
         self.claim_idle_ms = claim_idle_ms(settings, pool_name)
         self.metrics = WorkerMetrics(settings, pool_name)
@@ -154,12 +155,16 @@ class WorkerProcess:
         backoff = 0.1
         while not self.stopping.is_set():
             await self.batcher.wait_for_room()
-            rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
+            rooms = self._rooms()
             open_streams = [stream for stream, room in rooms.items() if room > 0]
-            # A blocked read waits on the open streams only: while a full one's buffer drains, block
-            # no longer than one batch, or that stream would idle its share of the pool meanwhile.
-            block_ms = READ_BLOCK_MS if len(open_streams) == len(rooms) else self.refill_ms
+            every_stream = len(open_streams) == len(self.priority)
+            if not open_streams:
+                await self._batch_ends()
+                continue
             try:
+                # Reading only some streams, never block: the others must be read again as soon
+                # as the batch running now ends.
+                block_ms = READ_BLOCK_MS if every_stream else None
                 deliveries = await self.consumer.read(max(rooms.values()), block_ms, open_streams)
                 backoff = 0.1
             except RedisError as exc:
@@ -168,7 +173,27 @@ class WorkerProcess:
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
             await self._admit(deliveries)
+            if not deliveries and not every_stream:
+                await self._batch_ends()
         self.batcher.close()
+
+    async def _batch_ends(self) -> None:
+        """Wait until the batch running now ends (at most one batch's expected time)."""
+        self.batch_done.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.batch_done.wait(), self.refill_ms / 1000.0)
+
+    def _rooms(self) -> dict[str, int]:
+        """How many entries to read from each stream now. A pool that serves several tiers reads
+        a stricter tier's stream only while it is idle: an entry it took while running a batch
+        would wait for that batch to end, when a pool of that tier that is free could start it at
+        once. While busy it reads ahead only its lowest tier, where throughput is what counts."""
+        rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
+        busy = self.metrics.running > 0 or len(self.batcher) > 0
+        if busy and len(rooms) > 1:
+            lowest = self.consumer.streams[-1]
+            rooms = {stream: room if stream == lowest else 0 for stream, room in rooms.items()}
+        return rooms
 
     async def _admit(self, deliveries: list[Delivery]) -> None:
         """Queue deliveries by tier, each to start while its deadline can still be met: with
@@ -202,6 +227,7 @@ class WorkerProcess:
                 self.metrics.running = len(batch)
                 replies = await self.executor.execute(batch)
                 self.metrics.observe(replies)
+                self.batch_done.set()
                 if publishing is not None:
                     await publishing
                 # Busy until the last batch's replies are out: a publish that lags slows the pool.
