@@ -93,8 +93,8 @@ class WorkerMetrics:
         self.in_flight.set_function(count)
 
     def observe(self, replies: Sequence[tuple[object, Reply]]) -> None:
-        """One executed batch: its Results share the batch's size and service time."""
-        self.running = 0
+        """Replies of one executed batch (its Results share the batch's size and service time),
+        or of requests answered unrun."""
         ran = next((reply for _, reply in replies if isinstance(reply, Result)), None)
         if ran is not None:
             self.batches.inc()

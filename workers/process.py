@@ -226,6 +226,7 @@ class WorkerProcess:
                 started = loop.time()
                 self.metrics.running = len(batch)
                 replies = await self.executor.execute(batch)
+                self.metrics.running = 0
                 self.metrics.observe(replies)
                 self.batch_done.set()
                 if publishing is not None:
