@@ -221,8 +221,8 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", omit_defaults=True, frozen=True
     worker: str  # its consumer name
     pool: str
     at_ms: int  # Redis clock
-    capacity_per_s: float  # requests a second it finishes while busy (measured, else from its profile)
-    service_ms: float  # its mean service time of one batch
+    capacity_per_s: float  # requests a second it drains this stream's backlog at (workers.capacity)
+    service_ms: float  # its mean time of one full batch
 
 
 HEARTBEAT_S = 1.0
