@@ -13,12 +13,16 @@ it; pooled over the rounds, realtime's p99 under the overload against its p99 wi
 The host's steal time (the share of CPU time the hypervisor gave elsewhere) is printed for each
 phase, since on a virtual machine it sets the floor of any tail latency.
 Run: `python -m bench.scenarios [--config PATH] [--step-s 6] [--duration-s 10] [--rounds 2]`.
+`python -m bench.scenarios overload|isolation|deterministic [flags]` runs the overload suites:
+goodput and admitted-then-late past capacity, realtime under a batch flood through the one URL,
+and the service-time spread of deterministic pools (bench/overload.py, bench/deterministic.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import subprocess
 import sys
@@ -225,7 +229,20 @@ async def main_async(args: argparse.Namespace) -> None:
         process.wait(timeout=30)
 
 
+# The overload suites, each in a module of its own: `python -m bench.scenarios SUITE [its flags]`.
+SUITES = {
+    "overload": ("bench.overload", []),  # goodput and admitted-then-late at 2x and 5x, deadlines 0.5 to 10 s
+    "isolation": ("bench.overload", ["--isolation-rounds", "4"]),  # realtime under a batch flood, one URL
+    "deterministic": ("bench.deterministic", []),  # service-time spread of each deterministic pool
+}
+
+
 def main() -> None:
+    if sys.argv[1:2] and sys.argv[1] in SUITES:
+        module, flags = SUITES[sys.argv[1]]
+        sys.argv = [module, *flags, *sys.argv[2:]]
+        importlib.import_module(module).main()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path(__file__).with_name("scenarios.toml"))
     parser.add_argument("--step-s", type=float, default=6.0, help="seconds per capacity ramp step")
