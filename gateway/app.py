@@ -131,7 +131,7 @@ def _lifecycle(
             gateway_id=gateway_id,
             redis=redis,
             router=Router(settings, tiers),
-            queue=RequestQueue(redis),
+            queue=RequestQueue(redis, settings),
             waiters=waiters,
             clock=RedisClock(),
         )
