@@ -9,6 +9,7 @@ from gateway.clock import RedisClock
 from gateway.protocol import Envelope, Failure, Result
 from gateway.settings import Settings
 from workers.backends import Completion
+from workers.cancels import CancelledIds
 from workers.consumer import Delivery
 from workers.executor import Executor
 
@@ -51,3 +52,21 @@ async def test_late_and_hopeless_requests_are_answered_without_running(make_sett
     assert "reached its deadline" in late.message
     assert isinstance(hopeless, Failure) and hopeless.code == "deadline_exceeded"
     assert "cannot finish before its deadline" in hopeless.message and "needs about 40 ms" in hopeless.message
+
+
+async def test_a_cancelled_request_is_answered_without_running(make_settings: Callable[..., Settings]) -> None:
+    backend = RecordingBackend()
+    clock = RedisClock()
+    cancelled = CancelledIds()
+    executor = Executor(make_settings(), "cerebras-batch", "w1", backend, clock, cancelled=cancelled)
+    now = clock.now_ms()
+    cancelled.add("gone", int(now + 60_000), now)
+    replies = dict(
+        (d.envelope.id, reply)
+        for d, reply in await executor.execute([delivery("gone", now + 60_000), delivery("kept", now + 60_000)])
+    )
+    assert backend.ran == ["kept"]
+    gone = replies["gone"]
+    assert isinstance(gone, Failure) and gone.code == "cancelled"
+    assert gone.message == "request gone was cancelled before pool cerebras-batch started it"
+    assert isinstance(replies["kept"], Result)
