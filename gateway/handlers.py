@@ -314,6 +314,8 @@ async def cancel_request(request: web.Request) -> web.Response:
     if stored is None:
         raise NotFound(f"no request with id {request_id!r} to cancel (unknown, waited on, or its result expired)")
     if isinstance(stored, protocol.Accepted):
+        if not stored.region:  # recorded by an older gateway: its region is most likely the default
+            stored = msgspec.structs.replace(stored, region=state.settings.gateway.region)
         stored = await state.queue.cancel(stored)
     if isinstance(stored, protocol.Failure) and stored.code == Cancelled.code:
         log.info("request cancelled", extra={"id": request_id, "tier": stored.tier, "reason": "DELETE"})
