@@ -118,12 +118,12 @@ class Consumer:
         """Hand every `Cancel` published on this worker's streams' cancel channels to `on_cancel`
         until `stop`. A lost connection is retried with backoff and the channels subscribed again;
         what was published meanwhile is missed (the gateway's XDEL covers the entries not read yet)."""
-        backoff = 0.1
+        backoff = 0.0  # the first retry is at once: cancels published meanwhile are missed
         while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self.cancel_channels)
-                backoff = 0.1
+                backoff = 0.0
                 while not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CANCEL_POLL_S)
                     if message is not None and message["type"] == "message":
@@ -132,7 +132,7 @@ class Consumer:
                 log.warning("cancel channel lost, subscribing again", extra={"error": str(exc), "retry_s": backoff})
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

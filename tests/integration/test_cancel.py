@@ -223,3 +223,28 @@ async def test_an_openai_stream_whose_client_hangs_up_cancels_its_queued_request
     assert await s.get(f"/v1/requests/{b}") == (200, {"id": b, "status": "cancelled"})
     with pytest.raises(asyncio.CancelledError):
         await client
+
+
+async def hears(client: aioredis.Redis, worker: WorkerProcess, probe_id: str) -> bool:
+    """Publish a cancel of `probe_id` on the worker's channel; whether the worker has it yet."""
+    notice = protocol.Cancel(id=probe_id, deadline_at_ms=int(worker.clock.now_ms()) + DEADLINE_MS)
+    await client.publish(protocol.cancel_channel(TIER, "default"), protocol.encoder.encode(notice))
+    return probe_id in worker.cancelled
+
+
+async def test_a_worker_that_loses_its_cancel_channel_subscribes_again(
+    gated: Gated, redis_client: aioredis.Redis
+) -> None:
+    s, worker, backend = gated
+    await wait_until(lambda: hears(redis_client, worker, "before"))
+    assert await redis_client.client_kill_filter(_type="pubsub") == 1
+    await wait_until(lambda: hears(redis_client, worker, "after"), interval_s=0.05)
+    a = await accept(s, "runs first")
+    await wait_until(lambda: backend.seen == [a])
+    b = await accept(s, "queued")
+    await wait_until(lambda: len(worker.batcher) == 1)
+    assert await delete(s, b) == (200, {"id": b, "status": "cancelled"})
+    await wait_until(lambda: b in worker.cancelled)
+    backend.gate.set()
+    await wait_until(lambda: worker_count(worker, "cancelled") == 1)
+    assert backend.seen == [a]
