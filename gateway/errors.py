@@ -7,6 +7,9 @@
         ├── InvalidRequest          400 invalid_request
         ├── NotFound                404 not_found
         │   └── ModelNotFound       404 model_not_found
+        ├── Conflict                409 conflict
+        │   ├── Cancelled           409 cancelled (the request was cancelled before it ran)
+        │   └── AlreadyFinished     409 already_finished (too late to cancel: it has its answer)
         ├── PayloadTooLarge         413 payload_too_large
         ├── TierNotServed           421 tier_not_served (a gateway dedicated to other tiers)
         ├── QueueFull               429 queue_full
@@ -71,6 +74,26 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(RequestError):
+    """The request's state does not allow what was asked."""
+
+    status = 409
+    code = "conflict"
+
+
+class Cancelled(Conflict):
+    """The request was cancelled (its client hung up, or `DELETE /v1/requests/{id}`) before a
+    worker started it; also the code of the `Failure` stored as its answer."""
+
+    code = "cancelled"
+
+
+class AlreadyFinished(Conflict):
+    """`DELETE /v1/requests/{id}` of a request that already has its answer."""
+
+    code = "already_finished"
+
+
 class TierNotServed(RequestError):
     """The request's tier is not one this gateway serves: it is dedicated to other tiers."""
 
@@ -111,7 +134,7 @@ class WorkerFailed(RequestError):
 
 # Codes a worker may put in an ErrorReply, mapped back to the class the gateway raises.
 BY_CODE: dict[str, type[RequestError]] = {
-    cls.code: cls for cls in (InvalidRequest, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed)
+    cls.code: cls for cls in (InvalidRequest, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed, Cancelled)
 }
 
 

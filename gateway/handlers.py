@@ -1,4 +1,5 @@
-"""HTTP handlers of the native API: `POST /v1/infer`, `GET /v1/requests/{id}`, health checks.
+"""HTTP handlers of the native API: `POST /v1/infer`, `GET` and `DELETE /v1/requests/{id}`,
+health checks.
 
 Each handler validates, routes and hands over to the queue and the waiters; all Redis I/O is
 behind `RequestQueue` and `ResultReader`. Errors are raised as `RequestError`s and rendered by
@@ -17,7 +18,17 @@ from aiohttp import web
 from msgspec import Meta
 
 from . import protocol
-from .errors import DeadlineExceeded, InvalidRequest, NotFound, QueueFull, RequestError, for_request, from_code
+from .errors import (
+    AlreadyFinished,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidRequest,
+    NotFound,
+    QueueFull,
+    RequestError,
+    for_request,
+    from_code,
+)
 from .metrics import METRICS
 from .routing import Route
 from .state import STATE, GatewayState
@@ -132,22 +143,34 @@ async def infer(request: web.Request) -> web.Response:
     return response
 
 
+def _queued(envelope: protocol.Envelope, route: Route, reply_to: str = "") -> protocol.Accepted:
+    """Where `envelope` is queued: what `RequestQueue.cancel` needs."""
+    return protocol.Accepted(
+        id=envelope.id,
+        model=envelope.model,
+        tier=route.tier,
+        deadline_at_ms=envelope.deadline_at_ms,
+        region=route.region,
+        reply_to=reply_to,
+    )
+
+
 async def _accept(state: GatewayState, envelope: protocol.Envelope, route: Route) -> web.Response:
     """Queue an async request with its `Accepted` state; answer 202 with where to find it."""
-    accepted = protocol.Accepted(
-        id=envelope.id, model=envelope.model, tier=route.tier, deadline_at_ms=envelope.deadline_at_ms
-    )
-    state_entry = (
-        protocol.accepted_key(envelope.id),
-        protocol.encoder.encode(accepted),
-        state.settings.gateway.result_ttl_s,
-    )
+    accepted = _queued(envelope, route, reply_to=state.gateway_id)
+    key = protocol.accepted_key(envelope.id)
+    state_entry = (key, protocol.encoder.encode(accepted), state.settings.gateway.result_ttl_s)
     state.waiters.accept(envelope.id, route.tier, route.deadline_ms / 1000.0)  # before: its reply may come first
     try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), state_entry)
+        entry_id = await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), state_entry)
     except BaseException:
         state.waiters.take_async(envelope.id)
         raise
+    # The stream entry id is Redis's answer to the XADD, so the record written with it cannot
+    # hold it. It is written again with the id in the next tick's pipeline, alongside whatever
+    # else that tick sends and never waited on: no round trip of its own on this request's path.
+    # A DELETE in between finds no entry id and cancels through the workers' cancel channel only.
+    state.queue.restate(key, protocol.encoder.encode(msgspec.structs.replace(accepted, entry_id=entry_id.decode())))
     log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
     return json_response({"id": envelope.id, "status_url": f"/v1/requests/{envelope.id}"}, status=202)
 
@@ -158,9 +181,14 @@ async def wait_for_result(request: web.Request, route: Route, envelope: protocol
     state, metrics = request.app[STATE], request.app[METRICS]
     waiting = state.waiters.add(envelope.id, route.deadline_ms / 1000.0)
     metrics.begin(route.tier)
+    enqueued = state.queue.enqueue(route.stream, protocol.encoder.encode(envelope))
     try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope))
+        await asyncio.shield(enqueued)  # a hang-up leaves the XADD running: its cancel needs the entry id
         reply = await waiting
+    except asyncio.CancelledError:
+        state.waiters.discard(envelope.id)
+        hung_up(request, route, envelope, enqueued, keep=IDEMPOTENCY_HEADER in request.headers)
+        raise
     except BaseException as exc:
         state.waiters.discard(envelope.id)
         metrics.interrupted(route.tier, exc)
@@ -192,6 +220,25 @@ async def _run_and_wait(
         },
     )
     return json_response(result_body(state, reply, total_ms))
+
+
+def hung_up(
+    request: web.Request,
+    route: Route,
+    envelope: protocol.Envelope,
+    enqueued: asyncio.Future[bytes],
+    keep: bool = False,
+) -> None:
+    """The client went away before its answer: cancel its request in the background (a worker
+    that has not started it skips it) and count it cancelled, once. `keep`: the request carries
+    an `Idempotency-Key`, so a retry may come back for its outcome: it runs, and is not counted."""
+    metrics = request.app[METRICS]
+    if keep:
+        metrics.abandon(route.tier)
+        return
+    metrics.cancelled(route.tier)
+    request.app[STATE].queue.cancel_soon(_queued(envelope, route), enqueued)
+    log.info("request cancelled", extra={"id": envelope.id, "tier": route.tier, "reason": "client went away"})
 
 
 def _mark(exc: BaseException, request_id: str) -> None:
@@ -246,12 +293,37 @@ async def request_status(request: web.Request) -> web.Response:
     if isinstance(stored, protocol.Accepted):
         return json_response({"id": stored.id, "status": "queued", "model": stored.model, "tier": stored.tier})
     if isinstance(stored, protocol.Failure):
+        if stored.code == Cancelled.code:
+            return json_response({"id": stored.id, "status": "cancelled"})
         error = from_code(stored.code, stored.message)
         return json_response(
             {"id": stored.id, "status": "failed", "error": {"type": error.code, "message": error.message}}
         )
     total_ms = stored.finished_at_ms - stored.enqueued_at_ms
     return json_response(result_body(state, stored, total_ms, status="done"))
+
+
+async def cancel_request(request: web.Request) -> web.Response:
+    """`DELETE /v1/requests/{id}`: cancel a request sent with `"wait": false`, from any gateway.
+
+    200 once it is cancelled (again: a second DELETE finds it cancelled); 409 when it already
+    has its answer; 404 when the id is unknown, expired, or a waited request's (those have no
+    stored state: closing their connection cancels them). Anyone who knows an id may cancel it.
+    """
+    state = request.app[STATE]
+    request_id = request.match_info["id"]
+    stored = await state.queue.stored(request_id)
+    if stored is None:
+        raise NotFound(f"no request with id {request_id!r} to cancel (unknown, waited on, or its result expired)")
+    if isinstance(stored, protocol.Accepted):
+        if not stored.region:  # recorded by an older gateway: its region is most likely the default
+            stored = msgspec.structs.replace(stored, region=state.settings.gateway.region)
+        stored = await state.queue.cancel(stored)
+    if isinstance(stored, protocol.Failure) and stored.code == Cancelled.code:
+        log.info("request cancelled", extra={"id": request_id, "tier": stored.tier, "reason": "DELETE"})
+        return json_response({"id": request_id, "status": "cancelled"})
+    outcome = "done" if isinstance(stored, protocol.Result) else "failed"
+    raise AlreadyFinished(f"request {request_id} already finished ({outcome}); there is nothing to cancel")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from . import protocol, slo
 from .background import every, join
-from .errors import RequestError
+from .errors import Cancelled, RequestError
 from .results import Waiters
 from .settings import Settings
 from .slo_store import SloStore
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 TIER_LABELS = ("tier", "pool", "processor")
 UNKNOWN_POOL = "none"  # a request refused or timed out before any pool answered it
-OUTCOMES = ("ok", "shed", "deadline_exceeded", "invalid_request", "model_not_found", "worker_error")
+OUTCOMES = ("ok", "shed", "deadline_exceeded", "invalid_request", "model_not_found", "worker_error", "cancelled")
+CANCELLED = Cancelled.code  # counted, but neither good nor bad for the SLO
 
 
 @dataclass(slots=True)
@@ -120,8 +121,13 @@ class GatewayMetrics:
         self._in_flight[tier].inc()
 
     def abandon(self, tier: str) -> None:
-        """The client went away (or the gateway stopped) before an outcome."""
+        """The client went away (or the gateway stopped) before an outcome, and the request runs."""
         self._in_flight[tier].dec()
+
+    def cancelled(self, tier: str) -> None:
+        """The client went away before an outcome, and its request was cancelled."""
+        self._in_flight[tier].dec()
+        self._failure(tier, CANCELLED, "")
 
     def done(self, result: protocol.Result, total_ms: float) -> None:
         """A result was returned to the client after `total_ms` (the figure the client sees)."""
@@ -190,6 +196,8 @@ class GatewayMetrics:
         child.inc()
         if outcome == "deadline_exceeded":
             self.deadline_exceeded.labels(tier, pool).inc()
+        elif outcome == CANCELLED:
+            return  # the client's choice: not in the SLO windows
         processor = self.settings.pools[pool].processor if pool in self.settings.pools else slo.NO_PROCESSOR
         self.accumulator.failure(int(self.clock_ms() // 1000), tier, processor)
 

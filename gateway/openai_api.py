@@ -28,6 +28,7 @@ from .handlers import (
     REPLAYED_HEADER,
     claim_idempotency,
     first_result,
+    hung_up,
     json_response,
     wait_for_result,
 )
@@ -160,8 +161,14 @@ async def _stream(
     comment = _queue_comment(request)
     metrics = request.app[METRICS]
     metrics.begin(route.tier)
+    enqueued = state.queue.enqueue(route.stream, protocol.encoder.encode(env))
+    gone = functools.partial(hung_up, request, route, env, enqueued)
     try:
-        await state.queue.enqueue(route.stream, protocol.encoder.encode(env))
+        await asyncio.shield(enqueued)  # a hang-up leaves the XADD running: its cancel needs the entry id
+    except asyncio.CancelledError:
+        state.waiters.discard(env.id)
+        gone()
+        raise
     except BaseException as exc:
         state.waiters.discard(env.id)
         metrics.interrupted(route.tier, exc)
@@ -169,7 +176,7 @@ async def _stream(
             exc.request_id = env.id
         raise
     try:
-        return await stream_reply(request, call, events, None if comment is None else (route.tier, comment))
+        return await stream_reply(request, call, events, None if comment is None else (route.tier, comment), gone)
     finally:
         state.waiters.discard(env.id)
 

@@ -8,8 +8,10 @@ outcome is counted in the request metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,15 +152,18 @@ async def stream_reply(
     call: StreamCall,
     events: asyncio.Queue[StreamEvent],
     early: tuple[str, str] | None = None,
+    gone: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
     """Relay one streaming request's events to the client until its Result or its error, and
-    count its outcome (it was counted in flight): done at its Result, failed at its error,
-    abandoned if the client goes away first.
+    count its outcome (it was counted in flight): done at its Result, failed at its error.
+    If the client goes away first, `gone` cancels the request and counts it (without one, it
+    is counted abandoned).
 
     `early` (tier, comment) opens the stream before the first token with that SSE comment.
     """
     writer = _Writer(request, call)
     metrics = request.app[METRICS]
+    went_away = gone if gone is not None else functools.partial(metrics.abandon, call.tier)
     try:
         if early is not None:
             await writer.open_early(*early)
@@ -166,8 +171,12 @@ async def stream_reply(
     except ConnectionResetError:
         log.info("stream client went away", extra={"id": call.request_id})
         if not writer.counted:
-            metrics.abandon(call.tier)
+            went_away()
         return writer.response or web.Response(status=499)
+    except asyncio.CancelledError:  # the client hung up while the handler waited
+        if not writer.counted:
+            went_away()
+        raise
     except BaseException as exc:
         if not writer.counted:
             metrics.interrupted(call.tier, exc)

@@ -33,6 +33,7 @@ _ERROR = {
 _STATUS_TEXT = {
     400: "invalid request (the message names the field and the limit)",
     404: "unknown model or request id",
+    409: "the request already has its answer: too late to cancel",
     408: "the body did not arrive within the body timeout",
     413: "the body exceeds max_body_bytes",
     429: "the tier's queue is full; see Retry-After",
@@ -94,6 +95,11 @@ def document(settings: Settings) -> dict[str, Any]:
     obj = {"type": "object"}
     result = {"$ref": REF.format(name="ResultBody")}
     queued = {"type": "object", "required": ["id", "status_url"], "properties": {"id": {"type": "string"}}}
+    cancelled = {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {"id": {"type": "string"}, "status": {"const": "cancelled"}},
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "tiergate", "version": "1", "description": "Tiered inference gateway over Redis Streams."},
@@ -105,11 +111,15 @@ def document(settings: Settings) -> dict[str, Any]:
                 extra={"202": _json(queued, "queued; poll status_url")},
             ),
             "/v1/requests/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "get": {
                     "summary": "A queued request's state, result or error",
-                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": _json(obj, "queued, done or failed"), **_errors(404, 503)},
-                }
+                    "responses": {"200": _json(obj, "queued, done, failed or cancelled"), **_errors(404, 503)},
+                },
+                "delete": {
+                    "summary": "Cancel a request sent with `wait: false`: no worker starts it",
+                    "responses": {"200": _json(cancelled, "cancelled"), **_errors(404, 409, 503)},
+                },
             },
             "/v1/chat/completions": _post(
                 "ChatRequest",

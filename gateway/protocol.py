@@ -33,6 +33,11 @@ def heartbeat_key(tier: str, region: str) -> str:
     return f"{KEY_PREFIX}:{{{tier}.{region}}}:workers"
 
 
+def cancel_channel(tier: str, region: str) -> str:
+    """The Pub/Sub channel a request stream's cancellations go out on (`Cancel`); its stream's tag."""
+    return f"{KEY_PREFIX}:{{{tier}.{region}}}:cancel"
+
+
 def idempotency_key(key: str) -> str:
     """The request id first sent with a client's idempotency key (a string with the result TTL)."""
     return f"{KEY_PREFIX}:{{idem.{key}}}"
@@ -150,12 +155,20 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
-    """Stored under accepted_key while an async request waits for a worker."""
+    """Stored under accepted_key while an async request waits for a worker; it says where the
+    request is queued, which is what cancelling it needs (`entry_id` once its XADD answered)."""
 
     id: str
     model: str
     tier: str
     deadline_at_ms: int
+    region: str = ""
+    reply_to: str = ""  # the gateway that accepted it, which counts its outcome
+    entry_id: str = ""  # its entry in stream_key(tier, region); empty until the XADD answered
+
+    @property
+    def stream(self) -> str:
+        return stream_key(self.tier, self.region)
 
 
 class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
@@ -202,6 +215,14 @@ class Failure(msgspec.Struct, tag="failure", omit_defaults=True, frozen=True):
     finished_at_ms: int = 0
 
 
+class Cancel(msgspec.Struct, tag="cancel", frozen=True):
+    """Published on cancel_channel: workers answer request `id` without running it, until its
+    deadline (after which their deadline check refuses it anyway)."""
+
+    id: str
+    deadline_at_ms: int  # Redis clock
+
+
 class DeadLetter(msgspec.Struct, tag="dead", omit_defaults=True, frozen=True):
     """An entry no worker could complete, moved out of its request stream with its history."""
 
@@ -240,6 +261,7 @@ incoming_decoder = msgspec.msgpack.Decoder(Incoming)
 stored_decoder = msgspec.msgpack.Decoder(Stored)
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
+cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 
 
 # ---------------------------------------------------------------- the load tester's messages

@@ -1,5 +1,6 @@
 """The gateway's write side of Redis: enqueue requests into tier streams, one pipeline per
-event-loop tick for every request that arrived in that tick, and read stored request state.
+event-loop tick for every request that arrived in that tick, cancel queued requests, and read
+stored request state.
 
 Each flush also samples the length of the streams it wrote, which admission reads for free.
 """
@@ -16,7 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import protocol
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, Cancelled
+from .settings import DeliverySettings, GatewaySettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,16 @@ MAX_FLUSHES = 4  # pipelines in flight at once; each holds one connection
 
 
 class RequestQueue:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         self.redis = redis
         self.lengths: dict[str, float] = {}  # per stream: XLEN when sampled, then as admission projects it
         self.sampled_at: dict[str, float] = {}  # per stream: loop time of that sample or projection
+        self._gateway = settings.gateway if settings is not None else GatewaySettings()
+        self._delivery = settings.delivery if settings is not None else DeliverySettings()
         self._pending: list[_Pending] = []
+        self._restates: list[tuple[str, bytes]] = []  # (key, value) to overwrite, if it still exists
         self._flushing: set[asyncio.Task[None]] = set()
+        self._cancelling: set[asyncio.Task[None]] = set()  # fire-and-forget cancels, held until done
         self._scheduled = False
 
     def enqueue(
@@ -57,9 +63,18 @@ class RequestQueue:
         if state is not None:
             item.state_key, item.state, item.state_ttl_s = state
         self._pending.append(item)
+        self._flush_when_free()
+        return future
+
+    def restate(self, key: str, value: bytes) -> None:
+        """Overwrite a stored state key (keeping its TTL, and only while it exists) in the next
+        tick's pipeline: it rides along with that tick's requests, never waited on."""
+        self._restates.append((key, value))
+        self._flush_when_free()
+
+    def _flush_when_free(self) -> None:
         if not self._scheduled and len(self._flushing) < MAX_FLUSHES:
             self._start_flush()
-        return future
 
     def _start_flush(self) -> None:
         """Start a pipeline task; when it first runs (next tick) it sends everything gathered by
@@ -72,12 +87,13 @@ class RequestQueue:
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)
-        if self._pending and not self._scheduled:
+        if (self._pending or self._restates) and not self._scheduled:
             self._start_flush()
 
     async def _flush(self) -> None:
         self._scheduled = False
         batch, self._pending = self._pending, []
+        restates, self._restates = self._restates, []
         pipe = self.redis.pipeline(transaction=False)
         for item in batch:
             if item.state_key is not None:
@@ -86,6 +102,8 @@ class RequestQueue:
         streams = list(dict.fromkeys(item.stream for item in batch))
         for stream in streams:
             pipe.xlen(stream)
+        for key, value in restates:  # last: their replies are not read
+            pipe.set(key, value, xx=True, keepttl=True)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
@@ -109,7 +127,7 @@ class RequestQueue:
                 item.future.set_result(reply)
             else:
                 item.future.set_exception(BackendUnavailable(f"Redis refused the request: {reply}"))
-        for stream, length in zip(streams, replies[position:], strict=True):
+        for stream, length in zip(streams, replies[position : position + len(streams)], strict=True):
             if isinstance(length, int):
                 self._sampled(stream, length)
 
@@ -130,6 +148,56 @@ class RequestQueue:
             raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
         raw = answer or accepted  # the answer wins once there is one
         return None if raw is None else protocol.stored_decoder.decode(raw)  # type: ignore[arg-type]
+
+    async def cancel(self, queued: protocol.Accepted) -> protocol.Stored | None:
+        """Cancel a queued request in one pipeline; the answer it holds afterwards (the
+        `Failure` "cancelled" unless another answer came first, which then stays).
+
+        XDEL its entry (a worker that has not read it never will), SET NX its answer to the
+        failure (so a worker's later answer cannot replace it), PUBLISH its id on its stream's
+        cancel channel (a worker that read it but has not started it answers it without running
+        it), and, with `reply_to`, tell the gateway that accepted it, which counts its outcome.
+        A request already running finishes; its answer is discarded.
+        """
+        name = protocol.request_key(queued.id)
+        failure = protocol.Failure(
+            id=queued.id, code=Cancelled.code, message=f"request {queued.id} was cancelled", tier=queued.tier
+        )
+        payload = protocol.encoder.encode(failure)
+        pipe = self.redis.pipeline(transaction=False)
+        if queued.entry_id:
+            pipe.xdel(queued.stream, queued.entry_id)
+        pipe.set(name, payload, ex=self._gateway.result_ttl_s, nx=True)
+        pipe.get(name)
+        notice = protocol.Cancel(id=queued.id, deadline_at_ms=queued.deadline_at_ms)
+        pipe.publish(protocol.cancel_channel(queued.tier, queued.region), protocol.encoder.encode(notice))
+        if queued.reply_to:
+            replies = protocol.reply_key(queued.reply_to)
+            fields = {protocol.PAYLOAD_FIELD: payload}
+            pipe.xadd(replies, fields, maxlen=self._gateway.reply_stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.pexpire(replies, self._delivery.reply_stream_ttl_s * 1000)
+        try:
+            answers = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"Redis is unreachable, the request was not cancelled: {exc}") from exc
+        raw = answers[2 if queued.entry_id else 1]
+        return None if raw is None else protocol.stored_decoder.decode(raw)
+
+    def cancel_soon(self, queued: protocol.Accepted, enqueued: asyncio.Future[bytes]) -> None:
+        """Cancel a request whose client went away, in the background, once its XADD answered
+        (`enqueued`, its entry id); nothing to do if it was never queued."""
+        task = asyncio.get_running_loop().create_task(self._cancel_queued(queued, enqueued))
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    async def _cancel_queued(self, queued: protocol.Accepted, enqueued: asyncio.Future[bytes]) -> None:
+        await asyncio.wait([enqueued])
+        if enqueued.cancelled() or enqueued.exception() is not None:
+            return
+        try:
+            await self.cancel(msgspec.structs.replace(queued, entry_id=enqueued.result().decode()))
+        except BackendUnavailable as exc:
+            log.warning("cancel failed; the request runs", extra={"id": queued.id, "error": exc.message})
 
     async def sample(self, streams: dict[str, str]) -> dict[str, list[protocol.Heartbeat]]:
         """Refresh `lengths` of every stream and read each one's worker heartbeats.
@@ -172,5 +240,5 @@ class RequestQueue:
             return False
 
     async def close(self) -> None:
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        if self._flushing or self._cancelling:
+            await asyncio.gather(*self._flushing, *self._cancelling, return_exceptions=True)

@@ -214,7 +214,7 @@ def summary(cell: Cell, window_s: float, slo: SLO | None = None, replicas: int =
         report["error_budget_remaining"] = round(1.0 - burn, 6)
         report["burn_rate"] = round(burn, 4)
     if replicas:
-        report["utilisation"] = round(min(1.0, cell.busy_ms / 1000.0 / (window_s * replicas)), 4)
+        report["utilisation"] = round(min(1.0, cell.busy_ms / 1000.0 / (window_s * replicas)), 6)
     return report
 
 

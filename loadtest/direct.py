@@ -38,7 +38,7 @@ class DirectDriver:
         self.gateway_id = f"loadtest-{secrets.token_hex(4)}"
         self.reply_key = protocol.reply_key(self.gateway_id)
         self.clock = RedisClock()
-        self.queue = RequestQueue(redis)
+        self.queue = RequestQueue(redis, settings)
         self._waiting: dict[str, asyncio.Future[protocol.Reply]] = {}
         self._stop = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None

@@ -1,25 +1,32 @@
 """The worker's only Redis I/O: read a pool's tier streams through their consumer groups,
 publish replies to each request's gateway and result key, acknowledge, and dead-letter entries
 that cannot be decoded. It also takes over the pending entries of workers that stopped
-heartbeating, and dead-letters entries delivered too often (docs/durability.md).
+heartbeating, dead-letters entries delivered too often (docs/durability.md), and listens on its
+streams' cancel channels (Pub/Sub) for requests cancelled before they ran.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway import protocol
 from gateway.protocol import Envelope, Failure, Reply
 from gateway.settings import Settings, tier_rank
 
 log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 0.5  # how long one wait for a cancel message lasts: bounds how long a stop waits
+MAX_BACKOFF_S = 2.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,6 +58,7 @@ class Consumer:
             protocol.stream_key(t, pool.region): protocol.dead_letter_key(t, pool.region) for t in pool.tiers
         }
         self._heartbeats = [protocol.heartbeat_key(tier, pool.region) for tier in self.tiers]
+        self.cancel_channels = [protocol.cancel_channel(tier, pool.region) for tier in self.tiers]
         self._result_ttl_s = settings.gateway.result_ttl_s
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
@@ -112,6 +120,29 @@ class Consumer:
                 approximate=True,
             )
         await pipe.execute()
+
+    async def listen_cancels(self, on_cancel: Callable[[protocol.Cancel], None], stop: asyncio.Event) -> None:
+        """Hand every `Cancel` published on this worker's streams' cancel channels to `on_cancel`
+        until `stop`. A lost connection is retried with backoff and the channels subscribed again;
+        what was published meanwhile is missed (the gateway's XDEL covers the entries not read yet)."""
+        backoff = 0.0  # the first retry is at once: cancels published meanwhile are missed
+        while not stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*self.cancel_channels)
+                backoff = 0.0
+                while not stop.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=CANCEL_POLL_S)
+                    if message is not None and message["type"] == "message":
+                        _hand_over(message["data"], on_cancel)
+            except (RedisError, OSError) as exc:
+                log.warning("cancel channel lost, subscribing again", extra={"error": str(exc), "retry_s": backoff})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def heartbeat(self, beats: list[protocol.Heartbeat]) -> None:
         """Say this worker is alive, and what it can do for each stream (`beats` in the order
@@ -246,9 +277,12 @@ class Consumer:
             claimed: list[tuple[bytes, dict[bytes, bytes] | None]] = await self.redis.xclaim(
                 stream, protocol.GROUP, self.name, min_idle_time=idle_ms, message_ids=list(orphans)
             )  # type: ignore[assignment]
+            deleted = [entry_id for entry_id, fields in claimed if fields is None]
+            if deleted:  # answered, or cancelled while its worker ran it: nothing left to run
+                await self.redis.xack(stream, protocol.GROUP, *deleted)
             for entry_id, fields in claimed:
                 if fields is None:
-                    continue  # deleted since: already answered
+                    continue
                 delivery = await self._take_over(stream, entry_id, fields, orphans[entry_id], now_ms)
                 if delivery is not None:
                     deliveries.append(delivery)
@@ -288,6 +322,15 @@ class Consumer:
         )
         await self._dead_letter(stream, entry_id, payload, reason, (envelope.reply_to, failure), tries)
         return None
+
+
+def _hand_over(payload: bytes, on_cancel: Callable[[protocol.Cancel], None]) -> None:
+    try:
+        notice = protocol.cancel_decoder.decode(payload)
+    except msgspec.DecodeError:
+        log.error("undecodable cancel message skipped", extra={"payload": payload[:64].hex()})
+        return
+    on_cancel(notice)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,5 +1,5 @@
 """Turns one batch of deliveries into one reply each: refuses what it cannot or need not run
-(expired deadline, a model this pool does not serve), runs the rest on the backend in one call,
+(cancelled, expired deadline, a model this pool does not serve), runs the rest on the backend in one call,
 and stamps timings, energy and cost. No Redis I/O: the consumer publishes what this returns.
 """
 
@@ -9,10 +9,12 @@ import logging
 import time
 
 from gateway.clock import RedisClock
+from gateway.errors import Cancelled
 from gateway.protocol import Envelope, Failure, Reply, Result
 from gateway.settings import Settings
 
 from .backends import Backend, Completion
+from .cancels import CancelledIds
 from .capacity import request_ms
 from .consumer import Delivery
 from .streaming import ChunkPublisher, ChunkStream
@@ -29,8 +31,10 @@ class Executor:
         backend: Backend,
         clock: RedisClock,
         publish_chunks: ChunkPublisher | None = None,
+        cancelled: CancelledIds | None = None,
     ) -> None:
         pool = settings.pools[pool_name]
+        self.cancelled = cancelled if cancelled is not None else CancelledIds()
         self.publish_chunks = publish_chunks
         self.pool_name = pool_name
         self.processor = pool.processor
@@ -57,6 +61,9 @@ class Executor:
     def _refusal(self, d: Delivery, now_ms: float) -> Failure | None:
         """The failure to answer without running this request, if it must not run."""
         env = d.envelope
+        if env.id in self.cancelled:
+            message = f"request {env.id} was cancelled before pool {self.pool_name} started it"
+            return self._failure(d, Cancelled.code, message)
         if env.deadline_at_ms <= now_ms:
             late_ms = now_ms - env.deadline_at_ms
             message = f"request {env.id} reached its deadline {late_ms:.0f} ms before pool {self.pool_name} started it"
@@ -80,6 +87,7 @@ class Executor:
     def _triage(self, batch: list[Delivery]) -> tuple[list[Delivery], list[tuple[Delivery, Reply]]]:
         """Split a batch into what runs now and the failures answered without running."""
         now_ms = self.clock.now_ms()
+        self.cancelled.expire(now_ms)
         runnable: list[Delivery] = []
         refused: list[tuple[Delivery, Reply]] = []
         for d in batch:

@@ -114,4 +114,4 @@ class WorkerMetrics:
 
 
 def _outcome(code: str) -> str:
-    return code if code in ("deadline_exceeded", "model_not_found", "worker_error") else "error"
+    return code if code in ("deadline_exceeded", "model_not_found", "worker_error", "cancelled") else "error"

@@ -27,6 +27,7 @@ from gateway.settings import Settings
 
 from .backends import make_backend
 from .batcher import Batcher
+from .cancels import CancelledIds
 from .capacity import CapacityMeter, expected_batch_ms
 from .consumer import Consumer, Delivery
 from .executor import Executor
@@ -82,8 +83,15 @@ class WorkerProcess:
         self.clock = RedisClock()
         self.consumer = Consumer(self.redis, settings, pool_name, self.name)
         self.backend = make_backend(settings, pool_name)
+        self.cancelled = CancelledIds()
         self.executor = Executor(
-            settings, pool_name, self.name, self.backend, self.clock, publish_chunks=self.consumer.publish_chunks
+            settings,
+            pool_name,
+            self.name,
+            self.backend,
+            self.clock,
+            publish_chunks=self.consumer.publish_chunks,
+            cancelled=self.cancelled,
         )
         self.batcher: Batcher[Delivery] = Batcher(
             pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
@@ -118,6 +126,7 @@ class WorkerProcess:
         freeze_startup_heap()
         tasks = [
             asyncio.create_task(self._read_loop()),
+            asyncio.create_task(self.consumer.listen_cancels(self._cancelled, self.stopping)),
             asyncio.create_task(keep_synced(self.clock, self.redis, self.stopping, CLOCK_SYNC_S)),
             asyncio.create_task(self._reclaim_loop()),
             asyncio.create_task(every(protocol.HEARTBEAT_S, self.stopping, self._heartbeat)),
@@ -247,6 +256,10 @@ class WorkerProcess:
             if isinstance(reply, Result):
                 ran[self.priority[d.stream]] += 1
         return ran
+
+    def _cancelled(self, notice: protocol.Cancel) -> None:
+        """A gateway cancelled a request: answer it without running it if it comes (or waits) here."""
+        self.cancelled.add(notice.id, notice.deadline_at_ms, self.clock.now_ms())
 
     async def _heartbeat(self) -> None:
         """One heartbeat per stream: each tier is told the capacity this worker has for it."""

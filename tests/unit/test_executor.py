@@ -9,6 +9,7 @@ from gateway.clock import RedisClock
 from gateway.protocol import Envelope, Failure, Result
 from gateway.settings import Settings
 from workers.backends import Completion
+from workers.cancels import CancelledIds
 from workers.consumer import Delivery
 from workers.executor import Executor
 
@@ -82,3 +83,21 @@ async def test_queue_wait_counts_from_the_send_stamp_else_from_the_entry_id(
     assert isinstance(stamped, Result) and stamped.queue_ms == 10.75
     assert isinstance(old, Result) and old.queue_ms == 10.0  # no stamp: the entry id's whole ms
     assert stamped.enqueued_at_ms == old.enqueued_at_ms == 1_000_000
+
+
+async def test_a_cancelled_request_is_answered_without_running(make_settings: Callable[..., Settings]) -> None:
+    backend = RecordingBackend()
+    clock = RedisClock()
+    cancelled = CancelledIds()
+    executor = Executor(make_settings(), "cerebras-batch", "w1", backend, clock, cancelled=cancelled)
+    now = clock.now_ms()
+    cancelled.add("gone", int(now + 60_000), now)
+    replies = dict(
+        (d.envelope.id, reply)
+        for d, reply in await executor.execute([delivery("gone", now + 60_000), delivery("kept", now + 60_000)])
+    )
+    assert backend.ran == ["kept"]
+    gone = replies["gone"]
+    assert isinstance(gone, Failure) and gone.code == "cancelled"
+    assert gone.message == "request gone was cancelled before pool cerebras-batch started it"
+    assert isinstance(replies["kept"], Result)

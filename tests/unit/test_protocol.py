@@ -44,6 +44,7 @@ def test_envelope_and_replies_round_trip() -> None:
         protocol.dead_letter_key("realtime", "eu-west"),
         protocol.reply_key("host-1-abc"),
         protocol.request_key("0123abcd"),
+        protocol.cancel_channel("realtime", "eu-west"),
     ],
 )
 def test_every_key_has_one_cluster_hash_tag(key: str) -> None:
@@ -55,8 +56,25 @@ def test_a_stream_and_its_dead_letters_share_a_hash_slot() -> None:
     tag = re.compile(r"\{([^{}]+)\}")
     stream = tag.search(protocol.stream_key("batch", "us"))
     dead = tag.search(protocol.dead_letter_key("batch", "us"))
-    assert stream and dead and stream.group(1) == dead.group(1) == "batch.us"
+    cancels = tag.search(protocol.cancel_channel("batch", "us"))
+    assert stream and dead and cancels and stream.group(1) == dead.group(1) == cancels.group(1) == "batch.us"
     assert protocol.stream_key("batch", "us") != protocol.stream_key("batch", "eu")
+
+
+def test_an_accepted_record_names_its_stream_and_old_records_still_decode() -> None:
+    accepted = protocol.Accepted(
+        id="a", model="sim-echo", tier="batch", deadline_at_ms=5, region="us", reply_to="gw", entry_id="1-0"
+    )
+    assert protocol.stored_decoder.decode(protocol.encoder.encode(accepted)) == accepted
+    assert accepted.stream == protocol.stream_key("batch", "us")
+    old = protocol.encoder.encode(
+        {"type": "accepted", "id": "a", "model": "sim-echo", "tier": "batch", "deadline_at_ms": 5}
+    )
+    assert protocol.stored_decoder.decode(old) == protocol.Accepted(
+        id="a", model="sim-echo", tier="batch", deadline_at_ms=5
+    )
+    notice = protocol.Cancel(id="a", deadline_at_ms=5)
+    assert protocol.cancel_decoder.decode(protocol.encoder.encode(notice)) == notice
 
 
 def test_entry_ms_reads_redis_time_from_an_entry_id() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import fakeredis
 
+from gateway import protocol
 from gateway.queue import RequestQueue
 
 
@@ -27,4 +28,63 @@ async def test_requests_of_one_tick_share_one_pipeline_and_sample_the_length() -
     assert queue.lengths == {"tg:{batch.default}:requests": 10}
     entries = await redis.xrange("tg:{batch.default}:requests")
     assert [fields[b"m"] for _, fields in entries] == [b"%d" % i for i in range(10)]
+    await redis.aclose()
+
+
+STREAM = "tg:{batch.default}:requests"
+
+
+async def test_a_restated_key_rides_with_the_next_tick_and_keeps_its_ttl() -> None:
+    redis = fakeredis.aioredis.FakeRedis()
+    queue = RequestQueue(redis)
+    await queue.enqueue(STREAM, b"first", ("tg:{req.a}:accepted", b"without id", 60))
+    queue.restate("tg:{req.a}:accepted", b"with id")
+    queue.restate("tg:{req.gone}:accepted", b"never written")  # only a key that exists is rewritten
+    await queue.enqueue(STREAM, b"second")
+    assert await redis.get("tg:{req.a}:accepted") == b"with id"
+    assert 0 < await redis.ttl("tg:{req.a}:accepted") <= 60
+    assert await redis.exists("tg:{req.gone}:accepted") == 0
+    await queue.close()
+    await redis.aclose()
+
+
+def _queued(entry_id: bytes = b"", reply_to: str = "") -> protocol.Accepted:
+    return protocol.Accepted(
+        id="r1", model="sim-echo", tier="batch", deadline_at_ms=10**13, region="default",
+        reply_to=reply_to, entry_id=entry_id.decode(),
+    )  # fmt: skip
+
+
+async def test_cancel_deletes_the_entry_stores_cancelled_and_tells_the_accepting_gateway() -> None:
+    redis = fakeredis.aioredis.FakeRedis()
+    queue = RequestQueue(redis)
+    entry_id = await queue.enqueue(STREAM, b"payload")
+    stored = await queue.cancel(_queued(entry_id, reply_to="gw1"))
+    assert isinstance(stored, protocol.Failure) and stored.code == "cancelled"
+    assert await redis.xlen(STREAM) == 0
+    ((_, fields),) = await redis.xrange(protocol.reply_key("gw1"))
+    assert protocol.reply_decoder.decode(fields[protocol.PAYLOAD_FIELD]) == stored
+    assert await redis.pttl(protocol.reply_key("gw1")) > 0
+    assert await queue.cancel(_queued()) == stored  # again: still cancelled
+    await redis.aclose()
+
+
+async def test_cancel_after_the_answer_keeps_the_answer() -> None:
+    redis = fakeredis.aioredis.FakeRedis()
+    queue = RequestQueue(redis)
+    answer = protocol.Failure(id="r1", code="worker_error", message="boom")
+    await redis.set(protocol.request_key("r1"), protocol.encoder.encode(answer))
+    assert await queue.cancel(_queued()) == answer
+    await redis.aclose()
+
+
+async def test_a_cancel_after_a_hang_up_waits_for_the_entry_id() -> None:
+    redis = fakeredis.aioredis.FakeRedis()
+    queue = RequestQueue(redis)
+    enqueued = queue.enqueue(STREAM, b"payload")
+    queue.cancel_soon(_queued(), enqueued)  # before the XADD answered
+    await queue.close()
+    assert await redis.xlen(STREAM) == 0
+    stored = await queue.stored("r1")
+    assert isinstance(stored, protocol.Failure) and stored.code == "cancelled"
     await redis.aclose()
