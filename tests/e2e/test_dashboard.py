@@ -89,7 +89,10 @@ def test_up_lists_every_metrics_url(tiergate_up: Callable[..., Proc]) -> None:
     up = tiergate_up()
     urls = up.ready["metrics"]
     assert urls["gateway"] == f"{up.url}/metrics"
-    assert set(urls) == {"gateway", *up.ready["pools"]}
+    assert set(urls) == {"gateway", "supervisor", *up.ready["pools"]}
+    with urllib.request.urlopen(urls["supervisor"], timeout=10) as response:
+        families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+    assert "tiergate_supervisor_restarts" in families
     for pool in up.ready["pools"]:
         (url,) = urls[pool]
         with urllib.request.urlopen(url, timeout=10) as response:
