@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -46,6 +47,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.rows: list[tuple[float, float, int, float]] = []
+        self.server_ms: list[float] = []  # the gateway's own total_ms of each 200
 
     def summary(self, seconds: float, deadline_ms: int) -> dict[str, Any]:
         ok = [r for r in self.rows if r[2] == 200 and (r[1] - r[0]) * 1000 <= deadline_ms]
@@ -64,6 +66,7 @@ class Tally:
             "refusal_p99_ms": _pct(refused, 99),
             "retry_after_p50_s": _pct(retry, 50),
             "latencies_ms": [round((r[1] - r[0]) * 1000, 3) for r in self.rows if r[2] == 200],
+            "server_ms": self.server_ms,
         }
 
 
@@ -78,8 +81,11 @@ async def _send(session: aiohttp.ClientSession, url: str, payload: dict[str, Any
             data = await response.read()
             status = response.status
             retry = float(response.headers.get("Retry-After", 0))
-            if status == 200 and json.loads(data)["output"] != payload["input"][::-1]:
-                status = 0  # an answer to another request: an error, never goodput
+            if status == 200:
+                answer = json.loads(data)
+                if answer["output"] != payload["input"][::-1]:
+                    status = 0  # an answer to another request: an error, never goodput
+                tally.server_ms.append(answer["timings"]["total_ms"])
     except aiohttp.ClientError:
         status, retry = -1, 0.0
     tally.rows.append((sent, time.perf_counter() - start, status, retry))
@@ -117,6 +123,7 @@ async def closed_loop(url: str, tier: str, seconds: float) -> Tally:
 
 def client_main(spec: dict[str, Any]) -> None:
     """The client process: one phase, its summary as one JSON line on stdout."""
+    os.nice(spec.get("nice", 0))
     if spec["rate"]:
         args = (spec["url"], spec["tier"], spec["rate"], spec["seconds"], spec["deadline_ms"], spec["seed"])
         run = open_loop(*args, spec.get("chars", 0))
@@ -168,7 +175,9 @@ async def run(args: argparse.Namespace) -> None:
     print("|---" * 16 + "|")
     try:
         if args.isolation_rounds:
-            await isolation(url, redis, settings.gateway.region, args.isolation_s, args.isolation_rounds)
+            await isolation(
+                url, redis, settings.gateway.region, args.isolation_s, args.isolation_rounds, args.flood_nice
+            )
             return
         for tier in args.tiers.split(","):
             spec = {"url": url, "tier": tier, "rate": 0, "seconds": args.capacity_s, "deadline_ms": 60_000, "seed": 0}
@@ -196,9 +205,10 @@ ISOLATION_RATES = {"realtime": 50.0, "interactive": 50.0}
 FLOOD = {"tier": "batch", "rate": 1000.0, "deadline_ms": 2000}
 
 
-async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds: int) -> None:
+async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds: int, flood_nice: int = 0) -> None:
     """Realtime and interactive through the one URL, with batch idle, then flooded; alternating rounds."""
     flood = f"batch at {FLOOD['rate']:g} req/s (deadline {FLOOD['deadline_ms']} ms) from its own process"
+    flood += f" at nice {flood_nice}" if flood_nice else ""
     print(f"\nrealtime and interactive at {ISOLATION_RATES} req/s, {seconds:g} s a phase, through {url}; {flood}\n")
     print(
         "| round | phase | realtime sent | realtime p50 ms | realtime p99 ms | interactive p50 ms "
@@ -222,10 +232,11 @@ async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds:
                 for tier, rate in ISOLATION_RATES.items()
             ]
             if name == "batch flood":
-                specs.append({"url": url, "seconds": seconds, "seed": n} | FLOOD)
+                specs.append({"url": url, "seconds": seconds, "seed": n, "nice": flood_nice} | FLOOD)
             rows, steal = await phases(specs)
             for tier, row in zip(ISOLATION_RATES, rows, strict=False):
                 pooled.setdefault(name, {}).setdefault(tier, []).extend(row["latencies_ms"])
+                pooled.setdefault(f"{name} (gateway)", {}).setdefault(tier, []).extend(row["server_ms"])
                 per_round.setdefault(f"{name}/{tier}", []).append(_pct(sorted(row["latencies_ms"]), 99) or 0.0)
             print_isolation_row(n, name, rows, steal)
             await settle(redis, region)
@@ -240,6 +251,10 @@ async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds:
             f"{tier}: p99 over {count} requests a phase: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: ", end=""
         )
         print(f"{flood / idle:.2f}x ({spread})")
+        idle = _pct(sorted(pooled["batch idle (gateway)"][tier]), 99) or 0.0
+        flood = _pct(sorted(pooled["batch flood (gateway)"][tier]), 99) or 0.0
+        print(f"{tier}: the gateway's own total_ms p99: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: ", end="")
+        print(f"{flood / idle:.2f}x")
 
 
 def print_isolation_row(n: int, name: str, rows: list[dict[str, Any]], steal: float | None) -> None:
@@ -277,6 +292,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="shortest phase")
     parser.add_argument("--min-requests", type=int, default=2000, help="requests per phase at the least")
     parser.add_argument("--isolation-rounds", type=int, default=0, help="run the isolation rounds instead (0: no)")
+    parser.add_argument(
+        "--flood-nice", type=int, default=0, help="CPU priority of the flood's client (10: as if on another host)"
+    )
     parser.add_argument("--isolation-s", type=float, default=10.0, help="seconds of each isolation phase")
     parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the closed-loop capacity phase")
     args = parser.parse_args()
