@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from redis.asyncio import Redis
 
 from bench.scenarios import cpu_times, start_stack, steal_pct
+from gateway import protocol
+from gateway.clock import RedisClock
+from gateway.errors import RequestError
+from gateway.queue import RequestQueue
+from gateway.results import ResultReader, Waiters
 from gateway.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from workers.capacity import request_ms
 
@@ -73,13 +81,14 @@ def targets(settings: Settings, ready: dict[str, Any]) -> list[PoolTarget]:
     return found
 
 
-async def _one(session: aiohttp.ClientSession, target: PoolTarget, phase: Phase | None) -> None:
-    body = {"model": target.model, "input": TEXT, "tier": target.tier}
-    async with session.post(f"{target.url}/v1/infer", json=body) as response:
-        answer = await response.json()
+Send = Callable[["PoolTarget"], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+async def _one(send: Send, target: PoolTarget, phase: Phase | None) -> None:
+    status, answer = await send(target)
     if phase is None:
         return
-    if response.status != 200:
+    if status != 200:
         phase.failed += 1
     elif answer["pool"] != target.pool:
         phase.elsewhere += 1
@@ -90,16 +99,66 @@ async def _one(session: aiohttp.ClientSession, target: PoolTarget, phase: Phase 
         phase.total_ms.append(timings["total_ms"])
 
 
-async def sequential(session: aiohttp.ClientSession, target: PoolTarget, requests: int) -> Phase:
+def http_sender(session: aiohttp.ClientSession) -> Send:
+    async def send(target: PoolTarget) -> tuple[int, dict[str, Any]]:
+        body = {"model": target.model, "input": TEXT, "tier": target.tier}
+        async with session.post(f"{target.url}/v1/infer", json=body) as response:
+            return response.status, await response.json()
+
+    return send
+
+
+class DirectSender:
+    """Requests straight into the tier's stream, replies through the gateway's own waiter and
+    reader: the worker's precision without the HTTP layer's CPU on the same cores."""
+
+    def __init__(self, redis: Redis, region: str) -> None:
+        self.redis, self.region = redis, region
+        self.gateway_id = f"bench-{secrets.token_hex(4)}"
+        self.clock, self.waiters = RedisClock(), Waiters()
+        self.queue = RequestQueue(redis)
+        self.reader = ResultReader(redis, self.gateway_id, self.waiters)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.clock.sync(self.redis)
+        self._task = asyncio.create_task(self.reader.run(self._stop))
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        await self.reader.close()
+
+    async def __call__(self, target: PoolTarget) -> tuple[int, dict[str, Any]]:
+        now_ms = self.clock.now_ms()
+        env = protocol.Envelope(
+            id=protocol.new_request_id(), model=target.model, input=TEXT, tier=target.tier, region=self.region,
+            reply_to=self.gateway_id, deadline_at_ms=int(now_ms) + 1000, sent_at_ms=now_ms,
+        )  # fmt: skip
+        started = time.perf_counter()
+        waiting = self.waiters.add(env.id, 2.0)
+        await self.queue.enqueue(protocol.stream_key(target.tier, self.region), protocol.encoder.encode(env))
+        try:
+            reply = await waiting
+        except RequestError:
+            return 504, {}
+        if not isinstance(reply, protocol.Result):
+            return 500, {}
+        total_ms = (time.perf_counter() - started) * 1000.0
+        timings = {"service_ms": reply.service_ms, "queue_ms": reply.queue_ms, "total_ms": total_ms}
+        return 200, {"pool": reply.pool, "timings": timings}
+
+
+async def sequential(send: Send, target: PoolTarget, requests: int) -> Phase:
     phase = Phase(target.pool, "idle, sequential", None, target.profile_ms, sent=requests)
     for _ in range(requests):
-        await _one(session, target, phase)
+        await _one(send, target, phase)
     return phase
 
 
-async def open_loop(
-    session: aiohttp.ClientSession, target: PoolTarget, share: float, requests: int, seed: int = 1
-) -> Phase:
+async def open_loop(send: Send, target: PoolTarget, share: float, requests: int, seed: int = 1) -> Phase:
     """`requests` Poisson arrivals at `share` of the pool's capacity, each sent at its own time."""
     rate = target.capacity_per_s * share
     phase = Phase(target.pool, f"open loop, {share:.0%} load", rate, target.profile_ms, sent=requests)
@@ -110,29 +169,50 @@ async def open_loop(
     for _ in range(requests):
         offset_s += rng.expovariate(rate)
         await asyncio.sleep(max(0.0, start + offset_s - loop.time()))
-        sent.append(asyncio.create_task(_one(session, target, phase)))
+        sent.append(asyncio.create_task(_one(send, target, phase)))
     await asyncio.gather(*sent)
     return phase
 
 
 async def spread(
-    settings: Settings, ready: dict[str, Any], requests: int = 2000, loads: Sequence[float] = (0.5, 0.8)
+    settings: Settings,
+    ready: dict[str, Any],
+    requests: int = 2000,
+    loads: Sequence[float] = (0.5, 0.8),
+    direct: bool = False,
 ) -> list[Phase]:
-    """Every deterministic pool's phases against a running stack (`ready`: its ready line)."""
+    """Every deterministic pool's phases against a running stack (`ready`: its ready line), over
+    HTTP, or with `direct` straight through Redis."""
+    async with contextlib.AsyncExitStack() as stack:
+        if direct:
+            redis = Redis.from_url(ready["redis"])
+            stack.push_async_callback(redis.aclose)
+            sender = DirectSender(redis, settings.gateway.region)
+            await sender.start()
+            stack.push_async_callback(sender.close)
+            send: Send = sender
+        else:
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            stack.push_async_callback(session.close)
+            send = http_sender(session)
+        return await _phases(send, settings, ready, requests, loads)
+
+
+async def _phases(
+    send: Send, settings: Settings, ready: dict[str, Any], requests: int, loads: Sequence[float]
+) -> list[Phase]:
     phases: list[Phase] = []
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for target in targets(settings, ready):
-            for _ in range(WARMUP):
-                await _one(session, target, None)
+    for target in targets(settings, ready):
+        for _ in range(WARMUP):
+            await _one(send, target, None)
+        before = cpu_times()
+        phases.append(await sequential(send, target, requests))
+        phases[-1].steal_pct = steal_pct(before, cpu_times())
+        for n, share in enumerate(loads):
+            await asyncio.sleep(1.0)
             before = cpu_times()
-            phases.append(await sequential(session, target, requests))
+            phases.append(await open_loop(send, target, share, requests, seed=n + 1))
             phases[-1].steal_pct = steal_pct(before, cpu_times())
-            for n, share in enumerate(loads):
-                await asyncio.sleep(1.0)
-                before = cpu_times()
-                phases.append(await open_loop(session, target, share, requests, seed=n + 1))
-                phases[-1].steal_pct = steal_pct(before, cpu_times())
     return phases
 
 
@@ -177,7 +257,9 @@ async def main_async(args: argparse.Namespace) -> None:
         await asyncio.sleep(1.0)  # let every process finish starting
         load_before = os.getloadavg()
         started = time.monotonic()
-        phases = await spread(settings, ready, args.requests, [float(x) for x in args.loads.split(",")])
+        loads = [float(x) for x in args.loads.split(",")]
+        phases = await spread(settings, ready, args.requests, loads, args.direct)
+        print(f"requests sent {'straight into Redis' if args.direct else 'over HTTP'}\n")
         print(table(phases))
         elapsed_s = time.monotonic() - started
         load_after = os.getloadavg()
@@ -197,6 +279,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     parser.add_argument("--requests", type=int, default=2000, help="requests per phase")
+    parser.add_argument("--direct", action="store_true", help="send straight into Redis instead of over HTTP")
     parser.add_argument("--loads", default="0.5,0.8", help="open-loop loads, as shares of the pool's capacity")
     asyncio.run(main_async(parser.parse_args()))
 
