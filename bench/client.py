@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 import uvloop
 
-from gateway.settings import load_settings
+from core.settings import load_settings
 from loadtest import schedule
 from loadtest.runner import Target, play
 from loadtest.schedule import Arrival

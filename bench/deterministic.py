@@ -26,12 +26,12 @@ import aiohttp
 from redis.asyncio import Redis
 
 from bench.scenarios import cpu_times, start_stack, steal_pct
-from gateway import protocol
-from gateway.clock import RedisClock
-from gateway.errors import RequestError
+from core import protocol
+from core.clock import RedisClock
+from core.errors import RequestError
+from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
-from gateway.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from workers.capacity import request_ms
 
 TEXT = "hello tiergate"

@@ -30,7 +30,7 @@ import uvloop
 from redis.asyncio import Redis
 
 from bench.scenarios import cpu_times, drained, start_stack, steal_pct
-from gateway.settings import load_settings
+from core.settings import load_settings
 
 WARMUP_S = 1.0  # answers before this are not counted in goodput: the pools are still filling up
 CLOSED_LOOP_CLIENTS = 64

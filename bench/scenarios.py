@@ -35,8 +35,8 @@ import msgspec
 from redis.asyncio import Redis
 
 from bench.client import arrivals, encode_phases
-from gateway import protocol
-from gateway.settings import Settings, load_settings
+from core import protocol
+from core.settings import Settings, load_settings
 from loadtest.runner import Target, objectives, play
 from loadtest.stats import Recorder, merged, summary
 
@@ -45,7 +45,7 @@ TIERS = ("realtime", "interactive", "batch")
 
 def start_stack(config: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """`tiergate up` on `config`: the process and its ready line."""
-    argv = [sys.executable, "-m", "gateway", "up", "--port", "0", "--config", str(config), "--log-level", "WARNING"]
+    argv = [sys.executable, "-m", "ops", "up", "--port", "0", "--config", str(config), "--log-level", "WARNING"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None
     for line in process.stdout:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded import EmbeddedRedis, free_port
+from ops.embedded import EmbeddedRedis, free_port
 
 HERE = Path(__file__).resolve().parent
 BODY = '{"model": "sim-echo", "input": "hello tiergate", "tier": "interactive"}'

@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import QueueFull
-from .protocol import HEARTBEAT_STALE_MS, Heartbeat
+from core.errors import QueueFull
+from core.protocol import HEARTBEAT_STALE_MS, Heartbeat
 
 # Admit only what the estimate says will finish within this share of its deadline. The rest of
 # the deadline absorbs what the estimate cannot see: a processor's variable service time, a

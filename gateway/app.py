@@ -21,16 +21,18 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
-from . import dashboard, handlers, metrics, openai_api, openapi, protocol
+from core import protocol
+from core.background import every, join
+from core.clock import RedisClock, keep_synced
+from core.errors import BackendUnavailable, ListenError, QueueFull, RequestError
+from core.heap import freeze_startup_heap
+from core.settings import Settings
+
+from . import dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
-from .background import every, join
-from .clock import RedisClock, keep_synced
-from .errors import BackendUnavailable, ListenError, QueueFull, RequestError
-from .heap import freeze_startup_heap
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
-from .settings import Settings
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)

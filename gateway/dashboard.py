@@ -13,8 +13,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from core.errors import BackendUnavailable
+
 from . import slo
-from .errors import BackendUnavailable
 from .handlers import json_response
 from .metrics import METRICS, SLO_STORE
 from .state import STATE

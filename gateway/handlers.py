@@ -17,8 +17,8 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from . import protocol
-from .errors import (
+from core import protocol
+from core.errors import (
     AlreadyFinished,
     Cancelled,
     DeadlineExceeded,
@@ -29,6 +29,7 @@ from .errors import (
     for_request,
     from_code,
 )
+
 from .metrics import METRICS
 from .routing import Route
 from .state import STATE, GatewayState

@@ -17,11 +17,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from . import protocol, slo
-from .background import every, join
-from .errors import Cancelled, RequestError
+from core import protocol
+from core.background import every, join
+from core.errors import Cancelled, RequestError
+from core.settings import Settings
+
+from . import slo
 from .results import Waiters
-from .settings import Settings
 from .slo_store import SloStore
 from .state import STATE
 

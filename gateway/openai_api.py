@@ -20,9 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
-from . import protocol
+from core import protocol
+from core.errors import InvalidRequest, QueueFull, RequestError
+
 from .admission import Admission
-from .errors import InvalidRequest, QueueFull, RequestError
 from .handlers import (
     QUEUE_INFO_HEADER,
     REPLAYED_HEADER,

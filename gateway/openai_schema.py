@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from .errors import InvalidRequest
-from .settings import Settings
+from core.errors import InvalidRequest
+from core.settings import Settings
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -18,8 +18,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from . import protocol
-from .errors import RequestError, for_request, from_code
+from core import protocol
+from core.errors import RequestError, for_request, from_code
+
 from .metrics import METRICS, GatewayMetrics
 from .results import StreamEvent
 

@@ -12,9 +12,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from core.settings import Settings
+
 from .handlers import InferBody, ResultBody, json_response
 from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest
-from .settings import Settings
 
 REF = "#/components/schemas/{name}"
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)

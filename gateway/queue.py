@@ -16,9 +16,9 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import protocol
-from .errors import BackendUnavailable, Cancelled
-from .settings import DeliverySettings, GatewaySettings, Settings
+from core import protocol
+from core.errors import BackendUnavailable, Cancelled
+from core.settings import DeliverySettings, GatewaySettings, Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from . import protocol
-from .errors import DeadlineExceeded, RequestError
+from core import protocol
+from core.errors import DeadlineExceeded, RequestError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import InvalidRequest, ModelNotFound, TierNotServed
-from .protocol import stream_key
-from .settings import TIER_NAMES, Settings, TierSettings
+from core.errors import InvalidRequest, ModelNotFound, TierNotServed
+from core.protocol import stream_key
+from core.settings import TIER_NAMES, Settings, TierSettings
 
 
 @dataclass(slots=True, frozen=True)

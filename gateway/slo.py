@@ -10,7 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import SLO
+# The latency histogram bounds live in core (the workers' /metrics uses them too); named here as
+# well for the gateway's metrics, which read them as `slo.latency_buckets_s`.
+from core.buckets import latency_buckets_s as latency_buckets_s
+from core.settings import SLO
 
 # Latency histogram for percentiles: log buckets, each 4 % wider than the last, from 1 µs.
 # Percentiles read from it are within 4 % of the true value (the bucket's upper bound, capped
@@ -232,19 +235,6 @@ def alerts(burn: Mapping[str, float]) -> dict[str, bool]:
         "fast_burn": burn.get("1h", 0.0) > FAST_BURN and burn.get("5m", 0.0) > FAST_BURN,
         "slow_burn": burn.get("6h", 0.0) > SLOW_BURN and burn.get("30m", 0.0) > SLOW_BURN,
     }
-
-
-# Prometheus buckets (seconds): one set for every tier, 0.1 ms .. 300 s, roughly 1-2.5-5 steps,
-# with each tier's own latency objective added so `le="<objective>"` counts exactly what met it.
-BASE_BUCKETS_S = (
-    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
-    0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-def latency_buckets_s(objectives_ms: Iterable[float]) -> tuple[float, ...]:
-    return tuple(sorted(set(BASE_BUCKETS_S) | {round(ms / 1000.0, 6) for ms in objectives_ms}))
 
 
 # ---------------------------------------------------------------- the /v1/slo document

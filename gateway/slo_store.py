@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from . import protocol, slo
+from core import protocol
+
+from . import slo
 from .slo import TOTAL, Accumulator, Cell, Cells, Snapshot
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from redis.asyncio import Redis
 
+from core.clock import RedisClock
+from core.settings import Settings
+
 from . import admission
-from .clock import RedisClock
 from .queue import RequestQueue
 from .results import Waiters
 from .routing import Route, Router
-from .settings import Settings
 
 
 @dataclass(slots=True)

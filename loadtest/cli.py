@@ -1,6 +1,6 @@
 """`tiergate loadtest`: parse the flags, run the load (a single run, a capacity ramp, an agent or
 a leader of agents), then print the table or JSON and write the HTML report. The process entry
-point of the load tester; `gateway.cli` hands it every argument after `loadtest`.
+point of the load tester; `ops.cli` hands it every argument after `loadtest`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
-from gateway.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from core.errors import ConfigError
+from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
 from .schedule import ScheduleError, parse_mix, parse_size
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.settings import Settings
+from core.settings import Settings
 
 from . import coordinate, runner
 from .console import print_result

@@ -1,7 +1,7 @@
 """Everything the load tester keeps in or passes through Redis besides the load itself: recorded
 arrival schedules (`--record`/`--replay`), and distributed runs, where a leader publishes a plan,
 agents claim a share each, start at one moment on Redis's clock and publish their measurements
-(counts and hdrh-encoded histograms) for the leader to merge. Key names come from gateway.protocol.
+(counts and hdrh-encoded histograms) for the leader to merge. Key names come from core.protocol.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import msgspec
 from redis.asyncio import Redis
 
-from gateway import protocol
-from gateway.clock import RedisClock
-from gateway.settings import Settings
+from core import protocol
+from core.clock import RedisClock
+from core.settings import Settings
 
 from . import engine, runner
 from .schedule import Arrival, share

@@ -14,11 +14,11 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import protocol
-from gateway.clock import RedisClock
-from gateway.errors import RequestError
+from core import protocol
+from core.clock import RedisClock
+from core.errors import RequestError
+from core.settings import Settings
 from gateway.queue import RequestQueue
-from gateway.settings import Settings
 
 from .schedule import Arrival, input_text
 from .stats import Sample

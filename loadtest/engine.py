@@ -13,7 +13,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import protocol
+from core import protocol
 
 from .schedule import Arrival
 from .stats import Recorder, Sample

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from gateway.settings import Settings
+from core.settings import Settings
 
 from .stats import Recorder, TierStats
 

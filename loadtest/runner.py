@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from gateway.heap import freeze_startup_heap
-from gateway.settings import Settings
+from core.heap import freeze_startup_heap
+from core.settings import Settings
 
 from . import engine, schedule
 from .console import show_progress

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.embedded import EmbeddedRedis
-from gateway.settings import DEFAULT_CONFIG_PATH, Settings, parse_settings
+from core.settings import DEFAULT_CONFIG_PATH, Settings, parse_settings
+from ops.embedded import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 

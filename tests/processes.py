@@ -81,10 +81,10 @@ class Proc:
 
 
 def spawn(*args: str, env: dict[str, str] | None = None, capture_stderr: bool = False) -> Proc:
-    """`python -m gateway ARGS...` (the `tiergate` command), its output pumped into `lines`
+    """`python -m ops ARGS...` (the `tiergate` command), its output pumped into `lines`
     (and `errors`); does not wait for anything."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", *args], cwd=REPO, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "ops", *args], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture_stderr else subprocess.DEVNULL, text=True, env=env or os.environ.copy(),
     )  # fmt: skip
     proc = Proc(process)
@@ -112,7 +112,7 @@ def _pump(stream: object, into: list[str], each: Callable[[str], None]) -> threa
 
 
 def start(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60, capture_stderr: bool = False) -> Proc:
-    """`python -m gateway ARGS...` (the `tiergate` command), once its ready line is out."""
+    """`python -m ops ARGS...` (the `tiergate` command), once its ready line is out."""
     proc = spawn(*args, env=env, capture_stderr=capture_stderr)
     if not proc.found.wait(timeout_s):
         proc.stop(timeout_s=5)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.settings import LatencyModel
+from core.settings import LatencyModel
 
 from .models import tokens
 

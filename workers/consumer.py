@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
-from gateway import protocol
-from gateway.protocol import Envelope, Failure, Reply
-from gateway.settings import Settings, tier_rank
+from core import protocol
+from core.protocol import Envelope, Failure, Reply
+from core.settings import Settings, tier_rank
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import time
 
-from gateway.clock import RedisClock
-from gateway.errors import Cancelled
-from gateway.protocol import Envelope, Failure, Reply, Result
-from gateway.settings import Settings
+from core.clock import RedisClock
+from core.errors import Cancelled
+from core.protocol import Envelope, Failure, Reply, Result
+from core.settings import Settings
 
 from .backends import Backend, Completion
 from .cancels import CancelledIds

@@ -13,9 +13,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from gateway import slo
-from gateway.protocol import Failure, Reply, Result
-from gateway.settings import Settings
+from core.buckets import BATCH_SIZE_BUCKETS, latency_buckets_s
+from core.protocol import Failure, Reply, Result
+from core.settings import Settings
 
 
 @dataclass(slots=True)
@@ -32,13 +32,13 @@ class WorkerMetrics:
         self.settings = settings
         self.labels = (pool_name, pool.processor)
         self.registry = r = CollectorRegistry()
-        buckets = slo.latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
+        buckets = latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
         pool_labels = ("pool", "processor")
         tier_labels = ("pool", "processor", "tier")
         self.batches = Counter("tiergate_worker_batches", "Batches run", pool_labels, registry=r).labels(*self.labels)
         self.batch_size = Histogram(
             "tiergate_worker_batch_size", "Requests per batch run", pool_labels,
-            buckets=slo.BATCH_SIZE_BUCKETS, registry=r,
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
         ).labels(*self.labels)  # fmt: skip
         self.service = Histogram(
             "tiergate_worker_service_seconds", "Service time of one batch", pool_labels, buckets=buckets, registry=r

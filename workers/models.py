@@ -10,7 +10,7 @@ import hashlib
 import math
 import struct
 
-from gateway.settings import ModelSettings
+from core.settings import ModelSettings
 
 Output = str | list[float]
 

@@ -18,12 +18,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import protocol
-from gateway.background import every, join
-from gateway.clock import RedisClock, keep_synced
-from gateway.heap import freeze_startup_heap
-from gateway.protocol import Reply, Result
-from gateway.settings import Settings
+from core import protocol
+from core.background import every, join
+from core.clock import RedisClock, keep_synced
+from core.heap import freeze_startup_heap
+from core.protocol import Reply, Result
+from core.settings import Settings
 
 from .backends import make_backend
 from .batcher import Batcher

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from gateway.clock import RedisClock
-from gateway.protocol import Chunk
+from core.clock import RedisClock
+from core.protocol import Chunk
 
 from .consumer import Delivery
 

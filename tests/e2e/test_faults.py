@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 import redis
 
-from gateway import protocol
-from gateway.embedded import free_port, wait_for_ping
+from core import protocol
+from ops.embedded import free_port, wait_for_ping
 from tests.processes import Proc, start
 
 pytestmark = [

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.embedded import EmbeddedRedis
+from ops.embedded import EmbeddedRedis
 from tests.processes import Proc, spawn, start
 
 pytestmark = [

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from gateway.embedded import EmbeddedRedis
-from gateway.settings import DEFAULT_CONFIG_PATH, load_settings
+from core.settings import DEFAULT_CONFIG_PATH, load_settings
+from ops.embedded import EmbeddedRedis
 from tests.processes import Proc, start
 from workers.models import embed
 

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from core.settings import Settings
 from gateway.app import build_app
-from gateway.settings import Settings
 from workers.process import WorkerProcess
 
 

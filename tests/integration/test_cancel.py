@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import protocol
+from core import protocol
+from core.protocol import Envelope
 from gateway.metrics import METRICS
-from gateway.protocol import Envelope
 from tests.integration.conftest import Stack, wait_until
 from workers.backends import Backend, Completion, TokenSink
 from workers.process import WorkerProcess

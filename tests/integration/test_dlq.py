@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import protocol
-from gateway.settings import Settings
+from core import protocol
+from core.settings import Settings
 from tests.conftest import REPO
 from tests.integration.conftest import Stack, wait_until
 from tests.integration.test_recovery import STREAM, accept, status_of, take_as
@@ -26,7 +26,7 @@ DEAD = protocol.dead_letter_key("interactive", "default")
 
 async def tiergate(redis_url: str, *args: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "dlq", *args, "--redis-url", redis_url,
+        sys.executable, "-m", "ops", "dlq", *args, "--redis-url", redis_url,
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 30)

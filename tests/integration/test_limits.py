@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.settings import DEFAULT_CONFIG_PATH, load_settings
+from core.settings import DEFAULT_CONFIG_PATH, load_settings
 from tests.conftest import RedisServer
 from tests.processes import start
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.settings import Settings
+from core.settings import Settings
 from loadtest import runner
 from loadtest.report import write_report
 from loadtest.schedule import Arrival

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.settings import Settings
+from core.settings import Settings
 from loadtest import coordinate, runner, schedule
 from loadtest.stats import OUTCOMES
 from tests.conftest import REPO
@@ -48,7 +48,7 @@ async def test_two_agents_merged_report_is_the_sum_of_their_parts(stack: StartSt
 
 async def loadtest_cli(*args: str) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "loadtest", *args, "--json",
+        sys.executable, "-m", "ops", "loadtest", *args, "--json",
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 60)

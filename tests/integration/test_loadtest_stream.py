@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.settings import Settings
+from core.settings import Settings
 from loadtest import runner
 from loadtest.schedule import Arrival
 from tests.integration.conftest import Stack

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.settings import Settings
+from core.settings import Settings
 from tests.integration.conftest import Stack, wait_until
 
 StartStack = Callable[..., Any]

@@ -12,8 +12,8 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import protocol
-from gateway.settings import Settings
+from core import protocol
+from core.settings import Settings
 from gateway.state import STATE
 from tests.integration.conftest import Stack, wait_until
 from tests.integration.test_metrics import fast, scrape, total

@@ -10,8 +10,8 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import protocol
-from gateway.settings import Settings
+from core import protocol
+from core.settings import Settings
 from tests.integration.conftest import Stack
 from workers.models import embed
 

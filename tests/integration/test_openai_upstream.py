@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.embedded import free_port
-from gateway.settings import Settings
+from core.settings import Settings
+from ops.embedded import free_port
 from tests.integration.conftest import Stack
 
 StartStack = Callable[..., Any]

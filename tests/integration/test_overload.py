@@ -9,8 +9,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway import protocol
-from gateway.settings import Settings
+from core import protocol
+from core.settings import Settings
 from tests.integration.conftest import Stack, wait_until
 from workers.backends import Backend, Completion, TokenSink
 from workers.process import WorkerProcess

@@ -8,8 +8,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway import protocol
-from gateway.settings import Settings
+from core import protocol
+from core.settings import Settings
 from gateway.state import STATE
 from tests.integration.conftest import Stack, wait_until
 from workers.models import embed
@@ -156,7 +156,7 @@ async def test_full_queue_is_refused_with_429(stack: StartStack, make_settings: 
 
 
 async def test_redis_unreachable_is_503_and_healthz_stays_up(stack: StartStack) -> None:
-    from gateway.embedded import free_port
+    from ops.embedded import free_port
 
     s: Stack = await stack(pools=[], url=f"redis://127.0.0.1:{free_port()}/0")
     status, body = await s.infer(model="sim-echo", input="x")

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import protocol
+from core import protocol
+from core.settings import Settings
 from gateway.results import Waiters
-from gateway.settings import Settings
 from tests.integration.conftest import Stack, wait_until
 from workers.consumer import Consumer, Delivery
 from workers.process import claim_idle_ms

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.settings import Settings
+from core.settings import Settings
 from tests.integration.conftest import Stack, wait_until
 
 StartStack = Callable[..., Any]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import QueueFull
+from core.protocol import Heartbeat
 from gateway.admission import DEADLINE_SHARE, Capacity, admit, capacity_from, projected_backlog
-from gateway.errors import QueueFull
-from gateway.protocol import Heartbeat
 
 
 def test_an_idle_tier_admits_with_no_wait() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.settings import LatencyModel
+from core.settings import LatencyModel
 from workers.capacity import PROFILE_TOKENS, CapacityMeter, expected_batch_ms
 
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cli
-from gateway.settings import Settings
+from core.settings import Settings
+from ops import cli
 
 
 def test_up_hands_its_log_level_to_every_child() -> None:
     args = cli.parser().parse_args(["up", "--log-level", "WARNING"])
     args.config = Path("tiergate.toml")
     argv = cli._child_argv(args, "gateway", "--port", "0")
+    assert argv[1:4] == ["-m", "ops", "gateway"]
     assert argv[-2:] == ["--log-level", "WARNING"]
     assert argv[argv.index("--config") + 1] == "tiergate.toml"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.clock import RedisClock
-from gateway.protocol import Envelope, Failure, Result
-from gateway.settings import Settings
+from core.clock import RedisClock
+from core.protocol import Envelope, Failure, Result
+from core.settings import Settings
 from workers.backends import Completion
 from workers.cancels import CancelledIds
 from workers.consumer import Delivery

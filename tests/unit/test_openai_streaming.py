@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway import protocol
-from gateway.errors import ConfigError, DeadlineExceeded
+from core import protocol
+from core.errors import ConfigError, DeadlineExceeded
+from core.settings import Settings
 from gateway.results import Waiters
-from gateway.settings import Settings
 from workers.backends.simulated import SimulatedBackend
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.protocol import Envelope
-from gateway.settings import Settings
+from core.protocol import Envelope
+from core.settings import Settings
 from workers import precise
 from workers.backends.simulated import SimulatedBackend
 

@@ -7,7 +7,7 @@ import re
 import msgspec
 import pytest
 
-from gateway import protocol
+from core import protocol
 
 
 def test_envelope_and_replies_round_trip() -> None:

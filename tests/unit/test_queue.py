@@ -7,7 +7,7 @@ from typing import Any
 
 import fakeredis
 
-from gateway import protocol
+from core import protocol
 from gateway.queue import RequestQueue
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.restarts import GiveUp, Restart, RestartPolicy, last_error
-from gateway.settings import SupervisorSettings, parse_settings
+from core.errors import ConfigError
+from core.settings import SupervisorSettings, parse_settings
+from ops.restarts import GiveUp, Restart, RestartPolicy, last_error
 from tests.conftest import default_raw
 
 SETTINGS = SupervisorSettings(

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.errors import InvalidRequest, ModelNotFound, TierNotServed
+from core.errors import InvalidRequest, ModelNotFound, TierNotServed
+from core.settings import Settings
 from gateway.routing import Router
-from gateway.settings import Settings
 
 
 def test_model_default_tier_and_tier_default_deadline(make_settings: Callable[..., Settings]) -> None:

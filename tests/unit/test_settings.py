@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.settings import load_settings, parse_settings
+from core.errors import ConfigError
+from core.settings import load_settings, parse_settings
 from tests.conftest import default_raw
 
 

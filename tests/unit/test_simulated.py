@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.protocol import Envelope
-from gateway.settings import LatencyModel, Settings
+from core.protocol import Envelope
+from core.settings import LatencyModel, Settings
 from workers import models
 from workers.backends.simulated import SimulatedBackend, service_time_ms
 

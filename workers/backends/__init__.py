@@ -14,8 +14,8 @@ from typing import Protocol
 
 import msgspec
 
-from gateway.protocol import Envelope
-from gateway.settings import Settings
+from core.protocol import Envelope
+from core.settings import Settings
 
 
 class Completion(msgspec.Struct, frozen=True):

@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.protocol import Envelope
-from gateway.settings import Settings, UpstreamSettings
+from core.protocol import Envelope
+from core.settings import Settings, UpstreamSettings
 
 from . import Completion, TokenSink
 

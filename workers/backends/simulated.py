@@ -15,8 +15,8 @@ import random
 import time
 from collections.abc import Sequence
 
-from gateway.protocol import Envelope
-from gateway.settings import LatencyModel, Settings
+from core.protocol import Envelope
+from core.settings import LatencyModel, Settings
 
 from .. import models, precise
 from . import Completion, TokenSink

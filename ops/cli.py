@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import ConfigError, ListenError
-from .settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from core.errors import ConfigError, ListenError
+from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
 if TYPE_CHECKING:
     from .supervisor import Child
@@ -36,11 +36,11 @@ def _redis_url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _child_argv(args: argparse.Namespace, *command: str) -> list[str]:
-    return [sys.executable, "-m", "gateway", *command, "--config", str(args.config), "--log-level", args.log_level]
+    return [sys.executable, "-m", "ops", *command, "--config", str(args.config), "--log-level", args.log_level]
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
-    from .app import serve
+    from gateway.app import serve
 
     host = args.host or settings.gateway.host
     port = settings.gateway.port if args.port is None else args.port
@@ -173,7 +173,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from .routing import Router
+    from gateway.routing import Router
 
     path = args.path or args.config
     try:
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     args.config = args.config or Path(os.environ.get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
     if args.command == "config":
         raise SystemExit(cmd_config_check(args))
-    from . import logs
+    from core import logs
 
     logs.configure(args.log_level)
     try:

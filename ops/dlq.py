@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import msgspec
 from redis.asyncio import Redis
 
-from . import protocol
-from .clock import RedisClock
-from .settings import Settings
+from core import protocol
+from core.clock import RedisClock
+from core.settings import Settings
 
 
 @dataclass(slots=True, frozen=True)

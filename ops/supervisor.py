@@ -2,7 +2,7 @@
 
 Each child prints one JSON ready line on stdout; the supervisor waits for it, forwards the rest of
 the child's stdout and all of its stderr (keeping the last lines of stderr), and restarts a child
-that exits, with backoff (gateway/restarts.py). SIGTERM/SIGINT, or a child that cannot start,
+that exits, with backoff (ops/restarts.py). SIGTERM/SIGINT, or a child that cannot start,
 stops the gateways first, so in-flight requests finish, then the workers. Serves its own /metrics.
 """
 
@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from core.settings import SupervisorSettings
+
 from .restarts import GiveUp, RestartPolicy, last_error
-from .settings import SupervisorSettings
 from .supervisor_metrics import SupervisorMetrics
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .settings import SupervisorSettings
+from core.settings import SupervisorSettings
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,5 +1,0 @@
-"""`python -m gateway` is the `tiergate` command."""
-
-from .cli import main
-
-main()

@@ -1,0 +1,5 @@
+"""`python -m ops` is the `tiergate` command."""
+
+from .cli import main
+
+main()
