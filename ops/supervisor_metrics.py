@@ -4,11 +4,11 @@ prometheus-client's HTTP server on 127.0.0.1 and a free port; the URL goes into 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from core.metrics_http import MetricsEndpoint
 
 HOST = "127.0.0.1"
 
@@ -23,8 +23,7 @@ class SupervisorMetrics:
         self._counts = dict.fromkeys(children, 0)
         Gauge("tiergate_supervisor_children", "Child processes supervised", registry=r).set(len(children))
         Gauge("tiergate_supervisor_children_running", "Child processes alive", registry=r).set_function(running)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._endpoint = MetricsEndpoint(self.registry)
         self.url = ""
 
     def restarted(self, child: str) -> None:
@@ -36,15 +35,8 @@ class SupervisorMetrics:
 
     def serve(self) -> str:
         """Start the /metrics HTTP server on a free port; returns its URL."""
-        self._server, self._thread = start_http_server(0, addr=HOST, registry=self.registry)
-        self.url = f"http://{HOST}:{self._server.server_port}/metrics"
+        self.url = self._endpoint.serve(HOST, 0)
         return self.url
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._endpoint.close()

@@ -5,15 +5,14 @@ Label children are bound once per tier at start; a batch costs a few increments.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.buckets import BATCH_SIZE_BUCKETS, latency_buckets_s
+from core.metrics_http import MetricsEndpoint
 from core.protocol import Failure, Reply, Result
 from core.settings import Settings
 
@@ -68,26 +67,17 @@ class WorkerMetrics:
             )
             for tier in pool.tiers
         }
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._endpoint = MetricsEndpoint(self.registry)
         self.url = ""
         self.running = 0  # requests of the batch being executed
 
     def serve(self) -> str:
         """Start the /metrics HTTP server; returns its URL (with the real port)."""
-        host, port = self.settings.metrics.worker_host, self.settings.metrics.worker_port
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        self.url = f"http://{host}:{self._server.server_port}/metrics"
+        self.url = self._endpoint.serve(self.settings.metrics.worker_host, self.settings.metrics.worker_port)
         return self.url
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._endpoint.close()
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
         self.in_flight.set_function(count)
