@@ -24,9 +24,11 @@ from redis.asyncio import Redis
 from . import dashboard, handlers, metrics, openai_api, openapi, protocol
 from .admission import capacity_from
 from .background import every, join
+from .calls import CALLS, Calls
 from .clock import RedisClock, keep_synced
 from .errors import BackendUnavailable, ListenError, QueueFull, RequestError
 from .heap import freeze_startup_heap
+from .http_shared import json_response
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
@@ -41,7 +43,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return handlers.json_response({"error": {"type": code, "message": message}}, status=status)
+    return json_response({"error": {"type": code, "message": message}}, status=status)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -138,12 +140,14 @@ def _lifecycle(
             clock=RedisClock(),
         )
         app[STATE] = state
-        reader = ResultReader(redis, gateway_id, waiters, app[metrics.METRICS].async_reply)
+        calls = app[CALLS] = Calls(state, app[metrics.METRICS])
+        reader = ResultReader(redis, gateway_id, waiters, calls.async_reply)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(reader.run(stop)),
             asyncio.create_task(keep_synced(state.clock, redis, stop, CLOCK_SYNC_S)),
             asyncio.create_task(every(SAMPLE_S, stop, _sampler(state))),
+            asyncio.create_task(every(settings.metrics.queue_sample_interval_s, stop, calls.sweep)),
         ]
         yield
         stop.set()

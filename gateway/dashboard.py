@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from . import slo
 from .errors import BackendUnavailable
-from .handlers import json_response
+from .http_shared import json_response
 from .metrics import METRICS, SLO_STORE
 from .state import STATE
 

@@ -19,8 +19,7 @@ from redis.exceptions import RedisError
 
 from . import protocol, slo
 from .background import every, join
-from .errors import Cancelled, RequestError
-from .results import Waiters
+from .errors import Cancelled
 from .settings import Settings
 from .slo_store import SloStore
 from .state import STATE
@@ -172,13 +171,6 @@ class GatewayMetrics:
         self._in_flight[tier].dec()
         self._failure(tier, code, pool)
 
-    def interrupted(self, tier: str, exc: BaseException) -> None:
-        """A request that began ended by an exception: an error (deadline, Redis down) or a cancel."""
-        if isinstance(exc, RequestError):
-            self.failed(tier, exc.code)
-        else:
-            self.abandon(tier)
-
     def refused(self, tier: str) -> None:
         """Shed at admission: the tier's queue was full."""
         self.shed.labels(tier).inc()
@@ -226,7 +218,6 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(every(metrics.settings.metrics.slo_flush_interval_s, stop, _flusher(metrics, store))),
         asyncio.create_task(every(every_s, stop, _sampler(metrics, store, state.queue.lengths))),
-        asyncio.create_task(every(every_s, stop, _sweeper(metrics, state.waiters))),
     ]
     yield
     stop.set()
@@ -240,15 +231,6 @@ def _flusher(metrics: GatewayMetrics, store: SloStore) -> Callable[[], Awaitable
         await store.flush(metrics.accumulator)
 
     return flush
-
-
-def _sweeper(metrics: GatewayMetrics, waiters: Waiters) -> Callable[[], Awaitable[None]]:
-    async def sweep() -> None:
-        """Forget async requests that outlived their deadline and grace with no reply, counting each."""
-        for tier in waiters.sweep_async():
-            metrics.async_expired(tier)
-
-    return sweep
 
 
 def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, float]) -> Callable[[], Awaitable[None]]:

@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .handlers import InferBody, ResultBody, json_response
+from .handlers import InferBody, ResultBody
+from .http_shared import json_response
 from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest
 from .settings import Settings
 
