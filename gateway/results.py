@@ -130,6 +130,7 @@ class Waiters:
     def discard(self, request_id: str) -> None:
         entry = self._waiting.pop(request_id, None)
         self._streams.pop(request_id, None)
+        self._next_chunk.pop(request_id, None)
         if entry is not None:
             entry[1].cancel()
 

@@ -282,6 +282,8 @@ async def test_a_stream_whose_client_goes_away_is_cancelled_once(gateway: Gatewa
                 raise gone()  # the write of the first chunk finds the connection closed
     assert (gateway.outcomes(), gateway.in_flight(), len(gateway.waiters)) == ({"none:cancelled": 1}, 0, 0)
     assert [queued.id for queued, _ in gateway.queue.cancelled] == [call.id]
+    assert gateway.waiters.push(chunk(call.id, 1, "lo")) is False  # forgotten, its chunk count too
+    assert gateway.waiters._next_chunk == {}
 
 
 async def test_a_stream_that_cannot_be_queued_is_counted_once(gateway: Gateway) -> None:
