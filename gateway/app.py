@@ -30,6 +30,8 @@ from core.settings import Settings
 
 from . import dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
+from .calls import CALLS, Calls
+from .http_shared import json_response
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
@@ -43,7 +45,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return handlers.json_response({"error": {"type": code, "message": message}}, status=status)
+    return json_response({"error": {"type": code, "message": message}}, status=status)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -140,12 +142,14 @@ def _lifecycle(
             clock=RedisClock(),
         )
         app[STATE] = state
-        reader = ResultReader(redis, gateway_id, waiters, app[metrics.METRICS].async_reply)
+        calls = app[CALLS] = Calls(state, app[metrics.METRICS])
+        reader = ResultReader(redis, gateway_id, waiters, calls.async_reply)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(reader.run(stop)),
             asyncio.create_task(keep_synced(state.clock, redis, stop, CLOCK_SYNC_S)),
             asyncio.create_task(every(SAMPLE_S, stop, _sampler(state))),
+            asyncio.create_task(every(settings.metrics.queue_sample_interval_s, stop, calls.sweep)),
         ]
         yield
         stop.set()

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from core.errors import BackendUnavailable
 
 from . import slo
-from .handlers import json_response
+from .http_shared import json_response
 from .metrics import METRICS, SLO_STORE
 from .state import STATE
 

@@ -19,11 +19,11 @@ from redis.exceptions import RedisError
 
 from core import protocol
 from core.background import every, join
-from core.errors import Cancelled, RequestError
+from core.buckets import latency_buckets_s
+from core.errors import Cancelled
 from core.settings import Settings
 
 from . import slo
-from .results import Waiters
 from .slo_store import SloStore
 from .state import STATE
 
@@ -55,7 +55,7 @@ class GatewayMetrics:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = r = CollectorRegistry()
-        buckets = slo.latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
+        buckets = latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
         self.requests = Counter("tiergate_requests", "Requests by outcome", [*TIER_LABELS, "outcome"], registry=r)
         self.duration = Histogram(
             "tiergate_request_duration_seconds", "End-to-end latency at the gateway", TIER_LABELS, buckets=buckets,
@@ -174,13 +174,6 @@ class GatewayMetrics:
         self._in_flight[tier].dec()
         self._failure(tier, code, pool)
 
-    def interrupted(self, tier: str, exc: BaseException) -> None:
-        """A request that began ended by an exception: an error (deadline, Redis down) or a cancel."""
-        if isinstance(exc, RequestError):
-            self.failed(tier, exc.code)
-        else:
-            self.abandon(tier)
-
     def refused(self, tier: str) -> None:
         """Shed at admission: the tier's queue was full."""
         self.shed.labels(tier).inc()
@@ -228,7 +221,6 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(every(metrics.settings.metrics.slo_flush_interval_s, stop, _flusher(metrics, store))),
         asyncio.create_task(every(every_s, stop, _sampler(metrics, store, state.queue.lengths))),
-        asyncio.create_task(every(every_s, stop, _sweeper(metrics, state.waiters))),
     ]
     yield
     stop.set()
@@ -242,15 +234,6 @@ def _flusher(metrics: GatewayMetrics, store: SloStore) -> Callable[[], Awaitable
         await store.flush(metrics.accumulator)
 
     return flush
-
-
-def _sweeper(metrics: GatewayMetrics, waiters: Waiters) -> Callable[[], Awaitable[None]]:
-    async def sweep() -> None:
-        """Forget async requests that outlived their deadline and grace with no reply, counting each."""
-        for tier in waiters.sweep_async():
-            metrics.async_expired(tier)
-
-    return sweep
 
 
 def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, float]) -> Callable[[], Awaitable[None]]:

@@ -1,12 +1,12 @@
 """The OpenAI-compatible front door: `POST /v1/chat/completions`, `/v1/completions`,
 `/v1/embeddings` and `GET /v1/models`, in the request and response shapes the official SDK
-sends and reads. Requests go through the same routing, tick-pipelined queue and reply reader
-as the native API; errors come back in OpenAI's error shape. No Redis I/O of its own.
+sends and reads. Requests go through the same routing and admission as the native API, and
+each is owned by its `Call` (gateway/calls.py); errors come back in OpenAI's error shape. No
+Redis I/O of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import functools
@@ -24,19 +24,10 @@ from core import protocol
 from core.errors import InvalidRequest, QueueFull, RequestError
 
 from .admission import Admission
-from .handlers import (
-    QUEUE_INFO_HEADER,
-    REPLAYED_HEADER,
-    claim_idempotency,
-    first_result,
-    hung_up,
-    json_response,
-    wait_for_result,
-)
-from .metrics import METRICS
+from .calls import CALLS, Call, Calls, gather_results
+from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, idempotency_key, json_response
 from .openai_schema import decode_chat, decode_completion, decode_embedding, message_text
 from .openai_stream import StreamCall, error_type, stream_reply, usage
-from .results import StreamEvent
 from .routing import Route
 from .state import STATE, GatewayState
 
@@ -117,97 +108,28 @@ def _positive(text: str, header: str, what: str) -> float:
     return value
 
 
-def _route(request: web.Request, state: GatewayState, model: str, chars: int, service_tier: str | None) -> Route:
-    route = state.router.route(model, chars, pick_tier(request, state, service_tier))
+def _route(request: web.Request, calls: Calls, model: str, chars: int, service_tier: str | None) -> Route:
+    route = calls.state.router.route(model, chars, pick_tier(request, calls.state, service_tier))
     deadline_ms = client_deadline_ms(request, route.deadline_ms)
     if deadline_ms != route.deadline_ms:
         route = dataclasses.replace(route, deadline_ms=deadline_ms)
-    try:
-        request[ADMISSION] = state.admit(route)
-    except QueueFull:
-        request.app[METRICS].refused(route.tier)
-        raise
+    request[ADMISSION] = calls.admit(route)
     return route
 
 
-def _queue_comment(request: web.Request) -> str | None:
-    """The SSE comment with the queue position, for a client that sent the queue-info header."""
+def _early(request: web.Request, route: Route) -> tuple[str, str] | None:
+    """The stream's tier and SSE comment with the queue position, for a client that sent the
+    queue-info header: the stream opens with it, before the first token."""
     if QUEUE_INFO_HEADER not in request.headers:
         return None
     admission: Admission = request[ADMISSION]
     wait_ms = "unknown" if admission.wait_ms is None else f"{admission.wait_ms:.1f}"
-    return f"queue position={admission.position} estimated_wait_ms={wait_ms}"
+    return route.tier, f"queue position={admission.position} estimated_wait_ms={wait_ms}"
 
 
-def _envelope(state: GatewayState, route: Route, model: str, text: str, **extra: Any) -> protocol.Envelope:
-    now_ms = state.clock.now_ms()
-    return protocol.Envelope(
-        id=protocol.new_request_id(),
-        model=model,
-        input=text,
-        tier=route.tier,
-        region=route.region,
-        reply_to=state.gateway_id,
-        deadline_at_ms=int(now_ms) + route.deadline_ms,
-        sent_at_ms=round(now_ms, 3),
-        **extra,
-    )
-
-
-async def _stream(
-    request: web.Request, state: GatewayState, route: Route, env: protocol.Envelope, call: StreamCall
-) -> web.StreamResponse:
-    """Queue a streaming request and relay it; `stream_reply` counts its outcome."""
-    events: asyncio.Queue[StreamEvent] = state.waiters.add_stream(env.id, route.deadline_ms / 1000.0)
-    comment = _queue_comment(request)
-    metrics = request.app[METRICS]
-    metrics.begin(route.tier)
-    enqueued = state.queue.enqueue(route.stream, protocol.encoder.encode(env))
-    gone = functools.partial(hung_up, request, route, env, enqueued)
-    try:
-        await asyncio.shield(enqueued)  # a hang-up leaves the XADD running: its cancel needs the entry id
-    except asyncio.CancelledError:
-        state.waiters.discard(env.id)
-        gone()
-        raise
-    except BaseException as exc:
-        state.waiters.discard(env.id)
-        metrics.interrupted(route.tier, exc)
-        if isinstance(exc, RequestError):
-            exc.request_id = env.id
-        raise
-    try:
-        return await stream_reply(request, call, events, None if comment is None else (route.tier, comment), gone)
-    finally:
-        state.waiters.discard(env.id)
-
-
-def _elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)
-
-
-def _answered(request: web.Request, result: protocol.Result, started: float) -> float:
-    """Count a non-streamed answer done; its end-to-end latency (ms), as the client is told."""
-    total_ms = _elapsed_ms(started)
-    request.app[METRICS].done(result, total_ms)
-    return total_ms
-
-
-async def _run_once(
-    request: web.Request, state: GatewayState, route: Route, env: protocol.Envelope, started: float
-) -> tuple[protocol.Result, float, bool]:
-    """Run `env` and count it, unless its `Idempotency-Key` names an earlier request: then that
-    one's result, not counted again. The result, the latency to report, and whether it is a replay."""
-    first = await claim_idempotency(request, env.id)
-    if first is None:
-        result = await wait_for_result(request, route, env)
-        return result, _answered(request, result, started), False
-    return await first_result(state, first, route), _elapsed_ms(started), True
-
-
-def _with_headers(response: web.Response, result: protocol.Result, total_ms: float, replayed: bool) -> web.Response:
-    response.headers.update(_timing_headers([result], total_ms))
-    if replayed:
+def _with_headers(response: web.Response, result: protocol.Result, call: Call) -> web.Response:
+    response.headers.update(_timing_headers([result], call.total_ms))
+    if call.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
 
@@ -239,13 +161,12 @@ def _tiergate(result: protocol.Result, total_ms: float) -> dict[str, Any]:
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    state = request.app[STATE]
+    state, calls = request.app[STATE], request.app[CALLS]
     body = decode_chat(state.settings, await request.read())
     messages = tuple(protocol.ChatMessage(m.role, message_text(m.content), m.name or "") for m in body.messages)
     text = next((m.content for m in reversed(messages) if m.role == "user"), messages[-1].content)
-    route = _route(request, state, body.model, sum(len(m.content) for m in messages), body.service_tier)
-    env = _envelope(
-        state,
+    route = _route(request, calls, body.model, sum(len(m.content) for m in messages), body.service_tier)
+    env = calls.envelope(
         route,
         body.model,
         text,
@@ -255,11 +176,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     tier_name = body.service_tier if body.service_tier not in (None, "auto") else _service_tier_name(state, route.tier)
     if body.stream:
-        call = StreamCall(
-            "chat", env.id, body.model, int(time.time()), started, body.include_usage, tier_name, route.tier
-        )
-        return await _stream(request, state, route, env, call)
-    result, total_ms, replayed = await _run_once(request, state, route, env, started)
+        info = StreamCall("chat", env.id, body.model, int(time.time()), body.include_usage, tier_name)
+        return await stream_reply(request, info, calls.call(route, env, started), _early(request, route))
+    call = calls.call(route, env, started, idempotency_key(request))
+    result = await call.result()
+    total_ms = call.total_ms
     answer = {
         "id": f"chatcmpl-{result.id}",
         "object": "chat.completion",
@@ -278,22 +199,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "system_fingerprint": None,
         "tiergate": _tiergate(result, total_ms),
     }
-    return _with_headers(json_response(answer), result, total_ms, replayed)
+    return _with_headers(json_response(answer), result, call)
 
 
 @openai_errors
 async def completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    state = request.app[STATE]
-    body, prompt = decode_completion(state.settings, await request.read())
-    route = _route(request, state, body.model, len(prompt), body.service_tier)
-    env = _envelope(state, route, body.model, prompt, stream=bool(body.stream), max_tokens=body.max_tokens or 0)
+    calls = request.app[CALLS]
+    body, prompt = decode_completion(calls.state.settings, await request.read())
+    route = _route(request, calls, body.model, len(prompt), body.service_tier)
+    env = calls.envelope(route, body.model, prompt, stream=bool(body.stream), max_tokens=body.max_tokens or 0)
     if body.stream:
-        call = StreamCall(
-            "completion", env.id, body.model, int(time.time()), started, body.include_usage, None, route.tier
-        )
-        return await _stream(request, state, route, env, call)
-    result, total_ms, replayed = await _run_once(request, state, route, env, started)
+        info = StreamCall("completion", env.id, body.model, int(time.time()), body.include_usage, None)
+        return await stream_reply(request, info, calls.call(route, env, started), _early(request, route))
+    call = calls.call(route, env, started, idempotency_key(request))
+    result = await call.result()
+    total_ms = call.total_ms
     answer = {
         "id": f"cmpl-{result.id}",
         "object": "text_completion",
@@ -305,7 +226,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "usage": usage(result),
         "tiergate": _tiergate(result, total_ms),
     }
-    return _with_headers(json_response(answer), result, total_ms, replayed)
+    return _with_headers(json_response(answer), result, call)
 
 
 def _vector(values: str | list[float], encoding: str | None) -> list[float] | str:
@@ -318,24 +239,17 @@ def _vector(values: str | list[float], encoding: str | None) -> list[float] | st
 @openai_errors
 async def embeddings(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    state = request.app[STATE]
-    body, texts = decode_embedding(state.settings, await request.read())
-    routes = [_route(request, state, body.model, len(text), None) for text in texts]
-    # Every input is its own request; all of them join the same tick's pipeline.
-    outcomes = await asyncio.gather(
-        *(
-            wait_for_result(request, route, _envelope(state, route, body.model, text))
-            for route, text in zip(routes, texts, strict=True)
-        ),
-        return_exceptions=True,
-    )
-    results = [r for r in outcomes if isinstance(r, protocol.Result)]
-    total_ms = _elapsed_ms(started)
-    for result in results:  # each answered input counts, with the latency of the whole answer
-        request.app[METRICS].done(result, total_ms)
-    error = next((r for r in outcomes if isinstance(r, BaseException)), None)
-    if error is not None:
-        raise error
+    calls = request.app[CALLS]
+    body, texts = decode_embedding(calls.state.settings, await request.read())
+    routes = [_route(request, calls, body.model, len(text), None) for text in texts]
+    # Every input is its own request; all of them join the same tick's pipeline, and each one
+    # answered counts with the latency of the whole answer.
+    inputs = [
+        calls.call(route, calls.envelope(route, body.model, text), started)
+        for route, text in zip(routes, texts, strict=True)
+    ]
+    results = await gather_results(inputs)
+    total_ms = inputs[0].total_ms
     prompt_tokens = sum(r.prompt_tokens for r in results)
     answer = {
         "object": "list",

@@ -1,17 +1,13 @@
 """Server-Sent Events for the OpenAI-compatible API: turns a streaming request's chunks, read by
 the gateway's one reply reader, into OpenAI chunk objects as they arrive, ending with
 `data: [DONE]`. Headers go out with the first chunk, so they carry the time to first token;
-an error before it is an ordinary JSON error, one after it an SSE `error` event. Each stream's
-outcome is counted in the request metrics.
+an error before it is an ordinary JSON error, one after it an SSE `error` event. The request's
+`Call` counts its outcome; this module only renders.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +15,9 @@ import msgspec
 from aiohttp import web
 
 from core import protocol
-from core.errors import RequestError, for_request, from_code
+from core.errors import RequestError
 
-from .metrics import METRICS, GatewayMetrics
-from .results import StreamEvent
+from .calls import Call
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +32,8 @@ class StreamCall:
     request_id: str
     model: str
     created: int
-    started: float  # time.perf_counter() when the request arrived
     include_usage: bool
     service_tier: str | None
-    tier: str = ""  # the routed tier, for the request metrics
 
 
 def usage(result: protocol.Result) -> dict[str, int]:
@@ -67,22 +60,19 @@ class _Writer:
         self.call = call
         self.response: web.StreamResponse | None = None
         self.sent: list[str] = []
-        self.ttft_ms = 0.0
-        self.counted = False  # the outcome is in the request metrics
         prefix, self.object = (
             ("chatcmpl", "chat.completion.chunk") if call.kind == "chat" else ("cmpl", "text_completion")
         )
         self.id = f"{prefix}-{call.request_id}"
 
-    async def open(self, tier: str, pool: str, queue_ms: float) -> None:
+    async def open(self, tier: str, pool: str, queue_ms: float, ttft_ms: float) -> None:
         """Start the event stream at the first token, its headers carrying the tier and timings."""
-        self.first_token(tier, pool)
         await self._prepare(
             {
                 "X-Tiergate-Tier": tier,
                 "X-Tiergate-Pool": pool,
                 "X-Tiergate-Queue-Ms": f"{queue_ms:g}",
-                "X-Tiergate-TTFT-Ms": f"{self.ttft_ms:g}",
+                "X-Tiergate-TTFT-Ms": f"{ttft_ms:g}",
             }
         )
 
@@ -91,10 +81,6 @@ class _Writer:
         await self._prepare({"X-Tiergate-Tier": tier})
         assert self.response is not None
         await self.response.write(f": {comment}\n\n".encode())
-
-    def first_token(self, tier: str, pool: str) -> None:
-        self.ttft_ms = round((time.perf_counter() - self.call.started) * 1000.0, 3)
-        self.request.app[METRICS].first_token(tier, pool, self.ttft_ms / 1000.0)
 
     async def _prepare(self, headers: dict[str, str]) -> None:
         response = web.StreamResponse(
@@ -128,7 +114,7 @@ class _Writer:
         await self.send(self._chunk([self._choice(text, None)]))
         self.sent.append(text)
 
-    async def finish(self, result: protocol.Result, total_ms: float) -> None:
+    async def finish(self, result: protocol.Result, total_ms: float, ttft_ms: float) -> None:
         streamed = "".join(self.sent)
         output = result.output if isinstance(result.output, str) else ""
         if output.startswith(streamed) and len(output) > len(streamed):  # chunks lost on the way
@@ -140,7 +126,7 @@ class _Writer:
             "queue_ms": result.queue_ms,
             "service_ms": result.service_ms,
             "total_ms": total_ms,
-            "ttft_ms": self.ttft_ms,
+            "ttft_ms": ttft_ms,
         }
         await self.send(self._chunk([self._choice(None, result.finish_reason or "stop")], tiergate=timings))
         if self.call.include_usage:
@@ -149,74 +135,37 @@ class _Writer:
 
 
 async def stream_reply(
-    request: web.Request,
-    call: StreamCall,
-    events: asyncio.Queue[StreamEvent],
-    early: tuple[str, str] | None = None,
-    gone: Callable[[], None] | None = None,
+    request: web.Request, info: StreamCall, call: Call, early: tuple[str, str] | None = None
 ) -> web.StreamResponse:
-    """Relay one streaming request's events to the client until its Result or its error, and
-    count its outcome (it was counted in flight): done at its Result, failed at its error.
-    If the client goes away first, `gone` cancels the request and counts it (without one, it
-    is counted abandoned).
+    """Queue a streaming request and relay its events to the client until its Result or its
+    error; `call` counts the outcome, and cancels the request if the client goes away first.
 
     `early` (tier, comment) opens the stream before the first token with that SSE comment.
     """
-    writer = _Writer(request, call)
-    metrics = request.app[METRICS]
-    went_away = gone if gone is not None else functools.partial(metrics.abandon, call.tier)
+    writer = _Writer(request, info)
     try:
-        if early is not None:
-            await writer.open_early(*early)
-        return await _relay(writer, metrics, events)
+        async with call:
+            if early is not None:
+                await writer.open_early(*early)
+            return await _relay(writer, call)
     except ConnectionResetError:
-        log.info("stream client went away", extra={"id": call.request_id})
-        if not writer.counted:
-            went_away()
+        log.info("stream client went away", extra={"id": info.request_id})
         return writer.response or web.Response(status=499)
-    except asyncio.CancelledError:  # the client hung up while the handler waited
-        if not writer.counted:
-            went_away()
-        raise
-    except BaseException as exc:
-        if not writer.counted:
-            metrics.interrupted(call.tier, exc)
-        raise
 
 
-async def _relay(writer: _Writer, metrics: GatewayMetrics, events: asyncio.Queue[StreamEvent]) -> web.StreamResponse:
-    call = writer.call
-    while True:
-        event = await events.get()
-        if isinstance(event, protocol.Chunk | protocol.Result) and not writer.sent and not writer.ttft_ms:
+async def _relay(writer: _Writer, call: Call) -> web.StreamResponse:
+    try:
+        async for event in call:
+            ttft_ms = call.ttft_ms or 0.0  # set at the first Chunk or Result
             if writer.response is None:
-                await writer.open(event.tier, event.pool, event.queue_ms)
+                await writer.open(event.tier, event.pool, event.queue_ms, ttft_ms)
+            if isinstance(event, protocol.Chunk):
+                await writer.text(event.text)
             else:
-                writer.first_token(event.tier, event.pool)
-        if isinstance(event, protocol.Chunk):
-            await writer.text(event.text)
-            continue
-        writer.counted = True
-        if isinstance(event, protocol.Result):
-            total_ms = round((time.perf_counter() - call.started) * 1000.0, 3)
-            metrics.done(event, total_ms)  # end to end: until the final Result
-            await writer.finish(event, total_ms)
-            log.info("stream done", extra={"id": call.request_id, "tier": event.tier, "pool": event.pool})
-            return writer.response  # type: ignore[return-value]
-        error = _count_failure(metrics, call, event)
+                await writer.finish(event, call.total_ms, ttft_ms)  # end to end: until the final Result
+    except RequestError as error:
         if writer.response is None:
-            raise error
-        log.info("stream failed", extra={"id": call.request_id, "tier": call.tier, "error": error.code})
+            raise
+        log.info("stream failed", extra={"id": call.id, "tier": call.route.tier, "error": error.code})
         await writer.send(error_object(error))
-        return writer.response
-
-
-def _count_failure(metrics: GatewayMetrics, call: StreamCall, event: protocol.Failure | RequestError) -> RequestError:
-    """Count a stream's failure (a worker's, or the gateway's deadline) and the error to tell."""
-    if isinstance(event, protocol.Failure):
-        metrics.failed(call.tier, event.code, event.pool)
-        error = from_code(event.code, event.message)
-    else:
-        metrics.interrupted(call.tier, event)
-        error = event
-    return for_request(error, call.request_id)
+    return writer.response  # type: ignore[return-value]

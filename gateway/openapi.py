@@ -14,7 +14,8 @@ from aiohttp import web
 
 from core.settings import Settings
 
-from .handlers import InferBody, ResultBody, json_response
+from .handlers import InferBody, ResultBody
+from .http_shared import json_response
 from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest
 
 REF = "#/components/schemas/{name}"

@@ -130,6 +130,7 @@ class Waiters:
     def discard(self, request_id: str) -> None:
         entry = self._waiting.pop(request_id, None)
         self._streams.pop(request_id, None)
+        self._next_chunk.pop(request_id, None)
         if entry is not None:
             entry[1].cancel()
 
@@ -158,11 +159,13 @@ class ResultReader:
         gateway_id: str,
         waiters: Waiters,
         on_async: Callable[[protocol.Reply, str], None] | None = None,
+        block_ms: int = READ_BLOCK_MS,
     ) -> None:
         self.redis = redis
         self.key = protocol.reply_key(gateway_id)
         self.waiters = waiters
         self.on_async = on_async
+        self.block_ms = block_ms  # how long one XREAD waits: also how long `run` takes to stop
         self.last_id: bytes | str = "0-0"
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -170,7 +173,7 @@ class ResultReader:
         while not stop.is_set():
             try:
                 response: protocol.StreamReply | None = await self.redis.xread(
-                    {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                    {self.key: self.last_id}, count=READ_COUNT, block=self.block_ms
                 )  # type: ignore[assignment]
                 backoff = 0.1
             except (RedisError, OSError) as exc:

@@ -10,9 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# The latency histogram bounds live in core (the workers' /metrics uses them too); named here as
-# well for the gateway's metrics, which read them as `slo.latency_buckets_s`.
-from core.buckets import latency_buckets_s as latency_buckets_s
 from core.settings import SLO
 
 # Latency histogram for percentiles: log buckets, each 4 % wider than the last, from 1 µs.
