@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from core.buckets import BATCH_SIZE_BUCKETS, latency_buckets_s
+from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR
 from core.protocol import Failure, Reply, Result
 from core.settings import Settings
 
@@ -113,5 +114,8 @@ class WorkerMetrics:
                 self.requests.labels(*self.labels, reply.tier, _outcome(reply.code)).inc()
 
 
+_OUTCOME_CODES = frozenset((DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR, CANCELLED))  # an outcome label each
+
+
 def _outcome(code: str) -> str:
-    return code if code in ("deadline_exceeded", "model_not_found", "worker_error", "cancelled") else "error"
+    return code if code in _OUTCOME_CODES else "error"
