@@ -17,12 +17,30 @@
         ├── DeadlineExceeded        504 deadline_exceeded
         └── WorkerFailed            500 worker_error (the worker reported a failure)
 
-Foreign exceptions (redis, msgspec) are translated at the boundary with `raise ... from exc`.
+The codes are also module constants (`DEADLINE_EXCEEDED`, ...): a worker's `Failure` and the
+gateway's error bodies name them in one way. Foreign exceptions (redis, msgspec) are translated at
+the boundary with `raise ... from exc`.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+# The codes: a client reads one as its error body's `type`; a worker puts one in a `Failure`.
+# Every other module names a code through these constants, never as a string of its own.
+INTERNAL_ERROR = "internal_error"
+INVALID_REQUEST = "invalid_request"
+NOT_FOUND = "not_found"
+MODEL_NOT_FOUND = "model_not_found"
+CONFLICT = "conflict"
+CANCELLED = "cancelled"
+ALREADY_FINISHED = "already_finished"
+TIER_NOT_SERVED = "tier_not_served"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+QUEUE_FULL = "queue_full"
+REDIS_UNAVAILABLE = "redis_unavailable"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+WORKER_ERROR = "worker_error"
 
 
 class TiergateError(Exception):
@@ -45,7 +63,7 @@ class ListenError(TiergateError):
 
 class RequestError(TiergateError):
     status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
+    code: ClassVar[str] = INTERNAL_ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -62,55 +80,55 @@ class RequestError(TiergateError):
 
 class InvalidRequest(RequestError):
     status = 400
-    code = "invalid_request"
+    code = INVALID_REQUEST
 
 
 class NotFound(RequestError):
     status = 404
-    code = "not_found"
+    code = NOT_FOUND
 
 
 class ModelNotFound(NotFound):
-    code = "model_not_found"
+    code = MODEL_NOT_FOUND
 
 
 class Conflict(RequestError):
     """The request's state does not allow what was asked."""
 
     status = 409
-    code = "conflict"
+    code = CONFLICT
 
 
 class Cancelled(Conflict):
     """The request was cancelled (its client hung up, or `DELETE /v1/requests/{id}`) before a
     worker started it; also the code of the `Failure` stored as its answer."""
 
-    code = "cancelled"
+    code = CANCELLED
 
 
 class AlreadyFinished(Conflict):
     """`DELETE /v1/requests/{id}` of a request that already has its answer."""
 
-    code = "already_finished"
+    code = ALREADY_FINISHED
 
 
 class TierNotServed(RequestError):
     """The request's tier is not one this gateway serves: it is dedicated to other tiers."""
 
     status = 421
-    code = "tier_not_served"
+    code = TIER_NOT_SERVED
 
 
 class PayloadTooLarge(RequestError):
     status = 413
-    code = "payload_too_large"
+    code = PAYLOAD_TOO_LARGE
 
 
 class QueueFull(RequestError):
     """Refused by admission; `retry_after_s` becomes the Retry-After header."""
 
     status = 429
-    code = "queue_full"
+    code = QUEUE_FULL
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -119,17 +137,17 @@ class QueueFull(RequestError):
 
 class BackendUnavailable(RequestError):
     status = 503
-    code = "redis_unavailable"
+    code = REDIS_UNAVAILABLE
 
 
 class DeadlineExceeded(RequestError):
     status = 504
-    code = "deadline_exceeded"
+    code = DEADLINE_EXCEEDED
 
 
 class WorkerFailed(RequestError):
     status = 500
-    code = "worker_error"
+    code = WORKER_ERROR
 
 
 # Codes a worker may put in an ErrorReply, mapped back to the class the gateway raises.

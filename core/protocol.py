@@ -79,6 +79,34 @@ def slo_minute_max_key(epoch_min: int) -> str:
     return f"{KEY_PREFIX}:{{slo}}:xm:{epoch_min}"
 
 
+# A field of an SLO hash is `<tier>|<processor>|<stat>`; a member of an SLO maximum's sorted set is
+# `<tier>|<processor>`. Per-tier totals are kept under the processor name SLO_TOTAL.
+SLO_SEPARATOR = "|"
+SLO_TOTAL = "*"
+
+
+def slo_member(tier: str, processor: str) -> str:
+    """A (tier, processor)'s member of an SLO maximum's sorted set, and its hash fields' prefix."""
+    return f"{tier}{SLO_SEPARATOR}{processor}"
+
+
+def slo_field(tier: str, processor: str, stat: str) -> str:
+    """One counter of an SLO hash: `stat` of `tier` on `processor` (or SLO_TOTAL)."""
+    return f"{tier}{SLO_SEPARATOR}{processor}{SLO_SEPARATOR}{stat}"
+
+
+def parse_slo_field(name: bytes | str) -> tuple[str, str, str] | None:
+    """(tier, processor, stat) of an SLO hash field; None for a field of another shape."""
+    parts = (name.decode() if isinstance(name, bytes) else name).split(SLO_SEPARATOR)
+    return (parts[0], parts[1], parts[2]) if len(parts) >= 3 else None
+
+
+def parse_slo_member(name: bytes | str) -> tuple[str, str]:
+    """(tier, processor) of an SLO maximum's sorted-set member."""
+    tier, _, processor = (name.decode() if isinstance(name, bytes) else name).partition(SLO_SEPARATOR)
+    return tier, processor
+
+
 def loadtest_agents_key() -> str:
     """Load-test agents waiting for a plan (a sorted set: agent id -> last seen, ms)."""
     return f"{KEY_PREFIX}:{{loadtest}}:agents"

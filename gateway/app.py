@@ -24,7 +24,15 @@ from redis.asyncio import Redis
 from core import protocol
 from core.background import every, join
 from core.clock import RedisClock, keep_synced
-from core.errors import BackendUnavailable, ListenError, QueueFull, RequestError
+from core.errors import (
+    INTERNAL_ERROR,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    BackendUnavailable,
+    ListenError,
+    QueueFull,
+    RequestError,
+)
 from core.heap import freeze_startup_heap
 from core.settings import Settings
 
@@ -48,7 +56,7 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": {"type": code, "message": message}}, status=status)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {404: NOT_FOUND, 405: "method_not_allowed", 413: PAYLOAD_TOO_LARGE}
 
 
 @web.middleware
@@ -63,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[STATE].settings.gateway.max_body_bytes
-        return error_response(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
+        return error_response(413, PAYLOAD_TOO_LARGE, f"the body exceeds the limit of {limit} bytes")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -71,7 +79,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
-        return error_response(500, "internal_error", "internal error; the gateway log has the details")
+        return error_response(500, INTERNAL_ERROR, "internal error; the gateway log has the details")
 
 
 def body_timeout(timeout_s: float) -> Middleware:

@@ -94,6 +94,16 @@ def document(settings: Settings) -> dict[str, Any]:
     )
     _limit(schemas, settings)
     schemas["Error"] = _ERROR
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tiergate", "version": "1", "description": "Tiered inference gateway over Redis Streams."},
+        "paths": _paths(),
+        "components": {"schemas": schemas},
+    }
+
+
+def _paths() -> dict[str, Any]:
+    """Every path of the API with its operations and responses."""
     obj = {"type": "object"}
     result = {"$ref": REF.format(name="ResultBody")}
     queued = {"type": "object", "required": ["id", "status_url"], "properties": {"id": {"type": "string"}}}
@@ -103,48 +113,41 @@ def document(settings: Settings) -> dict[str, Any]:
         "properties": {"id": {"type": "string"}, "status": {"const": "cancelled"}},
     }
     return {
-        "openapi": "3.1.0",
-        "info": {"title": "tiergate", "version": "1", "description": "Tiered inference gateway over Redis Streams."},
-        "paths": {
-            "/v1/infer": _post(
-                "InferBody",
-                "Run one inference request, or queue it (`wait: false`)",
-                {"200": _json(result, "the result")},
-                extra={"202": _json(queued, "queued; poll status_url")},
-            ),
-            "/v1/requests/{id}": {
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "get": {
-                    "summary": "A queued request's state, result or error",
-                    "responses": {"200": _json(obj, "queued, done, failed or cancelled"), **_errors(404, 503)},
-                },
-                "delete": {
-                    "summary": "Cancel a request sent with `wait: false`: no worker starts it",
-                    "responses": {"200": _json(cancelled, "cancelled"), **_errors(404, 409, 503)},
-                },
+        "/v1/infer": _post(
+            "InferBody",
+            "Run one inference request, or queue it (`wait: false`)",
+            {"200": _json(result, "the result")},
+            extra={"202": _json(queued, "queued; poll status_url")},
+        ),
+        "/v1/requests/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "summary": "A queued request's state, result or error",
+                "responses": {"200": _json(obj, "queued, done, failed or cancelled"), **_errors(404, 503)},
             },
-            "/v1/chat/completions": _post(
-                "ChatRequest",
-                "OpenAI chat completions",
-                {"200": _json(obj, "a chat.completion, or SSE chunks when stream is true")},
-            ),
-            "/v1/completions": _post(
-                "CompletionRequest", "OpenAI text completions", {"200": _json(obj, "a text_completion, or SSE chunks")}
-            ),
-            "/v1/embeddings": _post(
-                "EmbeddingRequest", "OpenAI embeddings", {"200": _json(obj, "a list of embeddings")}
-            ),
-            "/v1/models": {"get": {"summary": "OpenAI model list", "responses": {"200": _json(obj, "the models")}}},
-            "/healthz": {"get": {"summary": "Liveness: never touches Redis", "responses": {"200": _json(obj, "ok")}}},
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness: Redis answers",
-                    "responses": {"200": _json(obj, "ready"), **_errors(503)},
-                }
+            "delete": {
+                "summary": "Cancel a request sent with `wait: false`: no worker starts it",
+                "responses": {"200": _json(cancelled, "cancelled"), **_errors(404, 409, 503)},
             },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json(obj, "OpenAPI 3.1")}}},
         },
-        "components": {"schemas": schemas},
+        "/v1/chat/completions": _post(
+            "ChatRequest",
+            "OpenAI chat completions",
+            {"200": _json(obj, "a chat.completion, or SSE chunks when stream is true")},
+        ),
+        "/v1/completions": _post(
+            "CompletionRequest", "OpenAI text completions", {"200": _json(obj, "a text_completion, or SSE chunks")}
+        ),
+        "/v1/embeddings": _post("EmbeddingRequest", "OpenAI embeddings", {"200": _json(obj, "a list of embeddings")}),
+        "/v1/models": {"get": {"summary": "OpenAI model list", "responses": {"200": _json(obj, "the models")}}},
+        "/healthz": {"get": {"summary": "Liveness: never touches Redis", "responses": {"200": _json(obj, "ok")}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis answers",
+                "responses": {"200": _json(obj, "ready"), **_errors(503)},
+            }
+        },
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json(obj, "OpenAPI 3.1")}}},
     }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import protocol
 from core.settings import SLO
 
 # Latency histogram for percentiles: log buckets, each 4 % wider than the last, from 1 µs.
@@ -22,7 +23,18 @@ _LOG_RATIO = math.log(BUCKET_RATIO)
 FAST_BURN = 14.4  # Google SRE workbook: 2 % of a 30-day budget in 1 h (windows 1 h and 5 min)
 SLOW_BURN = 6.0  # 5 % of a 30-day budget in 6 h (windows 6 h and 30 min)
 NO_PROCESSOR = "none"  # requests that failed before any processor ran them
-TOTAL = "*"  # processor name of the per-tier totals kept beside the per-processor counts
+
+# ---------------------------------------------------------------- the windows
+# Every window, in the order the report lists burn rates. Those up to SECOND_WINDOWS_S long are
+# summed from per-second counts, those up to MINUTE_WINDOWS_S from whole per-minute counts, and
+# longer ones from per-minute tier totals only (the slow-burn alert's 6 h needs no more).
+WINDOW_S = {"1m": 60, "5m": 300, "30m": 1800, "1h": 3600, "6h": 6 * 3600}
+REPORTED = ("1m", "5m", "1h")  # the windows `GET /v1/slo` reports in full
+WINDOWS_S = {name: WINDOW_S[name] for name in REPORTED}
+SECOND_WINDOWS_S = 300
+MINUTE_WINDOWS_S = 3600
+TOTALS_WINDOW = "6h"
+SERIES_S = 60  # the per-second series of the dashboard
 
 
 def bucket_index(latency_ms: float) -> int:
@@ -122,7 +134,8 @@ class Accumulator:
 
 
 # ---------------------------------------------------------------- Redis hash fields
-# Counters are `<tier>|<processor>|<stat>`; the maximum lives in a sorted set beside the hash.
+# Counters are `protocol.slo_field(tier, processor, stat)`; the maximum lives in a sorted set
+# beside the hash.
 
 
 def increments(cell: Cell) -> tuple[dict[str, int], dict[str, float]]:
@@ -139,12 +152,10 @@ _FLOAT_STATS = {"sum": "sum_ms", "busy": "busy_ms", "bat": "batches", "e": "ener
 def merge_hash(cells: Cells, fields: Mapping[bytes, bytes]) -> None:
     """Add one Redis hash of SLO fields into `cells`; unknown fields are ignored."""
     for raw_name, raw_value in fields.items():
-        parts = raw_name.decode().split("|")
-        if len(parts) < 3:
+        parsed = protocol.parse_slo_field(raw_name)
+        if parsed is None or parsed[1] == protocol.SLO_TOTAL:
             continue
-        tier, processor, stat = parts[0], parts[1], parts[2]
-        if processor == TOTAL:
-            continue
+        tier, processor, stat = parsed
         cell = cells.get((tier, processor))
         if cell is None:
             cell = cells[(tier, processor)] = Cell()
@@ -236,9 +247,6 @@ def alerts(burn: Mapping[str, float]) -> dict[str, bool]:
 
 # ---------------------------------------------------------------- the /v1/slo document
 
-WINDOWS_S = {"1m": 60, "5m": 300, "1h": 3600}
-SERIES_S = 60
-
 
 @dataclass(slots=True)
 class Snapshot:
@@ -262,14 +270,15 @@ def combine(spans: Iterable[Cells]) -> Cells:
 
 
 def windows(snap: Snapshot) -> dict[str, Cells]:
-    """The merged counts of each reported window, and of the 30 min burn-rate window."""
+    """The merged counts of each window but the tier-totals one (the 30 min burn-rate window too)."""
     now_min = snap.now_s // 60
-    return {
-        "1m": combine(c for s, c in snap.seconds.items() if s > snap.now_s - 60),
-        "5m": combine(c for s, c in snap.seconds.items() if s > snap.now_s - 300),
-        "30m": combine(c for m, c in snap.minutes.items() if m > now_min - 30),
-        "1h": combine(snap.minutes.values()),
-    }
+    spans: dict[str, Cells] = {}
+    for name, span_s in WINDOW_S.items():
+        if span_s <= SECOND_WINDOWS_S:
+            spans[name] = combine(c for s, c in snap.seconds.items() if s > snap.now_s - span_s)
+        elif span_s <= MINUTE_WINDOWS_S:
+            spans[name] = combine(c for m, c in snap.minutes.items() if m > now_min - span_s // 60)
+    return spans
 
 
 def tier_report(tier: str, slo: SLO, spans: Mapping[str, Cells], counts_6h: tuple[int, int]) -> dict[str, Any]:
@@ -287,7 +296,7 @@ def tier_report(tier: str, slo: SLO, spans: Mapping[str, Cells], counts_6h: tupl
             if t == tier
         }
         reported[name] = window
-    burn["6h"] = round(burn_rate(counts_6h[0], counts_6h[1], slo.objective), 4)
+    burn[TOTALS_WINDOW] = round(burn_rate(counts_6h[0], counts_6h[1], slo.objective), 4)
     return {
         "slo": {"latency_ms": slo.latency_ms, "percentile": slo.percentile, "objective": slo.objective},
         "windows": reported,

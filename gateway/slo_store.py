@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -16,17 +18,36 @@ from redis.exceptions import RedisError
 from core import protocol
 
 from . import slo
-from .slo import TOTAL, Accumulator, Cell, Cells, Snapshot
+from .slo import Accumulator, Cell, Cells, Snapshot
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SECOND_TTL_S = 6 * 60  # the 5-minute window and its per-second series, plus slack
-MINUTE_TTL_S = 6 * 3600 + 120  # the 6-hour window of the slow-burn alert
-MINUTE_MAX_TTL_S = 3600 + 120  # the maximum is reported up to the 1-hour window
-SECONDS_READ = 300  # per-second keys read: the 1 min and 5 min windows
-MINUTES_FULL = 60  # per-minute keys read whole: the 30 min and 1 h windows
-MINUTES_COUNTS = 360  # per-minute keys whose tier totals are read: the 6 h window
+# What is read and how long it is kept follows the windows of `slo` (WINDOW_S), with slack.
+SECONDS_READ = slo.SECOND_WINDOWS_S  # per-second keys read: the windows summed from seconds
+MINUTES_FULL = slo.MINUTE_WINDOWS_S // 60  # per-minute keys read whole: the windows summed from minutes
+MINUTES_COUNTS = slo.WINDOW_S[slo.TOTALS_WINDOW] // 60  # per-minute keys whose tier totals are read
+SECOND_TTL_S = SECONDS_READ + 60  # the per-second windows and the series, plus slack
+MINUTE_TTL_S = MINUTES_COUNTS * 60 + 120  # the tier-totals window of the slow-burn alert
+MINUTE_MAX_TTL_S = MINUTES_FULL * 60 + 120  # the maximum is reported up to the longest full window
+
+
+@dataclass(frozen=True, slots=True)
+class _Spans:
+    """The seconds and minutes one report reads, around `now_s`."""
+
+    seconds: range
+    minutes: range  # read whole
+    older: range  # only their tier totals are read
+
+    @classmethod
+    def around(cls, now_s: int) -> _Spans:
+        now_min = now_s // 60
+        return cls(
+            seconds=range(now_s - SECONDS_READ + 1, now_s + 1),
+            minutes=range(now_min - MINUTES_FULL + 1, now_min + 1),
+            older=range(now_min - MINUTES_COUNTS + 1, now_min - MINUTES_FULL + 1),
+        )
 
 
 class SloStore:
@@ -49,15 +70,15 @@ class SloStore:
             minute = epoch_s // 60
             minutes.add(minute)
             for (tier, processor), cell in cells.items():
-                prefix = f"{tier}|{processor}|"
+                member = protocol.slo_member(tier, processor)
                 minute_key = protocol.slo_minute_key(minute)
-                _increment(pipe, protocol.slo_second_key(epoch_s), prefix, cell)
-                _increment(pipe, minute_key, prefix, cell)
+                _increment(pipe, protocol.slo_second_key(epoch_s), tier, processor, cell)
+                _increment(pipe, minute_key, tier, processor, cell)
                 if cell.ok:  # Redis has no "keep the larger" hash increment; a sorted set's GT does it
-                    pipe.zadd(protocol.slo_max_key(epoch_s), {f"{tier}|{processor}": cell.max_ms}, gt=True)
-                    pipe.zadd(protocol.slo_minute_max_key(minute), {f"{tier}|{processor}": cell.max_ms}, gt=True)
-                pipe.hincrby(minute_key, f"{tier}|{TOTAL}|n", cell.n)
-                pipe.hincrby(minute_key, f"{tier}|{TOTAL}|met", cell.met)
+                    pipe.zadd(protocol.slo_max_key(epoch_s), {member: cell.max_ms}, gt=True)
+                    pipe.zadd(protocol.slo_minute_max_key(minute), {member: cell.max_ms}, gt=True)
+                pipe.hincrby(minute_key, protocol.slo_field(tier, protocol.SLO_TOTAL, "n"), cell.n)
+                pipe.hincrby(minute_key, protocol.slo_field(tier, protocol.SLO_TOTAL, "met"), cell.met)
             pipe.expire(protocol.slo_second_key(epoch_s), SECOND_TTL_S)
             pipe.expire(protocol.slo_max_key(epoch_s), SECOND_TTL_S)
         for minute in minutes:
@@ -75,14 +96,25 @@ class SloStore:
         Seconds and minutes that ended more than `settle_s` ago are final (every gateway has
         flushed them): they are parsed once and kept, so a report reads only the recent keys.
         """
-        now_min = now_s // 60
-        seconds_span = range(now_s - SECONDS_READ + 1, now_s + 1)
-        minutes_span = range(now_min - MINUTES_FULL + 1, now_min + 1)
-        older_span = range(now_min - MINUTES_COUNTS + 1, now_min - MINUTES_FULL + 1)
-        want_s = [t for t in seconds_span if t not in self._seconds]
-        want_m = [m for m in minutes_span if m not in self._minutes]
-        want_o = [m for m in older_span if m not in self._older]
-        fields = [f"{tier}|{TOTAL}|{stat}" for tier in tiers for stat in ("n", "met")]
+        spans = _Spans.around(now_s)
+        fresh_s, fresh_m, fresh_o = await self._read_missing(spans, tiers)
+        final_s = now_s - math.ceil(self.settle_s)  # seconds up to this one are final
+        self._keep(self._seconds, fresh_s, final_s, spans.seconds.start)
+        self._keep(self._minutes, fresh_m, final_s // 60 - 1, spans.minutes.start)
+        self._keep(self._older, fresh_o, final_s // 60 - 1, spans.older.start)
+        seconds = {t: self._seconds[t] if t in self._seconds else fresh_s[t] for t in spans.seconds}
+        minutes = {m: self._minutes[m] if m in self._minutes else fresh_m[m] for m in spans.minutes}
+        older = [self._older[m] if m in self._older else fresh_o[m] for m in spans.older]
+        return Snapshot(now_s, seconds, minutes, _tier_counts(tiers, minutes.values(), older))
+
+    async def _read_missing(
+        self, spans: _Spans, tiers: list[str]
+    ) -> tuple[dict[int, Cells], dict[int, Cells], dict[int, dict[str, tuple[int, int]]]]:
+        """Read, in one pipeline, the seconds, minutes and older minutes that are not cached."""
+        want_s = [t for t in spans.seconds if t not in self._seconds]
+        want_m = [m for m in spans.minutes if m not in self._minutes]
+        want_o = [m for m in spans.older if m not in self._older]
+        fields = [protocol.slo_field(tier, protocol.SLO_TOTAL, stat) for tier in tiers for stat in ("n", "met")]
         pipe = self.redis.pipeline(transaction=False)
         for t in want_s:
             pipe.hgetall(protocol.slo_second_key(t))
@@ -93,29 +125,12 @@ class SloStore:
         for m in want_o:
             pipe.hmget(protocol.slo_minute_key(m), fields)
         replies = await pipe.execute() if want_s or want_m or want_o else []
-        final_s = now_s - math.ceil(self.settle_s)  # seconds up to this one are final
         fresh_s = {t: _cells(replies[2 * i], replies[2 * i + 1]) for i, t in enumerate(want_s)}
         offset = 2 * len(want_s)
         fresh_m = {m: _cells(replies[offset + 2 * i], replies[offset + 2 * i + 1]) for i, m in enumerate(want_m)}
         offset += 2 * len(want_m)
         fresh_o = {m: _totals(tiers, replies[offset + i]) for i, m in enumerate(want_o)}
-        self._keep(self._seconds, fresh_s, final_s, seconds_span.start)
-        self._keep(self._minutes, fresh_m, final_s // 60 - 1, minutes_span.start)
-        self._keep(self._older, fresh_o, final_s // 60 - 1, older_span.start)
-        seconds = {t: self._seconds[t] if t in self._seconds else fresh_s[t] for t in seconds_span}
-        minutes = {m: self._minutes[m] if m in self._minutes else fresh_m[m] for m in minutes_span}
-        counts = {tier: [0, 0] for tier in tiers}
-        for cells in minutes.values():
-            for (tier, _), cell in cells.items():
-                if tier in counts:
-                    counts[tier][0] += cell.n
-                    counts[tier][1] += cell.met
-        for m in older_span:
-            for tier, (n, met) in (self._older[m] if m in self._older else fresh_o[m]).items():
-                if tier in counts:
-                    counts[tier][0] += n
-                    counts[tier][1] += met
-        return Snapshot(now_s, seconds, minutes, {tier: (n, met) for tier, (n, met) in counts.items()})
+        return fresh_s, fresh_m, fresh_o
 
     @staticmethod
     def _keep(cache: dict[int, _T], fresh: dict[int, _T], final: int, oldest: int) -> None:
@@ -138,22 +153,39 @@ class SloStore:
         return samples
 
 
-def _increment(pipe: Pipeline, key: str, prefix: str, cell: Cell) -> None:
+def _increment(pipe: Pipeline, key: str, tier: str, processor: str, cell: Cell) -> None:
     ints, floats = slo.increments(cell)
     for stat, amount in ints.items():
-        pipe.hincrby(key, prefix + stat, amount)
+        pipe.hincrby(key, protocol.slo_field(tier, processor, stat), amount)
     for stat, value in floats.items():
-        pipe.hincrbyfloat(key, prefix + stat, value)
+        pipe.hincrbyfloat(key, protocol.slo_field(tier, processor, stat), value)
 
 
 def _cells(fields: dict[bytes, bytes], maxima: list[tuple[bytes, float]]) -> Cells:
     cells = slo.merge([fields])
     for member, score in maxima:
-        tier, _, processor = member.decode().partition("|")
-        cell = cells.get((tier, processor))
+        cell = cells.get(protocol.parse_slo_member(member))
         if cell is not None:
             cell.max_ms = max(cell.max_ms, score)
     return cells
+
+
+def _tier_counts(
+    tiers: list[str], minutes: Iterable[Cells], older: Iterable[dict[str, tuple[int, int]]]
+) -> dict[str, tuple[int, int]]:
+    """Each tier's (requests, met) over the whole minutes and the older minutes' totals."""
+    counts = {tier: [0, 0] for tier in tiers}
+    for cells in minutes:
+        for (tier, _), cell in cells.items():
+            if tier in counts:
+                counts[tier][0] += cell.n
+                counts[tier][1] += cell.met
+    for totals in older:
+        for tier, (n, met) in totals.items():
+            if tier in counts:
+                counts[tier][0] += n
+                counts[tier][1] += met
+    return {tier: (n, met) for tier, (n, met) in counts.items()}
 
 
 def _totals(tiers: list[str], values: list[bytes | None]) -> dict[str, tuple[int, int]]:

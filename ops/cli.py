@@ -98,47 +98,55 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from .embedded import EmbeddedRedis
-    from .supervisor import Supervisor
 
     url = args.redis_url or settings.redis.url
     embedded = None if url else EmbeddedRedis()
     if embedded is not None:
         url = embedded.start()
-    host = args.host or settings.gateway.host
-    port = settings.gateway.port if args.port is None else args.port
-
-    async def supervise() -> int:
-        gateway, tier_gateways, workers = _up_children(args, settings, url, host, port)
-        gateways = [gateway, *tier_gateways.values()]
-        supervisor = Supervisor(settings.supervisor, [gateways, list(workers.values())])
-
-        def ready() -> None:
-            _print_ready(
-                url=gateway.ready["url"],
-                tier_urls={tier: g.ready["url"] for tier, g in tier_gateways.items()},
-                redis=url,
-                redis_kind=embedded.kind if embedded else "external",
-                pools={name: settings.pools[name].replicas for name in settings.pools},
-                metrics={
-                    "gateway": f"{gateway.ready['url']}/metrics",
-                    **{f"gateway:{tier}": f"{g.ready['url']}/metrics" for tier, g in tier_gateways.items()},
-                    **{name: _metrics_urls(w.ready) for name, w in workers.items()},
-                    "supervisor": supervisor.metrics.url,
-                },
-            )
-
-        try:
-            return _stopping(await supervisor.run(ready))
-        finally:
-            await supervisor.stop(grace_s=settings.gateway.shutdown_grace_s + 5)
-
     try:
-        code = asyncio.run(supervise())
+        code = asyncio.run(_supervise_up(args, settings, url, embedded.kind if embedded else "external"))
     finally:
         if embedded is not None:
             embedded.stop()
     print(msgspec.json.encode({"event": "stopped"}).decode(), flush=True)
     raise SystemExit(code)
+
+
+async def _supervise_up(args: argparse.Namespace, settings: Settings, url: str, redis_kind: str) -> int:
+    """Run `tiergate up`'s children until a signal or a child that cannot start; the exit status."""
+    from .supervisor import Supervisor
+
+    host = args.host or settings.gateway.host
+    port = settings.gateway.port if args.port is None else args.port
+    gateway, tier_gateways, workers = _up_children(args, settings, url, host, port)
+    supervisor = Supervisor(settings.supervisor, [[gateway, *tier_gateways.values()], list(workers.values())])
+
+    def ready() -> None:
+        _print_ready(
+            url=gateway.ready["url"],
+            tier_urls={tier: g.ready["url"] for tier, g in tier_gateways.items()},
+            redis=url,
+            redis_kind=redis_kind,
+            pools={name: settings.pools[name].replicas for name in settings.pools},
+            metrics=_up_metrics(gateway, tier_gateways, workers, supervisor.metrics.url),
+        )
+
+    try:
+        return _stopping(await supervisor.run(ready))
+    finally:
+        await supervisor.stop(grace_s=settings.gateway.shutdown_grace_s + 5)
+
+
+def _up_metrics(
+    gateway: Child, tier_gateways: dict[str, Child], workers: dict[str, Child], supervisor_url: str
+) -> dict[str, object]:
+    """The /metrics URLs of every process of `tiergate up`, for its ready line."""
+    return {
+        "gateway": f"{gateway.ready['url']}/metrics",
+        **{f"gateway:{tier}": f"{g.ready['url']}/metrics" for tier, g in tier_gateways.items()},
+        **{name: _metrics_urls(w.ready) for name, w in workers.items()},
+        "supervisor": supervisor_url,
+    }
 
 
 def _up_children(

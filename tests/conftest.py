@@ -2,13 +2,17 @@
 
 Where `redis-server` is missing the Redis fixture falls back to fakeredis's TCP server and skips
 tests marked `redis_server`; with TIERGATE_TEST_REQUIRE_REDIS=1 (as CI sets) it fails instead.
+
+The `tiergate` processes a test starts (tests/processes.py) have their stderr attached to the
+report of a test that fails, and a test whose processes printed a Python traceback fails, unless
+it is marked `expects_traceback`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import redis
 
 from core.settings import DEFAULT_CONFIG_PATH, Settings, parse_settings
 from ops.embedded import EmbeddedRedis
+from tests.processes import STARTED, Proc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,10 +86,54 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.close()
 
 
+def _redis_required() -> bool:
+    return os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that needs a real redis-server fails, rather than skips, where Redis is required."""
+    if "redis_server" in item.keywords and shutil.which("redis-server") is None and _redis_required():
+        pytest.fail("redis-server is not on PATH and TIERGATE_TEST_REQUIRE_REDIS=1")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if shutil.which("redis-server") is not None or os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1":
+    if shutil.which("redis-server") is not None or _redis_required():
         return
     skip = pytest.mark.skip(reason="needs a real redis-server, which is not on PATH")
     for item in items:
         if "redis_server" in item.keywords:
             item.add_marker(skip)
+
+
+_FIRST_CHILD = pytest.StashKey[int]()  # index in STARTED of the first process the test started
+
+
+def _children(item: pytest.Item) -> list[Proc]:
+    first = item.stash.get(_FIRST_CHILD, len(STARTED))
+    return STARTED[first:]
+
+
+@pytest.fixture(autouse=True)
+def _children_stderr(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test when a process it started printed a traceback (after every other fixture
+    has stopped them), unless the test is marked `expects_traceback`."""
+    request.node.stash[_FIRST_CHILD] = len(STARTED)
+    yield
+    children = _children(request.node)
+    del STARTED[request.node.stash[_FIRST_CHILD] :]
+    if request.node.get_closest_marker("expects_traceback") is not None:
+        return
+    printed = [proc.describe() for proc in children if proc.tracebacks()]
+    if printed:
+        pytest.fail("a tiergate process printed a Python traceback:\n" + "\n".join(printed), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Attach the stderr of every process the failed test started to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when in ("setup", "call"):
+        children = _children(item)
+        if children:
+            report.sections.append(("stderr of the tiergate processes", "\n".join(p.describe() for p in children)))

@@ -1,8 +1,10 @@
 """Real `tiergate` processes for tests: start one, wait for its JSON ready line, always stop it.
 
-Used by the end-to-end and process-level integration tests; the child's stdout (and, when asked,
-its stderr) is pumped by a thread so its lines can be read back, and `stop` sends SIGTERM, then
-SIGKILL after a grace. `spawn` starts one without waiting for its ready line.
+Used by the end-to-end and process-level integration tests; the child's stdout and stderr are
+pumped by threads so their lines can be read back, and `stop` sends SIGTERM, then SIGKILL after a
+grace. `spawn` starts one without waiting for its ready line. Every process started is noted in
+STARTED: tests/conftest.py shows their stderr when a test fails, and fails a test whose children
+printed a Python traceback unless it is marked `expects_traceback`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parent.parent
+TRACEBACK = "Traceback (most recent call last)"
 
 
 @dataclass
@@ -25,7 +29,7 @@ class Proc:
     process: subprocess.Popen[str]
     ready: dict = field(default_factory=dict)  # type: ignore[type-arg]
     lines: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # stderr lines, when captured
+    errors: list[str] = field(default_factory=list)  # stderr lines
     pumps: list[threading.Thread] = field(default_factory=list)
     found: threading.Event = field(default_factory=threading.Event)  # the ready line was read
 
@@ -55,6 +59,16 @@ class Proc:
                 raise TimeoutError(f"no {msg!r} log line with {fields} within {timeout_s} s")
             time.sleep(0.05)
 
+    def tracebacks(self) -> list[str]:
+        """Its stderr lines that hold a Python traceback (printed, or inside a JSON log line's `exc`)."""
+        return [line for line in list(self.errors) if TRACEBACK in line]
+
+    def describe(self, last_lines: int = 60) -> str:
+        """Its command line, exit status and the last lines of its stderr, for a failure report."""
+        argv = " ".join(str(a) for a in self.process.args[2:])  # type: ignore[index]
+        tail = "".join(list(self.errors)[-last_lines:])
+        return f"--- {argv} (pid {self.process.pid}, exit {self.process.poll()})\n{tail}"
+
     def children(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
         return [int(pid) for pid in out.stdout.split()]
@@ -80,14 +94,18 @@ class Proc:
                 stream.close()
 
 
-def spawn(*args: str, env: dict[str, str] | None = None, capture_stderr: bool = False) -> Proc:
-    """`python -m ops ARGS...` (the `tiergate` command), its output pumped into `lines`
-    (and `errors`); does not wait for anything."""
+STARTED: list[Proc] = []  # every process started, in order; tests/conftest.py reads it
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> Proc:
+    """`python -m ops ARGS...` (the `tiergate` command), its output pumped into `lines` and
+    `errors`; does not wait for anything."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ops", *args], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE if capture_stderr else subprocess.DEVNULL, text=True, env=env or os.environ.copy(),
+        stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
     )  # fmt: skip
     proc = Proc(process)
+    STARTED.append(proc)
 
     def on_stdout(line: str) -> None:
         if not proc.found.is_set() and line.startswith("{") and json.loads(line).get("event") == "ready":
@@ -95,8 +113,7 @@ def spawn(*args: str, env: dict[str, str] | None = None, capture_stderr: bool = 
             proc.found.set()
 
     proc.pumps.append(_pump(process.stdout, proc.lines, on_stdout))
-    if capture_stderr:
-        proc.pumps.append(_pump(process.stderr, proc.errors, lambda line: None))
+    proc.pumps.append(_pump(process.stderr, proc.errors, lambda line: None))
     return proc
 
 
@@ -111,10 +128,11 @@ def _pump(stream: object, into: list[str], each: Callable[[str], None]) -> threa
     return thread
 
 
-def start(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60, capture_stderr: bool = False) -> Proc:
+def start(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> Proc:
     """`python -m ops ARGS...` (the `tiergate` command), once its ready line is out."""
-    proc = spawn(*args, env=env, capture_stderr=capture_stderr)
+    proc = spawn(*args, env=env)
     if not proc.found.wait(timeout_s):
         proc.stop(timeout_s=5)
-        raise RuntimeError(f"tiergate {args[0]} was not ready: {''.join(proc.lines)[-2000:]}")
+        said = "".join(proc.lines)[-2000:] + "".join(proc.errors)[-4000:]
+        raise RuntimeError(f"tiergate {args[0]} was not ready: {said}")
     return proc

@@ -20,6 +20,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from core import protocol
+from core.errors import WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply
 from core.settings import Settings, tier_rank
 
@@ -313,7 +314,7 @@ class Consumer:
         )
         failure = Failure(
             id=envelope.id,
-            code="worker_error",
+            code=WORKER_ERROR,
             message=message,
             tier=envelope.tier,
             worker=self.name,

@@ -9,7 +9,7 @@ import logging
 import time
 
 from core.clock import RedisClock
-from core.errors import Cancelled
+from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply, Result
 from core.settings import Settings
 
@@ -63,13 +63,13 @@ class Executor:
         env = d.envelope
         if env.id in self.cancelled:
             message = f"request {env.id} was cancelled before pool {self.pool_name} started it"
-            return self._failure(d, Cancelled.code, message)
+            return self._failure(d, CANCELLED, message)
         if env.deadline_at_ms <= now_ms:
             late_ms = now_ms - env.deadline_at_ms
             message = f"request {env.id} reached its deadline {late_ms:.0f} ms before pool {self.pool_name} started it"
-            return self._failure(d, "deadline_exceeded", message)
+            return self._failure(d, DEADLINE_EXCEEDED, message)
         if env.model not in self.models:
-            return self._failure(d, "model_not_found", f"pool {self.pool_name} does not serve model {env.model!r}")
+            return self._failure(d, MODEL_NOT_FOUND, f"pool {self.pool_name} does not serve model {env.model!r}")
         need_ms = self.expected_ms(env)
         if env.deadline_at_ms - now_ms < need_ms:
             left_ms = env.deadline_at_ms - now_ms
@@ -77,7 +77,7 @@ class Executor:
                 f"request {env.id} cannot finish before its deadline: {left_ms:.0f} ms left, and pool "
                 f"{self.pool_name} needs about {need_ms:.0f} ms to run it"
             )
-            return self._failure(d, "deadline_exceeded", message)
+            return self._failure(d, DEADLINE_EXCEEDED, message)
         return None
 
     def expected_ms(self, env: Envelope) -> float:
@@ -106,7 +106,7 @@ class Executor:
     def _late(self, d: Delivery, now_ms: float) -> Failure:
         left_ms = d.envelope.deadline_at_ms - now_ms
         message = f"request {d.envelope.id} cannot finish before its deadline: {left_ms:.0f} ms left"
-        return self._failure(d, "deadline_exceeded", message)
+        return self._failure(d, DEADLINE_EXCEEDED, message)
 
     async def execute(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply]]:
         runnable, replies = self._triage(batch)
@@ -119,50 +119,50 @@ class Executor:
         except Exception as exc:  # a backend failure fails its batch, never the worker
             log.exception("backend failed", extra={"pool": self.pool_name, "batch_size": len(runnable)})
             message = f"pool {self.pool_name} failed to run the request: {type(exc).__name__}: {exc}"
-            return replies + [(d, self._failure(d, "worker_error", message)) for d in runnable]
+            return replies + [(d, self._failure(d, WORKER_ERROR, message)) for d in runnable]
         service_ms = (ended_s - started_s) * 1000.0
         finished_ms = int(self.clock.now_ms())
-        size = len(runnable)
         for d, done in zip(runnable, completions, strict=True):
-            env = d.envelope
-            if done.error:
-                replies.append((d, self._failure(d, done.error_code, done.error)))
-                continue
-            replies.append(
-                (
-                    d,
-                    Result(
-                        id=env.id,
-                        model=env.model,
-                        output=done.output,
-                        tier=env.tier,
-                        processor=self.processor,
-                        pool=self.pool_name,
-                        worker=self.worker,
-                        batch_size=size,
-                        enqueued_at_ms=d.enqueued_at_ms,
-                        queue_ms=round(max(0.0, started_ms - d.sent_at_ms), 3),
-                        service_ms=round(service_ms, 3),
-                        finished_at_ms=finished_ms,
-                        energy_j=done.energy_j,
-                        cost=done.cost,
-                        prompt_tokens=done.prompt_tokens,
-                        completion_tokens=done.completion_tokens,
-                        finish_reason=done.finish_reason if isinstance(done.output, str) else "",
-                    ),
-                )
-            )
+            reply = self._result(d, done, len(runnable), started_ms, service_ms, finished_ms)
+            replies.append((d, reply))
         log.info(
             "batch done",
             extra={
                 "pool": self.pool_name,
                 "worker": self.worker,
-                "batch_size": size,
+                "batch_size": len(runnable),
                 "service_ms": round(service_ms, 3),
                 "request_ids": [d.envelope.id for d in runnable],
             },
         )
         return replies
+
+    def _result(
+        self, d: Delivery, done: Completion, size: int, started_ms: float, service_ms: float, finished_ms: int
+    ) -> Reply:
+        """The reply to one request of a batch that ran: its `Result`, or the failure the backend gave it."""
+        if done.error:
+            return self._failure(d, done.error_code, done.error)
+        env = d.envelope
+        return Result(
+            id=env.id,
+            model=env.model,
+            output=done.output,
+            tier=env.tier,
+            processor=self.processor,
+            pool=self.pool_name,
+            worker=self.worker,
+            batch_size=size,
+            enqueued_at_ms=d.enqueued_at_ms,
+            queue_ms=round(max(0.0, started_ms - d.sent_at_ms), 3),
+            service_ms=round(service_ms, 3),
+            finished_at_ms=finished_ms,
+            energy_j=done.energy_j,
+            cost=done.cost,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            finish_reason=done.finish_reason if isinstance(done.output, str) else "",
+        )
 
     async def _run(
         self, runnable: list[Delivery], started_ms: float, started_s: float

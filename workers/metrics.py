@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from core.buckets import BATCH_SIZE_BUCKETS, latency_buckets_s
+from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR
 from core.metrics_http import MetricsEndpoint
 from core.protocol import Failure, Reply, Result
 from core.settings import Settings
@@ -103,5 +104,8 @@ class WorkerMetrics:
                 self.requests.labels(*self.labels, reply.tier, _outcome(reply.code)).inc()
 
 
+_OUTCOME_CODES = frozenset((DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR, CANCELLED))  # an outcome label each
+
+
 def _outcome(code: str) -> str:
-    return code if code in ("deadline_exceeded", "model_not_found", "worker_error", "cancelled") else "error"
+    return code if code in _OUTCOME_CODES else "error"

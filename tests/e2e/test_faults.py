@@ -27,10 +27,8 @@ from core import protocol
 from ops.embedded import free_port, wait_for_ping
 from tests.processes import Proc, start
 
-pytestmark = [
-    pytest.mark.redis_server,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-]
+# Skipped where redis-server is missing, and failed instead where Redis is required (tests/conftest.py).
+pytestmark = pytest.mark.redis_server
 
 STREAM = protocol.stream_key("interactive", "default")
 CONFIG = """

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import time
@@ -22,10 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ops.embedded import EmbeddedRedis
 from tests.processes import Proc, spawn, start
 
-pytestmark = [
-    pytest.mark.redis_server,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-]
+# Skipped where redis-server is missing, and failed instead where Redis is required (tests/conftest.py).
+pytestmark = pytest.mark.redis_server
 
 REQUESTS = 300
 CONFIG = """
@@ -119,7 +116,7 @@ async def ask(http: aiohttp.ClientSession, url: str, text: str, tier: str) -> tu
 
 
 def test_worker_sigkilled_under_load_is_restarted_and_every_request_is_answered(config: Path) -> None:
-    up = start("up", "--port", "0", "--config", str(config), capture_stderr=True)
+    up = start("up", "--port", "0", "--config", str(config))
     try:
         first = up.logged("child ready", child="worker:slow-batch")
         assert first["pid"] in up.children()  # a process this test started, through `up`
@@ -176,7 +173,7 @@ def test_up_stops_naming_the_tier_port_it_cannot_listen_on(config: Path) -> None
         taken.listen()
         port = taken.getsockname()[1]
         config.write_text(CONFIG.replace("[gateway]\n", f"[gateway]\ntier_ports = {{ realtime = {port} }}\n"))
-        up = spawn("up", "--port", "0", "--config", str(config), capture_stderr=True)
+        up = spawn("up", "--port", "0", "--config", str(config))
         try:
             code = up.wait(timeout_s=90)
         finally:
@@ -200,7 +197,7 @@ def test_gateway_that_cannot_listen_says_where_and_why(config: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         gateway = spawn("gateway", "--config", str(config), "--redis-url", "redis://127.0.0.1:1/0",
-                        "--port", str(port), capture_stderr=True)  # fmt: skip
+                        "--port", str(port))  # fmt: skip
         try:
             assert gateway.wait(timeout_s=30) == 1
         finally:
@@ -212,8 +209,7 @@ def test_worker_replicas_restart_a_replica_that_dies(config: Path) -> None:
     redis = EmbeddedRedis()
     url = redis.start()
     try:
-        worker = start("worker", "--config", str(config), "--pool", "fast", "--replicas", "2", "--redis-url", url,
-                       capture_stderr=True)  # fmt: skip
+        worker = start("worker", "--config", str(config), "--pool", "fast", "--replicas", "2", "--redis-url", url)
         try:
             doomed = worker.logged("child ready", child="fast[0]")
             assert doomed["pid"] in worker.children()

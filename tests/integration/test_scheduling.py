@@ -94,7 +94,8 @@ async def _all_results(pending: Any) -> bool:
 
 
 async def test_a_batch_closes_early_for_its_deadline(stack: StartStack, make_settings: Callable[..., Settings]) -> None:
-    # Batches wait up to ten seconds for company, but a request due in three cannot wait that long.
+    # Batches wait up to ten seconds for company, but a request due in three cannot wait that long:
+    # only the deadline rule can close its batch in time, so an answer (not a 504) shows it did.
     # A 200 ms batch: the batch closes with about 400 ms left, plenty for a loaded machine.
     settings = make_settings(
         pools__cerebras_batch__max_wait_ms=10_000,
@@ -103,8 +104,7 @@ async def test_a_batch_closes_early_for_its_deadline(stack: StartStack, make_set
     s: Stack = await stack(settings=settings, pools=["cerebras-batch"])
     status, body = await s.infer(model="sim-echo", input="in a hurry", tier="batch", deadline_ms=3000)
     assert status == 200, body
-    assert body["output"] == "yrruh a ni"
-    assert body["timings"]["queue_ms"] < 3000
+    assert (body["output"], body["batch_size"]) == ("yrruh a ni", 1)  # it ran alone, without waiting for company
 
 
 async def test_a_retry_with_the_same_idempotency_key_returns_the_first_result(stack: StartStack) -> None:

@@ -17,14 +17,20 @@ async def test_a_full_batch_is_handed_out_without_waiting() -> None:
 
 async def test_a_partial_batch_closes_after_max_wait() -> None:
     batcher: Batcher[int] = Batcher(max_batch=10, max_wait_s=0.05)
-    batcher.put(1)
     loop = asyncio.get_running_loop()
-    started = loop.time()
+    before = loop.time()
+    batcher.put(1)
+    after = loop.time()
+    close_at = batcher.close_at()
+    assert before + 0.05 <= close_at <= after + 0.05  # the oldest item's arrival + max_wait
     task = asyncio.create_task(batcher.next_batch())
-    await asyncio.sleep(0.01)
-    batcher.put(2)
+    await asyncio.sleep(0)  # the task is now waiting for company
+    assert not task.done()
+    batcher.put(2)  # joins the batch that is forming: neither full nor due yet
+    await asyncio.sleep(0)
+    assert not task.done() and batcher.close_at() == close_at  # a newer item does not move the close
     assert await asyncio.wait_for(task, 1) == [1, 2]
-    assert loop.time() - started >= 0.05 - 0.005  # closed by the timer, not early
+    assert loop.time() >= close_at  # it closed on the max-wait rule, not because it filled or earlier
 
 
 async def test_waits_for_the_first_item_then_fills_as_items_arrive() -> None:
@@ -72,9 +78,12 @@ async def test_a_batch_closes_when_its_tightest_item_must_start() -> None:
     batcher: Batcher[str] = Batcher(max_batch=10, max_wait_s=3600)
     loop = asyncio.get_running_loop()
     batcher.put("relaxed")
-    batcher.put("tight", start_by=loop.time() + 0.05)
-    # max_wait is an hour: only the tight item's start-by time can close this batch.
+    start_by = loop.time() + 0.05
+    batcher.put("tight", start_by=start_by)
+    # max_wait is an hour: the tight item's start-by time is when this batch must close.
+    assert batcher.close_at() == start_by
     assert await asyncio.wait_for(batcher.next_batch(), 5) == ["relaxed", "tight"]
+    assert loop.time() >= start_by  # closed by that rule, not earlier
 
 
 async def test_an_item_already_past_its_start_by_closes_the_batch_at_once() -> None:

@@ -116,3 +116,14 @@ def test_a_send_stamp_later_than_the_append_is_held_to_the_entry_id() -> None:
         sent_at_ms=1700000000130.5,  # a sender whose clock runs 7 ms ahead
     )  # fmt: skip
     assert protocol.queued_at_ms(env, b"1700000000123-0") == 1700000000124.0
+
+
+def test_slo_fields_and_members_read_back_as_written() -> None:
+    field = protocol.slo_field("interactive", "h100", "met")
+    assert protocol.parse_slo_field(field.encode()) == ("interactive", "h100", "met")
+    assert protocol.parse_slo_field(protocol.slo_field("batch", protocol.SLO_TOTAL, "n")) == ("batch", "*", "n")
+    assert protocol.parse_slo_field(b"not-a-field") is None
+    assert protocol.parse_slo_member(protocol.slo_member("realtime", "cerebras-cs3").encode()) == (
+        "realtime",
+        "cerebras-cs3",
+    )

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import msgspec
 
+from core.errors import WORKER_ERROR
 from core.protocol import Envelope
 from core.settings import Settings
 
@@ -26,7 +27,7 @@ class Completion(msgspec.Struct, frozen=True):
     completion_tokens: int = 0
     finish_reason: str = "stop"
     error: str = ""  # set: this request failed; the message names the cause
-    error_code: str = "worker_error"  # an errors.RequestError code, when `error` is set
+    error_code: str = WORKER_ERROR  # an errors.RequestError code, when `error` is set
 
 
 class TokenSink(Protocol):

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from core.errors import DEADLINE_EXCEEDED, INVALID_REQUEST, QUEUE_FULL, WORKER_ERROR
 from core.protocol import Envelope
 from core.settings import Settings, UpstreamSettings
 
@@ -28,7 +29,7 @@ ERROR_BODY_CHARS = 300
 
 
 class UpstreamError(Exception):
-    def __init__(self, message: str, code: str = "worker_error") -> None:
+    def __init__(self, message: str, code: str = WORKER_ERROR) -> None:
         super().__init__(message)
         self.code = code
 
@@ -75,7 +76,7 @@ class OpenAIBackend:
                 return await self._call(position, env, sink)
         except TimeoutError:
             cause = f"the upstream did not answer within {timeout_s:g} s"
-            return self._error(UpstreamError(cause, "deadline_exceeded"))
+            return self._error(UpstreamError(cause, DEADLINE_EXCEEDED))
         except UpstreamError as exc:
             return self._error(exc)
         except aiohttp.ClientConnectorError as exc:
@@ -108,8 +109,8 @@ class OpenAIBackend:
         async with self._client().post(self.base_url + path, json=body) as response:
             if response.status >= 400:
                 text = (await response.text(errors="replace"))[:ERROR_BODY_CHARS]
-                code = {400: "invalid_request", 422: "invalid_request", 429: "queue_full"}.get(response.status)
-                raise UpstreamError(f"the upstream answered {response.status}: {text}", code or "worker_error")
+                code = {400: INVALID_REQUEST, 422: INVALID_REQUEST, 429: QUEUE_FULL}.get(response.status)
+                raise UpstreamError(f"the upstream answered {response.status}: {text}", code or WORKER_ERROR)
             if env.stream and sink is not None and path != "/embeddings":
                 return await self._relay(position, env, response, sink)
             raw = await response.read()
