@@ -103,6 +103,7 @@ class EmbeddedRedis:
         port = free_port()
         if binary:
             self._start_server(binary, port)
+            log.info("private Redis started", extra={"redis_kind": kind, "binary": binary, "port": port})
         else:
             self._start_fake(port)
             log.warning(
