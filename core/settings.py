@@ -3,6 +3,7 @@
 `load_settings(path, environ)` is the one entry point: it reads TOML, applies the documented
 `TIERGATE_*` environment overrides (here and nowhere else) and validates the whole tree, raising
 `ConfigError` with every problem found, each naming the file, the key and what is wrong.
+`config_path` says which file that is; the default, core/default.toml, ships inside this package.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +20,9 @@ from msgspec import Meta
 
 from .errors import ConfigError
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "tiergate.toml"
+# The default config ships inside this package (package data), so an installed wheel finds it;
+# `tiergate config init` writes a copy of it to edit. Packages are installed unzipped: a real file.
+DEFAULT_CONFIG_PATH = Path(str(resources.files("core").joinpath("default.toml")))
 TIER_NAMES = ("realtime", "interactive", "batch")
 
 
@@ -218,10 +222,16 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
 }
 
 
-def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, override and validate a config file; `ConfigError` lists every problem."""
-    path = Path(path or (environ or os.environ).get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+def config_path(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file to read: `path` if given, else $TIERGATE_CONFIG, else the packaged default."""
     environ = os.environ if environ is None else environ
+    return Path(path or environ.get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate a config file (see `config_path`); `ConfigError` lists every problem."""
+    environ = os.environ if environ is None else environ
+    path = config_path(path, environ)
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as exc:

@@ -140,16 +140,28 @@ class SloStore:
             del cache[k]
 
     async def sample_groups(self, streams: list[str]) -> dict[str, tuple[int, int]]:
-        """The worker group's (lag, pending) of each stream, in one pipeline."""
+        """The worker group's (lag, pending) of each stream, in one pipeline.
+
+        XINFO GROUPS reports `lag` from Redis 7 on, and even there not always (nil after some
+        deletions). Without it the lag is the stream's length less the group's pending entries:
+        workers XDEL every entry they acknowledge, so what the stream holds beyond the pending
+        entries has not been delivered yet.
+        """
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
+        replies = await pipe.execute(raise_on_error=False)
         samples: dict[str, tuple[int, int]] = {}
-        for stream, groups in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
+        for stream, groups, length in zip(streams, replies[::2], replies[1::2], strict=True):
             samples[stream] = (0, 0)
             for group in groups if isinstance(groups, list) else ():
                 if _text(group.get("name")) == protocol.GROUP:
-                    samples[stream] = (int(group.get("lag") or 0), int(group.get("pending") or 0))
+                    pending = int(group.get("pending") or 0)
+                    lag = group.get("lag")
+                    if not isinstance(lag, int):
+                        lag = max(0, length - pending) if isinstance(length, int) else 0
+                    samples[stream] = (lag, pending)
         return samples
 
 

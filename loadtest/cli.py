@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from core.settings import Settings, config_path, load_settings
 
 from .schedule import ScheduleError, parse_mix, parse_size
 
@@ -72,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    path = args.config or Path(os.environ.get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+    path = config_path(args.config)
     try:
         return load_settings(path)
     except ConfigError as exc:

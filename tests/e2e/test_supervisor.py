@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.embedded import EmbeddedRedis
+from tests.conftest import TEST_REDIS
 from tests.processes import Proc, spawn, start
 
 # Skipped where redis-server is missing, and failed instead where Redis is required (tests/conftest.py).
@@ -206,7 +207,7 @@ def test_gateway_that_cannot_listen_says_where_and_why(config: Path) -> None:
 
 
 def test_worker_replicas_restart_a_replica_that_dies(config: Path) -> None:
-    redis = EmbeddedRedis()
+    redis = EmbeddedRedis(TEST_REDIS)
     url = redis.start()
     try:
         worker = start("worker", "--config", str(config), "--pool", "fast", "--replicas", "2", "--redis-url", url)

