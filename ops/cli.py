@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +273,12 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--replicas", type=int, default=None, help="processes to run (default: the pool's replicas)")
     # `loadtest` parses its own flags (loadtest.cli); listed here for `tiergate --help`.
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
+    _dlq_parser(sub, common)
+    _config_parser(sub)
+    return p
+
+
+def _dlq_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     dlq = sub.add_parser("dlq", help="list or replay dead letters (requests no worker could complete)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     for name, about in (("list", "list the dead letters"), ("replay", "queue dead letters' requests again")):
@@ -282,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     replay = dlq_sub.choices["replay"]
     replay.add_argument("entry_ids", nargs="*", metavar="ENTRY", help="dead-letter entry ids (from `dlq list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter (of --tier/--region)")
+
+
+def _config_parser(sub: Any) -> None:
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file and print its routing table")
@@ -292,7 +302,6 @@ def parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, default=Path("tiergate.toml"), help="where (default: ./tiergate.toml)"
     )
     init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
-    return p
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -120,7 +120,7 @@ def test_up_without_redis_server_on_path_runs_the_bundled_one(tiergate_up: Calla
 
 
 def test_up_on_fakeredis_says_latency_targets_do_not_hold() -> None:
-    up = start("up", "--port", "0", "--embedded-redis", "fakeredis", capture_stderr=True)
+    up = start("up", "--port", "0", "--embedded-redis", "fakeredis")
     try:
         assert up.ready["redis_kind"] == KIND_FAKE == "fakeredis (pure Python: latency targets do not hold)"
         assert "latency targets do not hold" in warned(up, "ops.embedded")
