@@ -71,7 +71,7 @@ def stop(processes: list[subprocess.Popen[str]]) -> None:
 
 def scenarios(redis_url: str) -> dict[str, list[list[str]]]:
     py = [sys.executable, "-m"]
-    tiergate = [*py, "gateway"]
+    tiergate = [*py, "ops"]
     config = ["--config", str(HERE / "throughput.toml"), "--redis-url", redis_url]
     return {
         "aiohttp hello": [[*py, "bench.floor", "hello", "--port", "{port}"]],
