@@ -156,7 +156,7 @@ def _lifecycle(
         tasks = [
             asyncio.create_task(reader.run(stop)),
             asyncio.create_task(keep_synced(state.clock, redis, stop, CLOCK_SYNC_S)),
-            asyncio.create_task(every(SAMPLE_S, stop, _sampler(state))),
+            asyncio.create_task(every(SAMPLE_S, stop, _sampler(state, app[metrics.METRICS]))),
             asyncio.create_task(every(settings.metrics.queue_sample_interval_s, stop, calls.sweep)),
         ]
         yield
@@ -170,14 +170,24 @@ def _lifecycle(
     return context
 
 
-def _sampler(state: GatewayState) -> Callable[[], Awaitable[None]]:
-    """Admission's view of each stream: its length and its live workers' capacity."""
-    streams = {stream: protocol.heartbeat_key(tier, region) for tier, region, stream, _ in state.router.table()}
+def _sampler(state: GatewayState, gauges: metrics.GatewayMetrics) -> Callable[[], Awaitable[None]]:
+    """The gateway's one look at its queues: each served stream's length and its live workers'
+    capacity for admission, and, every `queue_sample_interval_s`, every tier stream's group lag
+    and pending entries for /metrics and the dashboard."""
+    heartbeats = {stream: protocol.heartbeat_key(tier, region) for tier, region, stream, _ in state.router.table()}
+    groups_every_s = state.settings.metrics.queue_sample_interval_s
+    groups_due = 0.0
 
     async def sample() -> None:
-        beats = await state.queue.sample(streams)
+        nonlocal groups_due
+        now = asyncio.get_running_loop().time()
+        groups = list(gauges.queue_streams) if now >= groups_due else []
+        sampled = await state.queue.sample(heartbeats, groups)
         now_ms = state.clock.now_ms()
-        state.capacity = {stream: capacity_from(found, now_ms) for stream, found in beats.items()}
+        state.capacity = {stream: capacity_from(beats, now_ms) for stream, beats in sampled.beats.items()}
+        if groups:
+            groups_due = now + groups_every_s
+            gauges.observe_queues(state.queue.lengths, sampled.groups)
 
     return sample
 

@@ -94,6 +94,8 @@ class GatewayMetrics:
             "tiergate_consumer_group_pending", "Entries delivered, not yet acknowledged", ["tier", "region"], registry=r
         )
         self.queues: dict[str, dict[str, int]] = {}  # tier -> last sampled depth, lag, pending (all regions)
+        # Every tier stream of the config, whichever tiers this gateway serves: (tier, region).
+        self.queue_streams = {protocol.stream_key(tier, region): (tier, region) for tier, region in _served(settings)}
         self.accumulator = slo.Accumulator()
         self.clock_ms: Callable[[], float] = _local_ms  # replaced by the gateway's Redis clock at start
         self._bound = {
@@ -196,6 +198,21 @@ class GatewayMetrics:
         processor = self.settings.pools[pool].processor if pool in self.settings.pools else slo.NO_PROCESSOR
         self.accumulator.failure(int(self.clock_ms() // 1000), tier, processor)
 
+    def observe_queues(self, lengths: dict[str, float], groups: dict[str, tuple[int, int]]) -> None:
+        """Queue depth (as admission keeps it), group lag and pending of every tier stream."""
+        queues: dict[str, dict[str, int]] = {}
+        for stream, (lag, pending) in groups.items():
+            labels = self.queue_streams[stream]
+            depth = round(lengths.get(stream, 0))
+            self.queue_depth.labels(*labels).set(depth)
+            self.group_lag.labels(*labels).set(lag)
+            self.group_pending.labels(*labels).set(pending)
+            totals = queues.setdefault(labels[0], {"depth": 0, "lag": 0, "pending": 0})
+            totals["depth"] += depth
+            totals["lag"] += lag
+            totals["pending"] += pending
+        self.queues = queues
+
 
 def _local_ms() -> float:
     return time.time() * 1000.0
@@ -217,10 +234,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     settle_s = 2 * metrics.settings.metrics.slo_flush_interval_s + 3.0  # a flush may be one interval late
     store = app[SLO_STORE] = SloStore(state.redis, state.gateway_id, settle_s)
     stop = asyncio.Event()
-    every_s = metrics.settings.metrics.queue_sample_interval_s
     tasks = [
         asyncio.create_task(every(metrics.settings.metrics.slo_flush_interval_s, stop, _flusher(metrics, store))),
-        asyncio.create_task(every(every_s, stop, _sampler(metrics, store, state.queue.lengths))),
     ]
     yield
     stop.set()
@@ -234,33 +249,6 @@ def _flusher(metrics: GatewayMetrics, store: SloStore) -> Callable[[], Awaitable
         await store.flush(metrics.accumulator)
 
     return flush
-
-
-def _sampler(metrics: GatewayMetrics, store: SloStore, lengths: dict[str, float]) -> Callable[[], Awaitable[None]]:
-    """Queue depth, group lag and pending of every tier stream. The depth is the one admission
-    keeps fresh (`RequestQueue.lengths`); only lag and pending are read here."""
-    streams = {protocol.stream_key(tier, region): (tier, region) for tier, region in _served(metrics.settings)}
-
-    async def sample() -> None:
-        try:
-            samples = await store.sample_groups(list(streams))
-        except (RedisError, OSError) as exc:
-            log.warning("queue sampling failed", extra={"error": str(exc)})
-            return
-        queues: dict[str, dict[str, int]] = {}
-        for stream, (lag, pending) in samples.items():
-            labels = streams[stream]
-            depth = round(lengths.get(stream, 0))
-            metrics.queue_depth.labels(*labels).set(depth)
-            metrics.group_lag.labels(*labels).set(lag)
-            metrics.group_pending.labels(*labels).set(pending)
-            totals = queues.setdefault(labels[0], {"depth": 0, "lag": 0, "pending": 0})
-            totals["depth"] += depth
-            totals["lag"] += lag
-            totals["pending"] += pending
-        metrics.queues = queues
-
-    return sample
 
 
 def _served(settings: Settings) -> list[tuple[str, str]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import msgspec
 from redis.asyncio import Redis
@@ -199,26 +200,30 @@ class RequestQueue:
         except BackendUnavailable as exc:
             log.warning("cancel failed; the request runs", extra={"id": queued.id, "error": exc.message})
 
-    async def sample(self, streams: dict[str, str]) -> dict[str, list[protocol.Heartbeat]]:
-        """Refresh `lengths` of every stream and read each one's worker heartbeats.
-
-        `streams` maps a request stream to its heartbeat hash. Runs on a timer, so admission
-        sees a drained queue even when no request has been queued since.
-        """
+    async def sample(self, heartbeats: dict[str, str], groups: Sequence[str] = ()) -> Sample:
+        """Refresh `lengths` of every stream and read each one's worker heartbeats (`heartbeats`
+        maps a request stream to its heartbeat hash), and the worker group's lag and pending
+        entries of each stream of `groups`, in one pipeline. Runs on a timer, so admission sees a
+        drained queue even when no request has been queued since."""
+        streams = list(dict.fromkeys([*heartbeats, *groups]))
         pipe = self.redis.pipeline(transaction=False)
-        for stream, heartbeats in streams.items():
+        for stream in streams:
             pipe.xlen(stream)
-            pipe.hvals(heartbeats)
-        replies = await pipe.execute()
-        beats: dict[str, list[protocol.Heartbeat]] = {}
-        for i, stream in enumerate(streams):
-            self._sampled(stream, int(replies[2 * i]))
-            decoded = []
-            for raw in replies[2 * i + 1]:
-                with contextlib.suppress(msgspec.DecodeError):
-                    decoded.append(protocol.heartbeat_decoder.decode(raw))
-            beats[stream] = decoded
-        return beats
+            if stream in heartbeats:
+                pipe.hvals(heartbeats[stream])
+            if stream in groups:
+                pipe.xinfo_groups(stream)
+        replies = iter(await pipe.execute(raise_on_error=False))
+        sample = Sample()
+        for stream in streams:
+            length = next(replies)
+            if isinstance(length, int):
+                self._sampled(stream, length)
+            if stream in heartbeats:
+                sample.beats[stream] = _heartbeats(next(replies))
+            if stream in groups:
+                sample.groups[stream] = _group(next(replies), length)
+        return sample
 
     async def claim_idempotency(self, key: str, request_id: str, ttl_s: int) -> str | None:
         """Record `request_id` as the first request sent with `key`; return the first one's id
@@ -242,3 +247,38 @@ class RequestQueue:
     async def close(self) -> None:
         if self._flushing or self._cancelling:
             await asyncio.gather(*self._flushing, *self._cancelling, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class Sample:
+    """One sampling of the tier streams: live heartbeats, and the group's (lag, pending)."""
+
+    beats: dict[str, list[protocol.Heartbeat]] = field(default_factory=dict)
+    groups: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _heartbeats(raw: object) -> list[protocol.Heartbeat]:
+    decoded = []
+    for payload in raw if isinstance(raw, list) else ():
+        with contextlib.suppress(msgspec.DecodeError):
+            decoded.append(protocol.heartbeat_decoder.decode(payload))
+    return decoded
+
+
+def _group(groups: object, length: object) -> tuple[int, int]:
+    """The worker group's (lag, pending) from XINFO GROUPS.
+
+    XINFO GROUPS reports `lag` from Redis 7 on, and even there not always (nil after some
+    deletions). Without it the lag is the stream's length less the group's pending entries:
+    workers XDEL every entry they acknowledge, so what the stream holds beyond the pending
+    entries has not been delivered yet.
+    """
+    for group in groups if isinstance(groups, list) else ():
+        name = group.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == protocol.GROUP:
+            pending = int(group.get("pending") or 0)
+            lag = group.get("lag")
+            if not isinstance(lag, int):
+                lag = max(0, length - pending) if isinstance(length, int) else 0
+            return lag, pending
+    return 0, 0

@@ -139,31 +139,6 @@ class SloStore:
         for k in [k for k in cache if k < oldest]:
             del cache[k]
 
-    async def sample_groups(self, streams: list[str]) -> dict[str, tuple[int, int]]:
-        """The worker group's (lag, pending) of each stream, in one pipeline.
-
-        XINFO GROUPS reports `lag` from Redis 7 on, and even there not always (nil after some
-        deletions). Without it the lag is the stream's length less the group's pending entries:
-        workers XDEL every entry they acknowledge, so what the stream holds beyond the pending
-        entries has not been delivered yet.
-        """
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xinfo_groups(stream)
-            pipe.xlen(stream)
-        replies = await pipe.execute(raise_on_error=False)
-        samples: dict[str, tuple[int, int]] = {}
-        for stream, groups, length in zip(streams, replies[::2], replies[1::2], strict=True):
-            samples[stream] = (0, 0)
-            for group in groups if isinstance(groups, list) else ():
-                if _text(group.get("name")) == protocol.GROUP:
-                    pending = int(group.get("pending") or 0)
-                    lag = group.get("lag")
-                    if not isinstance(lag, int):
-                        lag = max(0, length - pending) if isinstance(length, int) else 0
-                    samples[stream] = (lag, pending)
-        return samples
-
 
 def _increment(pipe: Pipeline, key: str, tier: str, processor: str, cell: Cell) -> None:
     ints, floats = slo.increments(cell)
@@ -203,6 +178,3 @@ def _tier_counts(
 def _totals(tiers: list[str], values: list[bytes | None]) -> dict[str, tuple[int, int]]:
     return {tier: (int(values[2 * i] or 0), int(values[2 * i + 1] or 0)) for i, tier in enumerate(tiers)}
 
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

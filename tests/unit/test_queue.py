@@ -88,3 +88,22 @@ async def test_a_cancel_after_a_hang_up_waits_for_the_entry_id() -> None:
     stored = await queue.stored("r1")
     assert isinstance(stored, protocol.Failure) and stored.code == "cancelled"
     await redis.aclose()
+
+
+async def test_one_sample_reads_lengths_heartbeats_and_group_lag_in_one_pipeline() -> None:
+    server = fakeredis.FakeServer()
+    redis = fakeredis.aioredis.FakeRedis(server=server)
+    stream, beats = protocol.stream_key("batch", "default"), protocol.heartbeat_key("batch", "default")
+    await redis.xgroup_create(stream, protocol.GROUP, id="0", mkstream=True)
+    for n in range(3):
+        await redis.xadd(stream, {protocol.PAYLOAD_FIELD: b"x%d" % n})
+    await redis.xreadgroup(protocol.GROUP, "w1", {stream: ">"}, count=1)  # one delivered, pending
+    beat = protocol.Heartbeat(worker="w1", pool="p", at_ms=1, capacity_per_s=10.0, service_ms=5.0)
+    await redis.hset(beats, "w1", protocol.encoder.encode(beat))
+    queue = RequestQueue(redis)
+    sampled = await queue.sample({stream: beats}, [stream])
+    assert queue.lengths[stream] == 3
+    assert sampled.beats[stream] == [beat]
+    assert sampled.groups[stream] == (2, 1)  # two never delivered, one pending
+    assert (await queue.sample({stream: beats})).groups == {}  # groups only when asked
+    await redis.aclose()
