@@ -177,4 +177,3 @@ def _tier_counts(
 
 def _totals(tiers: list[str], values: list[bytes | None]) -> dict[str, tuple[int, int]]:
     return {tier: (int(values[2 * i] or 0), int(values[2 * i + 1] or 0)) for i, tier in enumerate(tiers)}
-
