@@ -117,7 +117,7 @@ class DirectSender:
         self.gateway_id = f"bench-{secrets.token_hex(4)}"
         self.clock, self.waiters = RedisClock(), Waiters()
         self.queue = RequestQueue(redis)
-        self.reader = ResultReader(redis, self.gateway_id, self.waiters)
+        self.reader = ResultReader(self.queue, self.gateway_id, self.waiters)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 

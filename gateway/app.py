@@ -151,7 +151,7 @@ def _lifecycle(
         )
         app[STATE] = state
         calls = app[CALLS] = Calls(state, app[metrics.METRICS])
-        reader = ResultReader(redis, gateway_id, waiters, calls.async_reply)
+        reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(reader.run(stop)),

@@ -1,6 +1,7 @@
-"""The gateway's write side of Redis: enqueue requests into tier streams, one pipeline per
-event-loop tick for every request that arrived in that tick, cancel queued requests, and read
-stored request state.
+"""The gateway's request I/O with Redis: enqueue requests into tier streams, one pipeline per
+event-loop tick for every request that arrived in that tick, cancel queued requests, read stored
+request state and the gateway's reply stream, and sample the queues. With `slo_store.py` (the SLO
+counters) it is the only gateway module that talks to Redis.
 
 Each flush also samples the length of the streams it wrote, which admission reads for free.
 """
@@ -224,6 +225,20 @@ class RequestQueue:
             if stream in groups:
                 sample.groups[stream] = _group(next(replies), length)
         return sample
+
+    async def replies(self, key: str, after: bytes | str, count: int, block_ms: int) -> protocol.StreamEntries:
+        """Up to `count` entries of a reply stream after `after`, waiting up to `block_ms` for one."""
+        response: protocol.StreamReply | None = await self.redis.xread({key: after}, count=count, block=block_ms)  # type: ignore[assignment]
+        return response[0][1] if response else []
+
+    async def trim_replies(self, key: str, through: bytes | str) -> None:
+        """Drop what a reply stream holds up to `through` (read and done with); best effort."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.xtrim(key, minid=through)
+
+    async def drop_replies(self, key: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(key)
 
     async def claim_idempotency(self, key: str, request_id: str, ttl_s: int) -> str | None:
         """Record `request_id` as the first request sent with `key`; return the first one's id

@@ -1,7 +1,8 @@
-"""The gateway's read side of Redis: one background reader per process takes every reply
-addressed to this gateway from its reply stream and resolves the request waiting for it.
+"""The gateway's reply side: one background reader per process takes every reply addressed to
+this gateway from its reply stream and resolves the request waiting for it.
 
-`Waiters` is the in-memory half (futures with deadline timers, no I/O); `ResultReader` the I/O.
+`Waiters` is the in-memory half (futures with deadline timers, no I/O); `ResultReader` the loop,
+whose Redis I/O (XREAD, XTRIM) goes through `RequestQueue`, one of the gateway's two I/O modules.
 A streaming request also gets its `Chunk`s, then its outcome, through an asyncio.Queue. Requests
 accepted with `wait: false` are remembered (id and tier) until their reply, which goes to metrics.
 """
@@ -15,11 +16,12 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core import protocol
 from core.errors import DeadlineExceeded, RequestError
+
+from .queue import RequestQueue
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +157,13 @@ class ResultReader:
 
     def __init__(
         self,
-        redis: Redis,
+        queue: RequestQueue,
         gateway_id: str,
         waiters: Waiters,
         on_async: Callable[[protocol.Reply, str], None] | None = None,
         block_ms: int = READ_BLOCK_MS,
     ) -> None:
-        self.redis = redis
+        self.queue = queue  # the gateway's Redis I/O
         self.key = protocol.reply_key(gateway_id)
         self.waiters = waiters
         self.on_async = on_async
@@ -172,17 +174,15 @@ class ResultReader:
         backoff = 0.1
         while not stop.is_set():
             try:
-                response: protocol.StreamReply | None = await self.redis.xread(
-                    {self.key: self.last_id}, count=READ_COUNT, block=self.block_ms
-                )  # type: ignore[assignment]
+                entries = await self.queue.replies(self.key, self.last_id, READ_COUNT, self.block_ms)
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 log.warning("reply stream read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
                 continue
-            if response:
-                await self._dispatch(response[0][1])
+            if entries:
+                await self._dispatch(entries)
 
     async def _dispatch(self, entries: protocol.StreamEntries) -> None:
         for entry_id, fields in entries:
@@ -199,13 +199,7 @@ class ResultReader:
                 if tier is not None and self.on_async is not None:
                     self.on_async(reply, tier)
         await asyncio.sleep(0)  # the requests just answered reply before the trim is sent
-        try:  # read entries are done with: keep the reply stream short
-            await self.redis.xtrim(self.key, minid=self.last_id)
-        except (RedisError, OSError):
-            pass
+        await self.queue.trim_replies(self.key, self.last_id)  # read entries are done with
 
     async def close(self) -> None:
-        try:
-            await self.redis.delete(self.key)
-        except (RedisError, OSError):
-            pass
+        await self.queue.drop_replies(self.key)

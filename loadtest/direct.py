@@ -36,7 +36,7 @@ class DirectDriver:
         self.clock = RedisClock()
         self.queue = RequestQueue(redis, settings)
         self.waiters = Waiters()
-        self.reader = ResultReader(redis, self.gateway_id, self.waiters, block_ms=READ_BLOCK_MS)
+        self.reader = ResultReader(self.queue, self.gateway_id, self.waiters, block_ms=READ_BLOCK_MS)
         self._stop = asyncio.Event()
         self._reading: asyncio.Task[None] | None = None
 

@@ -99,3 +99,19 @@ def test_worker_modules_do_not_import_the_http_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_two_gateway_modules_talk_to_redis() -> None:
+    """The gateway's Redis I/O lives in `queue.py` (the request path) and `slo_store.py` (the SLO
+    counters); `app.py` creates and closes the client and `state.py` holds it. Any other module
+    may catch Redis's errors, never hold a client."""
+    allowed = {"gateway.queue", "gateway.slo_store", "gateway.app", "gateway.state"}
+    talking = set()
+    for path in sorted((REPO / "gateway").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("redis.asyncio", "redis.client")):
+                talking.add(".".join(path.relative_to(REPO).with_suffix("").parts))
+            if isinstance(node, ast.Import) and any(a.name.startswith("redis") for a in node.names):
+                talking.add(".".join(path.relative_to(REPO).with_suffix("").parts))
+    assert talking <= allowed, f"gateway modules holding a Redis client: {sorted(talking - allowed)}"
