@@ -17,7 +17,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from core import protocol
-from core.errors import AlreadyFinished, Cancelled, InvalidRequest, NotFound, from_code
+from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, InvalidRequest, NotFound, from_code
 
 from .calls import CALLS, Call
 from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, idempotency_key, json_response
@@ -124,7 +124,7 @@ async def request_status(request: web.Request) -> web.Response:
         return json_response({"id": stored.id, "status": "queued", "model": stored.model, "tier": stored.tier})
     if isinstance(stored, protocol.Failure):
         if stored.code == Cancelled.code:
-            return json_response({"id": stored.id, "status": "cancelled"})
+            return json_response({"id": stored.id, "status": CANCELLED})
         error = from_code(stored.code, stored.message)
         return json_response(
             {"id": stored.id, "status": "failed", "error": {"type": error.code, "message": error.message}}
@@ -151,7 +151,7 @@ async def cancel_request(request: web.Request) -> web.Response:
         stored = await state.queue.cancel(stored)
     if isinstance(stored, protocol.Failure) and stored.code == Cancelled.code:
         log.info("request cancelled", extra={"id": request_id, "tier": stored.tier, "reason": "DELETE"})
-        return json_response({"id": request_id, "status": "cancelled"})
+        return json_response({"id": request_id, "status": CANCELLED})
     outcome = "done" if isinstance(stored, protocol.Result) else "failed"
     raise AlreadyFinished(f"request {request_id} already finished ({outcome}); there is nothing to cancel")
 
@@ -165,5 +165,5 @@ async def readyz(request: web.Request) -> web.Response:
     if await state.queue.ping():
         return json_response({"status": "ready", "gateway": state.gateway_id})
     return json_response(
-        {"status": "unavailable", "error": {"type": "redis_unavailable", "message": "Redis is unreachable"}}, status=503
+        {"status": "unavailable", "error": {"type": REDIS_UNAVAILABLE, "message": "Redis is unreachable"}}, status=503
     )

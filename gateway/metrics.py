@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from core import protocol
 from core.background import every, join
 from core.buckets import latency_buckets_s
-from core.errors import Cancelled
+from core.errors import CANCELLED, DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT_FOUND, WORKER_ERROR
 from core.settings import Settings
 
 from . import slo
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 TIER_LABELS = ("tier", "pool", "processor")
 UNKNOWN_POOL = "none"  # a request refused or timed out before any pool answered it
-OUTCOMES = ("ok", "shed", "deadline_exceeded", "invalid_request", "model_not_found", "worker_error", "cancelled")
-CANCELLED = Cancelled.code  # counted, but neither good nor bad for the SLO
+# A cancelled request is counted, but is neither good nor bad for the SLO.
+OUTCOMES = ("ok", "shed", DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT_FOUND, WORKER_ERROR, CANCELLED)
 
 
 @dataclass(slots=True)
@@ -147,7 +147,7 @@ class GatewayMetrics:
 
     def async_expired(self, tier: str) -> None:
         """An async request with no reply by its deadline and grace: counted as the gateway's 504."""
-        self._failure(tier, "deadline_exceeded", "")
+        self._failure(tier, DEADLINE_EXCEEDED, "")
 
     def _answered(self, result: protocol.Result, total_ms: float) -> None:
         bound = self._bound.get((result.tier, result.pool))
@@ -191,7 +191,7 @@ class GatewayMetrics:
             processor = pools[pool].processor if pool in pools else slo.NO_PROCESSOR
             child = self._failures[key] = self.requests.labels(tier, pool, processor, outcome)
         child.inc()
-        if outcome == "deadline_exceeded":
+        if outcome == DEADLINE_EXCEEDED:
             self.deadline_exceeded.labels(tier, pool).inc()
         elif outcome == CANCELLED:
             return  # the client's choice: not in the SLO windows

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from core import protocol
 from core.clock import RedisClock
-from core.errors import DeadlineExceeded, RequestError
+from core.errors import DEADLINE_EXCEEDED, QUEUE_FULL, DeadlineExceeded, RequestError
 from core.settings import Settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
@@ -23,7 +23,7 @@ from .stats import Sample
 
 READ_BLOCK_MS = 200  # the reader stops within this once the run ends
 CLIENT_SLACK_S = 2.0  # how long past its deadline a request may still be answered before it counts as lost
-_FAILURE_OUTCOMES = {"deadline_exceeded": "deadline", "queue_full": "shed"}
+_FAILURE_OUTCOMES = {DEADLINE_EXCEEDED: "deadline", QUEUE_FULL: "shed"}
 
 
 class DirectDriver:
