@@ -136,3 +136,31 @@ def start(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) 
         said = "".join(proc.lines)[-2000:] + "".join(proc.errors)[-4000:]
         raise RuntimeError(f"tiergate {args[0]} was not ready: {said}")
     return proc
+
+
+# The top of a config for fault tests: a dead worker's entries are reclaimed, and a dead child
+# restarted, within about a second; every tier has a long deadline. Tests add processors and pools.
+QUICK_RECOVERY = """
+[gateway]
+shutdown_grace_s = 5.0
+[delivery]
+claim_idle_min_ms = 300
+claim_service_multiple = 1.0
+claim_token_budget = 0
+claim_interval_s = 0.2
+[supervisor]
+restart_backoff_s = 0.1
+start_failures_max = 3
+[tiers.realtime]
+slo = { latency_ms = 1000 }
+default_deadline_ms = 60000
+max_queue = 10000
+[tiers.interactive]
+slo = { latency_ms = 1000 }
+default_deadline_ms = 60000
+max_queue = 10000
+[tiers.batch]
+slo = { latency_ms = 30000 }
+default_deadline_ms = 60000
+max_queue = 10000
+"""

@@ -20,35 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.embedded import EmbeddedRedis
 from tests.conftest import TEST_REDIS
-from tests.processes import Proc, spawn, start
+from tests.processes import QUICK_RECOVERY, Proc, spawn, start
 
 # Skipped where redis-server is missing, and failed instead where Redis is required (tests/conftest.py).
 pytestmark = pytest.mark.redis_server
 
 REQUESTS = 300
-CONFIG = """
-[gateway]
-shutdown_grace_s = 5.0
-[delivery]
-claim_idle_min_ms = 300
-claim_service_multiple = 1.0
-claim_token_budget = 0
-claim_interval_s = 0.2
-[supervisor]
-restart_backoff_s = 0.1
-start_failures_max = 3
-[tiers.realtime]
-slo = { latency_ms = 1000 }
-default_deadline_ms = 60000
-max_queue = 10000
-[tiers.interactive]
-slo = { latency_ms = 1000 }
-default_deadline_ms = 60000
-max_queue = 10000
-[tiers.batch]
-slo = { latency_ms = 30000 }
-default_deadline_ms = 60000
-max_queue = 10000
+CONFIG = (
+    QUICK_RECOVERY
+    + """
 [processors.fast]
 latency = { kind = "fixed", min_ms = 1 }
 max_batch = 8
@@ -75,6 +55,7 @@ models = ["sim-echo"]
 max_batch = 8
 max_wait_ms = 5
 """
+)
 
 
 @pytest.fixture

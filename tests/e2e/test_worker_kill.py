@@ -20,34 +20,14 @@ import aiohttp
 import pytest
 
 from tests.e2e.test_supervisor import scrape, until
-from tests.processes import Proc, start
+from tests.processes import QUICK_RECOVERY, Proc, start
 
 pytestmark = pytest.mark.redis_server
 
 WAITED, QUEUED, STREAMED = 40, 40, 16
-CONFIG = """
-[gateway]
-shutdown_grace_s = 5.0
-[delivery]
-claim_idle_min_ms = 300
-claim_service_multiple = 1.0
-claim_token_budget = 0
-claim_interval_s = 0.2
-[supervisor]
-restart_backoff_s = 0.1
-start_failures_max = 3
-[tiers.realtime]
-slo = { latency_ms = 1000 }
-default_deadline_ms = 60000
-max_queue = 10000
-[tiers.interactive]
-slo = { latency_ms = 1000 }
-default_deadline_ms = 60000
-max_queue = 10000
-[tiers.batch]
-slo = { latency_ms = 30000 }
-default_deadline_ms = 60000
-max_queue = 10000
+CONFIG = (
+    QUICK_RECOVERY
+    + """
 [processors.slow]
 latency = { kind = "fixed", min_ms = 300, per_token_ms = 10 }
 max_batch = 4
@@ -64,6 +44,7 @@ max_batch = 4
 max_wait_ms = 5
 replicas = 2
 """
+)
 
 
 @pytest.fixture
