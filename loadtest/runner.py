@@ -131,7 +131,8 @@ class Ramp:
 
 async def find_capacity(settings: Settings, target: Target, load: Load, ramp: Ramp) -> dict[str, Any]:
     """Run steps at `start_rate`, `start_rate * factor`, ... up to `max_rate`; stop at the first
-    step where some tier misses its SLO objective. The capacity is the last rate that met all."""
+    step where some tier misses its SLO objective. The capacity is the last rate that met all; a
+    step that drew no arrivals is reported and passed over."""
     steps: list[dict[str, Any]] = []
     best: float | None = None
     rate = ramp.start_rate
@@ -141,6 +142,9 @@ async def find_capacity(settings: Settings, target: Target, load: Load, ramp: Ra
         recorder = await play(settings, target, arrivals, ramp.step_s)
         result = summary(recorder, objectives(settings))
         steps.append({"rate": rate, "summary": result})
+        if not arrivals:  # a short Poisson step can draw none: it says nothing either way
+            rate = round(rate * ramp.factor, 3)
+            continue
         if not result["slo_met"]:
             break
         best = rate
