@@ -49,6 +49,7 @@ class PoolTarget:
     url: str
     profile_ms: float
     capacity_per_s: float
+    stream: str  # its request stream, for the direct sender
 
 
 @dataclass(slots=True)
@@ -77,7 +78,9 @@ def targets(settings: Settings, ready: dict[str, Any]) -> list[PoolTarget]:
         latency = settings.processors[pool.processor].latency
         profile = request_ms(latency, settings.models[model].kind == "echo", TEXT, 0)
         url = tier_urls.get(tier, ready["url"])
-        found.append(PoolTarget(name, tier, model, url, profile, pool.replicas * 1000.0 / profile))
+        lane = settings.lane_for(tier, pool.region, model)
+        assert lane is not None  # the pool serves it
+        found.append(PoolTarget(name, tier, model, url, profile, pool.replicas * 1000.0 / profile, lane.stream))
     return found
 
 
@@ -139,7 +142,7 @@ class DirectSender:
         )  # fmt: skip
         started = time.perf_counter()
         waiting = self.waiters.add(env.id, 2.0)
-        await self.queue.enqueue(protocol.stream_key(target.tier, self.region), protocol.encoder.encode(env))
+        await self.queue.enqueue(target.stream, protocol.encoder.encode(env))
         try:
             reply = await waiting
         except RequestError:

@@ -35,7 +35,6 @@ import msgspec
 from redis.asyncio import Redis
 
 from bench.client import arrivals, encode_phases
-from core import protocol
 from core.settings import Settings, load_settings
 from loadtest.runner import Target, objectives, play
 from loadtest.stats import Recorder, merged, summary
@@ -137,9 +136,9 @@ def print_rows(name: str, result: dict[str, Any], steal: float | None) -> None:
         )
 
 
-async def drained(redis: Redis, region: str, timeout_s: float = 180.0) -> None:
-    """Wait until no tier stream holds a request (a backlog left by the last phase)."""
-    keys = [protocol.stream_key(tier, region) for tier in TIERS]
+async def drained(redis: Redis, settings: Settings, timeout_s: float = 180.0) -> None:
+    """Wait until no request stream of the gateway's region holds a request (a backlog left by the last phase)."""
+    keys = [lane.stream for lane in settings.lanes() if lane.region == settings.gateway.region]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         pipe = redis.pipeline(transaction=False)
@@ -187,7 +186,7 @@ async def isolation(
                 f"| {fmt(steal):>7} |",
                 flush=True,
             )
-            await drained(redis, settings.gateway.region)
+            await drained(redis, settings)
     p99 = {
         name: summary(merged(parts), objectives(settings))["tiers"]["realtime"]["p99_ms"]
         for name, parts in pooled.items()
@@ -219,7 +218,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 before = cpu_times()
                 recorder = await run_clients(args.config, urls, phases)
                 print_rows(name, summary(recorder, objectives(settings)), steal_pct(before, cpu_times()))
-                await drained(redis, settings.gateway.region)
+                await drained(redis, settings)
             if args.rounds:
                 await isolation(args.config, settings, ready, redis, cap, args.isolation_s, args.rounds)
         finally:

@@ -9,6 +9,7 @@ No I/O happens here.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, TypeAlias
 
 import msgspec
@@ -18,24 +19,30 @@ GROUP = "workers"  # one consumer group per request stream, shared by every pool
 PAYLOAD_FIELD = b"m"
 
 
-def stream_key(tier: str, region: str) -> str:
-    """The request stream of one tier in one data region."""
-    return f"{KEY_PREFIX}:{{{tier}.{region}}}:requests"
+def lane_name(tier: str, region: str, pools: Iterable[str]) -> str:
+    """A request stream's name: its tier, its data region and the pools that read it, which are
+    the pools of that tier and region serving the stream's models (`core.settings.lanes`)."""
+    return f"{tier}.{region}.{'+'.join(sorted(pools))}"
 
 
-def dead_letter_key(tier: str, region: str) -> str:
+def stream_key(lane: str) -> str:
+    """The request stream of one lane (`lane_name`)."""
+    return f"{KEY_PREFIX}:{{{lane}}}:requests"
+
+
+def dead_letter_key(lane: str) -> str:
     """Entries no worker could use; same hash slot as their request stream."""
-    return f"{KEY_PREFIX}:{{{tier}.{region}}}:dead"
+    return f"{KEY_PREFIX}:{{{lane}}}:dead"
 
 
-def heartbeat_key(tier: str, region: str) -> str:
+def heartbeat_key(lane: str) -> str:
     """Live workers of one request stream (a hash: consumer name -> `Heartbeat`); its stream's slot."""
-    return f"{KEY_PREFIX}:{{{tier}.{region}}}:workers"
+    return f"{KEY_PREFIX}:{{{lane}}}:workers"
 
 
-def cancel_channel(tier: str, region: str) -> str:
+def cancel_channel(lane: str) -> str:
     """The Pub/Sub channel a request stream's cancellations go out on (`Cancel`); its stream's tag."""
-    return f"{KEY_PREFIX}:{{{tier}.{region}}}:cancel"
+    return f"{KEY_PREFIX}:{{{lane}}}:cancel"
 
 
 def idempotency_key(key: str) -> str:
@@ -192,11 +199,12 @@ class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
     deadline_at_ms: int
     region: str = ""
     reply_to: str = ""  # the gateway that accepted it, which counts its outcome
-    entry_id: str = ""  # its entry in stream_key(tier, region); empty until the XADD answered
+    entry_id: str = ""  # its entry in stream_key(lane); empty until the XADD answered
+    lane: str = ""  # the lane_name of the stream it is queued on
 
     @property
     def stream(self) -> str:
-        return stream_key(self.tier, self.region)
+        return stream_key(self.lane)
 
 
 class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from . import protocol
 from .errors import ConfigError
 
 # The default config ships inside this package (package data), so an installed wheel finds it;
@@ -212,6 +214,43 @@ class Settings(_Frozen, frozen=True):
     def regions(self) -> list[str]:
         return sorted({pool.region for pool in self.pools.values()})
 
+    def lanes(self) -> list[Lane]:
+        """Every request stream of the config: for each tier and region, the models served there
+        grouped by the exact set of pools that serve them. A request goes to its model's lane, so
+        it reaches only pools that serve its model, and two pools of one tier may serve different
+        models. Strictest tier first, then region, then pools."""
+        lanes: list[Lane] = []
+        for tier in sorted(self.tiers, key=tier_rank):
+            for region in self.regions():
+                by_pools: dict[tuple[str, ...], list[str]] = {}
+                for model in self.models:
+                    pools = tuple(p for p in self.pools_for(tier, region) if model in self.pools[p].models)
+                    if pools:
+                        by_pools.setdefault(pools, []).append(model)
+                lanes += [Lane(tier, region, pools, tuple(models)) for pools, models in sorted(by_pools.items())]
+        return lanes
+    def lane_for(self, tier: str, region: str, model: str) -> Lane | None:
+        """The lane a request for `model` on `tier` in `region` goes to; None when no pool serves it."""
+        return next((x for x in self.lanes() if (x.tier, x.region) == (tier, region) and model in x.models), None)
+
+
+@dataclass(slots=True, frozen=True)
+class Lane:
+    """One request stream: a tier and region, the models it carries and the pools that read it."""
+
+    tier: str
+    region: str
+    pools: tuple[str, ...]
+    models: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return protocol.lane_name(self.tier, self.region, self.pools)
+
+    @property
+    def stream(self) -> str:
+        return protocol.stream_key(self.name)
+
 
 # Environment variable -> (section, key, type). Documented in docs/configuration.md.
 ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
@@ -376,27 +415,13 @@ def _check_upstream(pool: PoolSettings) -> list[str]:
 
 
 def _check_routing(s: Settings) -> list[str]:
-    """Every tier must reach a pool for every model, and pools sharing a stream must agree.
-
-    Pools that serve the same tier in the same region read one stream through one consumer
-    group, so any of them may receive any request on it: they must serve the same models.
-    """
+    """Every tier must reach a pool in the gateway's region, and every model its default tier.
+    Pools of one tier may serve different models: each model's requests get their own stream."""
     problems: list[str] = []
+    region = s.gateway.region
     for tier in s.tiers:
-        for region in s.regions() or ["default"]:
-            pools = s.pools_for(tier, region)
-            if not pools:
-                if region == s.gateway.region:
-                    problems.append(f"tiers.{tier}: no pool serves this tier in region {region!r}")
-                continue
-            served = {name: set(s.pools[name].models) for name in pools}
-            first = pools[0]
-            for name in pools[1:]:
-                if served[name] != served[first]:
-                    problems.append(
-                        f"pools.{name}.models: pools sharing the {tier}/{region} stream must serve the "
-                        f"same models ({name}: {sorted(served[name])}, {first}: {sorted(served[first])})"
-                    )
+        if region in (s.regions() or ["default"]) and not s.pools_for(tier, region):
+            problems.append(f"tiers.{tier}: no pool serves this tier in region {region!r}")
     for name, model in s.models.items():
         if model.default_tier in s.tiers and not any(
             name in s.pools[p].models for p in s.pools_for(model.default_tier, s.gateway.region)

@@ -174,7 +174,7 @@ def _sampler(state: GatewayState, gauges: metrics.GatewayMetrics) -> Callable[[]
     """The gateway's one look at its queues: each served stream's length and its live workers'
     capacity for admission, and, every `queue_sample_interval_s`, every tier stream's group lag
     and pending entries for /metrics and the dashboard."""
-    heartbeats = {stream: protocol.heartbeat_key(tier, region) for tier, region, stream, _ in state.router.table()}
+    heartbeats = {lane.stream: protocol.heartbeat_key(lane.name) for lane in state.router.table()}
     groups_every_s = state.settings.metrics.queue_sample_interval_s
     groups_due = 0.0
 

@@ -326,6 +326,7 @@ class Call:
             deadline_at_ms=envelope.deadline_at_ms,
             region=route.region,
             reply_to=reply_to,
+            lane=route.lane,
         )
 
 

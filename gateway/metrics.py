@@ -30,6 +30,7 @@ from .state import STATE
 log = logging.getLogger(__name__)
 
 TIER_LABELS = ("tier", "pool", "processor")
+QUEUE_LABELS = ("tier", "region", "pools")  # one request stream: its tier, region and the pools reading it
 UNKNOWN_POOL = "none"  # a request refused or timed out before any pool answered it
 # A cancelled request is counted, but is neither good nor bad for the SLO.
 OUTCOMES = ("ok", "shed", DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT_FOUND, WORKER_ERROR, CANCELLED)
@@ -86,16 +87,16 @@ class GatewayMetrics:
         self.energy = Counter("tiergate_energy_joules", "Energy spent on answered requests", TIER_LABELS, registry=r)
         self.cost = Counter("tiergate_cost_usd", "Cost of answered requests", TIER_LABELS, registry=r)
         self.in_flight = Gauge("tiergate_in_flight_requests", "Requests waiting for a reply", ["tier"], registry=r)
-        self.queue_depth = Gauge("tiergate_queue_depth", "Entries in the tier stream", ["tier", "region"], registry=r)
+        self.queue_depth = Gauge("tiergate_queue_depth", "Entries in the request stream", QUEUE_LABELS, registry=r)
         self.group_lag = Gauge(
-            "tiergate_consumer_group_lag", "Entries not yet delivered to any worker", ["tier", "region"], registry=r
+            "tiergate_consumer_group_lag", "Entries not yet delivered to any worker", QUEUE_LABELS, registry=r
         )
         self.group_pending = Gauge(
-            "tiergate_consumer_group_pending", "Entries delivered, not yet acknowledged", ["tier", "region"], registry=r
+            "tiergate_consumer_group_pending", "Entries delivered, not yet acknowledged", QUEUE_LABELS, registry=r
         )
         self.queues: dict[str, dict[str, int]] = {}  # tier -> last sampled depth, lag, pending (all regions)
-        # Every tier stream of the config, whichever tiers this gateway serves: (tier, region).
-        self.queue_streams = {protocol.stream_key(tier, region): (tier, region) for tier, region in _served(settings)}
+        # Every request stream of the config, whichever tiers this gateway serves: (tier, region, pools).
+        self.queue_streams = {lane.stream: (lane.tier, lane.region, "+".join(lane.pools)) for lane in settings.lanes()}
         self.accumulator = slo.Accumulator()
         self.clock_ms: Callable[[], float] = _local_ms  # replaced by the gateway's Redis clock at start
         self._bound = {
@@ -249,7 +250,3 @@ def _flusher(metrics: GatewayMetrics, store: SloStore) -> Callable[[], Awaitable
         await store.flush(metrics.accumulator)
 
     return flush
-
-
-def _served(settings: Settings) -> list[tuple[str, str]]:
-    return sorted({(tier, pool.region) for pool in settings.pools.values() for tier in pool.tiers})

@@ -172,7 +172,7 @@ class RequestQueue:
         pipe.set(name, payload, ex=self._gateway.result_ttl_s, nx=True)
         pipe.get(name)
         notice = protocol.Cancel(id=queued.id, deadline_at_ms=queued.deadline_at_ms)
-        pipe.publish(protocol.cancel_channel(queued.tier, queued.region), protocol.encoder.encode(notice))
+        pipe.publish(protocol.cancel_channel(queued.lane), protocol.encoder.encode(notice))
         if queued.reply_to:
             replies = protocol.reply_key(queued.reply_to)
             fields = {protocol.PAYLOAD_FIELD: payload}

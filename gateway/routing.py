@@ -4,12 +4,12 @@ request goes to, and its deadline budget. No I/O; unit tests drive it with plain
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.errors import InvalidRequest, ModelNotFound, TierNotServed
-from core.protocol import stream_key
-from core.settings import TIER_NAMES, Settings, TierSettings
+from core.settings import Lane, Settings, TierSettings
 
 
 @dataclass(slots=True, frozen=True)
@@ -19,6 +19,8 @@ class Route:
     stream: str
     deadline_ms: int  # budget from now
     max_queue: int
+    lane: str = ""  # the stream's lane name (core.protocol.lane_name)
+    pools: tuple[str, ...] = ()  # the pools that may receive the request: those serving its model
 
 
 class Router:
@@ -31,12 +33,12 @@ class Router:
         self.tiers = tuple(tiers) if tiers else tuple(settings.tiers)
         self.region = settings.gateway.region
         self.max_input_chars = settings.gateway.max_input_chars
-        # (tier, region) pairs some pool serves, and the models served there.
-        self._served = {
-            (tier, pool.region): set(pool.models) for pool in settings.pools.values() for tier in pool.tiers
-        }
-        self._routes: dict[tuple[str, str], tuple[str, TierSettings]] = {
-            key: (stream_key(*key), settings.tiers[key[0]]) for key in self._served if key[0] in self.tiers
+        self.lanes = [lane for lane in settings.lanes() if lane.tier in self.tiers]
+        # (tier, region, model) -> the route's fixed part; only the deadline varies per request.
+        self._routes = {
+            (lane.tier, lane.region, model): _template(lane, settings.tiers[lane.tier])
+            for lane in self.lanes
+            for model in lane.models
         }
 
     def route(
@@ -62,21 +64,16 @@ class Router:
             message = f"this gateway serves only the {served}; send {tier} requests to a gateway that serves it"
             raise TierNotServed(message)
         region = region or self.region
-        found = self._routes.get((tier, region))
-        if found is None or model not in self._served[(tier, region)]:
+        found = self._routes.get((tier, region, model))
+        if found is None:
             raise InvalidRequest(f"no pool serves model {model!r} on tier {tier!r} in region {region!r}")
-        stream, tier_settings = found
-        budget = deadline_ms if deadline_ms is not None else tier_settings.default_deadline_ms
-        return Route(tier, region, stream, budget, tier_settings.max_queue)
+        budget = deadline_ms if deadline_ms is not None else found.deadline_ms
+        return found if budget == found.deadline_ms else dataclasses.replace(found, deadline_ms=budget)
 
-    def table(self) -> list[tuple[str, str, str, list[str]]]:
-        """(tier, region, stream, pools) rows, for `tiergate config check`."""
-        return [
-            (tier, region, stream, self.settings.pools_for(tier, region))
-            for (tier, region), (stream, _) in sorted(self._routes.items(), key=_tier_order)
-        ]
+    def table(self) -> list[Lane]:
+        """Every stream this gateway routes to, for `tiergate config check` and the queue sampler."""
+        return self.lanes
 
 
-def _tier_order(item: tuple[tuple[str, str], object]) -> tuple[int, str]:
-    (tier, region), _ = item
-    return (TIER_NAMES.index(tier) if tier in TIER_NAMES else len(TIER_NAMES), region)
+def _template(lane: Lane, tier: TierSettings) -> Route:
+    return Route(lane.tier, lane.region, lane.stream, tier.default_deadline_ms, tier.max_queue, lane.name, lane.pools)

@@ -119,7 +119,7 @@ async def lead(
     log.info("plan published", extra={"run_id": run_id, "agents": agents, "requests": len(arrivals)})
     longest_s = max((a.offset_s for a in arrivals), default=0.0)
     timeout_s = START_LEAD_MS / 1000 + longest_s + RESULT_SLACK_S + (target.deadline_ms or 120_000) / 1000
-    sample = None if settings is None else (sorted({a.tier for a in arrivals}), settings.gateway.region)
+    sample = None if settings is None else engine.tier_streams(settings, {a.tier for a in arrivals})
     depths = Recorder({}, keep_samples=False)
     parts = await _collect(redis, run_id, agents, timeout_s, sample, depths)
     total = merged(parts)
@@ -147,7 +147,7 @@ async def _collect(
     run_id: str,
     agents: int,
     timeout_s: float,
-    sample: tuple[list[str], str] | None,
+    sample: dict[str, list[str]] | None,
     depths: Recorder,
 ) -> list[Recorder]:
     """Every agent's part, in share order, sampling queue depths into `depths` meanwhile."""
@@ -156,7 +156,7 @@ async def _collect(
     stop = asyncio.Event()
     sampler = None
     if sample is not None:
-        sampler = asyncio.create_task(engine.sample_depths(redis, sample[0], sample[1], depths, stop))
+        sampler = asyncio.create_task(engine.sample_depths(redis, sample, depths, stop))
     last: bytes | str = "0-0"
     try:
         async with asyncio.timeout(timeout_s):

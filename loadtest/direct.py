@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from core import protocol
 from core.clock import RedisClock
-from core.errors import DEADLINE_EXCEEDED, QUEUE_FULL, DeadlineExceeded, RequestError
+from core.errors import DEADLINE_EXCEEDED, QUEUE_FULL, DeadlineExceeded, InvalidRequest, RequestError
 from core.settings import Settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
@@ -31,6 +31,13 @@ class DirectDriver:
         self.redis = redis
         self.settings = settings
         self.region = settings.gateway.region
+        # (tier, model) -> the request stream of its lane in this region (what the gateway's router picks)
+        self.streams = {
+            (lane.tier, model): lane.stream
+            for lane in settings.lanes()
+            if lane.region == self.region
+            for model in lane.models
+        }
         self.deadline_ms = deadline_ms
         self.gateway_id = f"loadtest-{secrets.token_hex(4)}"
         self.clock = RedisClock()
@@ -72,7 +79,9 @@ class DirectDriver:
         waiting = self.waiters.add(request_id, budget_ms / 1000.0 + CLIENT_SLACK_S)
         outcome, server_ms = "errors", None
         try:
-            stream = protocol.stream_key(arrival.tier, self.region)
+            stream = self.streams.get((arrival.tier, arrival.model))
+            if stream is None:
+                raise InvalidRequest(f"no pool serves model {arrival.model!r} on tier {arrival.tier!r}")
             await self.queue.enqueue(stream, protocol.encoder.encode(envelope))
             reply = await waiting
             if isinstance(reply, protocol.Result):

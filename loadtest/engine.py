@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core import protocol
+from core.settings import Settings
 
 from .schedule import Arrival
 from .stats import Recorder, Sample
@@ -61,24 +61,37 @@ async def run(
     recorder.duration_s = duration_s
 
 
+def tier_streams(settings: Settings, tiers: Collection[str]) -> dict[str, list[str]]:
+    """The request streams of each of `tiers` in the gateway's region (one per lane)."""
+    streams: dict[str, list[str]] = {}
+    for lane in settings.lanes():
+        if lane.tier in tiers and lane.region == settings.gateway.region:
+            streams.setdefault(lane.tier, []).append(lane.stream)
+    return streams
+
+
 async def sample_depths(
-    redis: Redis, tiers: Sequence[str], region: str, recorder: Recorder, stop: asyncio.Event
+    redis: Redis, streams: Mapping[str, Sequence[str]], recorder: Recorder, stop: asyncio.Event
 ) -> None:
-    """XLEN of each tier's request stream every DEPTH_SAMPLE_S until `stop` is set."""
+    """Each tier's queue depth (the XLEN of its request `streams`, summed) every DEPTH_SAMPLE_S
+    until `stop` is set."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    keys = [protocol.stream_key(tier, region) for tier in tiers]
+    keys = [(tier, key) for tier, tier_streams in streams.items() for key in tier_streams]
     while not stop.is_set():
         pipe = redis.pipeline(transaction=False)
-        for key in keys:
+        for _, key in keys:
             pipe.xlen(key)
         try:
             lengths = await pipe.execute()
         except (RedisError, OSError):
             lengths = []
         now_s = loop.time() - started
-        for tier, length in zip(tiers, lengths, strict=False):
-            recorder.depth.setdefault(tier, []).append((now_s, int(length)))
+        depths: dict[str, int] = {}
+        for (tier, _), length in zip(keys, lengths, strict=False):
+            depths[tier] = depths.get(tier, 0) + int(length)
+        for tier, depth in depths.items():
+            recorder.depth.setdefault(tier, []).append((now_s, depth))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), DEPTH_SAMPLE_S)
 

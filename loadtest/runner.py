@@ -104,9 +104,8 @@ async def play(
     helpers: list[Callable[[asyncio.Event], Any]] = []
     redis = Redis.from_url(target.redis_url) if target.redis_url else None
     if redis is not None:
-        tiers = [tier for tier in settings.tiers if any(a.tier == tier for a in arrivals)]
-        region = settings.gateway.region
-        helpers.append(lambda stop: engine.sample_depths(redis, tiers, region, recorder, stop))
+        streams = engine.tier_streams(settings, {a.tier for a in arrivals})
+        helpers.append(lambda stop: engine.sample_depths(redis, streams, recorder, stop))
     if progress:
         helpers.append(lambda stop: show_progress(recorder, len(arrivals), stop))
     try:

@@ -196,13 +196,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    rows = [("TIER", "REGION", "STREAM", "POOLS (processor, mode)")]
-    for tier, region, stream, pools in Router(settings).table():
-        described = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in pools)
-        rows.append((tier, region, stream, described))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = [("MODEL", "TIER", "REGION", "STREAM", "POOLS (processor, mode)")]
+    lanes = Router(settings).table()
+    for model in settings.models:
+        for lane in (lane for lane in lanes if model in lane.models):
+            pools = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in lane.pools)
+            rows.append((model, lane.tier, lane.region, lane.stream, pools))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)), row[4])
     counts = f"{len(settings.pools)} pools, {len(settings.processors)} processors, {len(settings.models)} models"
     print(f"\n{path}: ok ({counts})")
     return 0

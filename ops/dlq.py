@@ -1,7 +1,7 @@
 """`tiergate dlq list` and `tiergate dlq replay`: the operator's view of dead letters.
 
 An operator command with its own Redis I/O: it lists the dead-letter streams of every configured
-tier and region, and replays chosen letters into their request streams with a fresh deadline, so
+request stream (tier, region and pools), and replays chosen letters into their request streams with a fresh deadline, so
 their results land under `GET /v1/requests/{id}` as usual.
 """
 
@@ -15,23 +15,21 @@ from redis.asyncio import Redis
 
 from core import protocol
 from core.clock import RedisClock
-from core.settings import Settings
+from core.settings import Lane, Settings
 
 
 @dataclass(slots=True, frozen=True)
 class Letter:
-    tier: str
-    region: str
+    lane: Lane  # the request stream it came from
     entry_id: str  # in the dead-letter stream
     letter: protocol.DeadLetter
 
 
-def dead_letter_streams(settings: Settings, tier: str | None, region: str | None) -> list[tuple[str, str]]:
+def dead_letter_lanes(settings: Settings, tier: str | None, region: str | None) -> list[Lane]:
     return [
-        (t, r)
-        for t in settings.tiers
-        for r in settings.regions()
-        if (tier is None or t == tier) and (region is None or r == region)
+        lane
+        for lane in settings.lanes()
+        if (tier is None or lane.tier == tier) and (region is None or lane.region == region)
     ]
 
 
@@ -39,14 +37,14 @@ async def list_letters(
     redis: Redis, settings: Settings, tier: str | None = None, region: str | None = None
 ) -> list[Letter]:
     letters: list[Letter] = []
-    for t, r in dead_letter_streams(settings, tier, region):
-        entries: protocol.StreamEntries = await redis.xrange(protocol.dead_letter_key(t, r))  # type: ignore[assignment]
+    for lane in dead_letter_lanes(settings, tier, region):
+        entries: protocol.StreamEntries = await redis.xrange(protocol.dead_letter_key(lane.name))  # type: ignore[assignment]
         for entry_id, fields in entries:
             try:
                 letter = protocol.dead_letter_decoder.decode(fields[protocol.PAYLOAD_FIELD])
             except (msgspec.DecodeError, KeyError):
                 continue
-            letters.append(Letter(t, r, entry_id.decode(), letter))
+            letters.append(Letter(lane, entry_id.decode(), letter))
     return letters
 
 
@@ -68,11 +66,18 @@ async def replay(redis: Redis, settings: Settings, letters: list[Letter]) -> tup
         now_ms = clock.now_ms()
         deadline_at_ms = int(now_ms) + settings.tiers[envelope.tier].default_deadline_ms
         fresh = msgspec.structs.replace(envelope, deadline_at_ms=deadline_at_ms, sent_at_ms=round(now_ms, 3))
-        accepted = protocol.Accepted(id=fresh.id, model=fresh.model, tier=fresh.tier, deadline_at_ms=deadline_at_ms)
+        accepted = protocol.Accepted(
+            id=fresh.id,
+            model=fresh.model,
+            tier=fresh.tier,
+            deadline_at_ms=deadline_at_ms,
+            region=item.lane.region,
+            lane=item.lane.name,
+        )
         pipe.delete(protocol.request_key(fresh.id))  # the dead-letter failure, so the new answer can land
         pipe.set(protocol.accepted_key(fresh.id), protocol.encoder.encode(accepted), ex=settings.gateway.result_ttl_s)
         pipe.xadd(item.letter.stream, {protocol.PAYLOAD_FIELD: protocol.encoder.encode(fresh)})
-        pipe.xdel(protocol.dead_letter_key(item.tier, item.region), item.entry_id)
+        pipe.xdel(protocol.dead_letter_key(item.lane.name), item.entry_id)
         replayed.append(f"{item.entry_id}: request {fresh.id} queued again on {item.letter.stream}")
     await pipe.execute()
     return replayed, refused
@@ -80,13 +85,14 @@ async def replay(redis: Redis, settings: Settings, letters: list[Letter]) -> tup
 
 def describe(letters: list[Letter]) -> list[str]:
     """One line per letter, for `tiergate dlq list`."""
-    rows = [("TIER", "REGION", "ENTRY", "REQUEST", "DELIVERIES", "REASON")]
+    rows = [("TIER", "REGION", "POOLS", "ENTRY", "REQUEST", "DELIVERIES", "REASON")]
     for item in letters:
-        letter = item.letter
+        letter, lane = item.letter, item.lane
         request = letter.request_id or "(undecodable)"
-        rows.append((item.tier, item.region, item.entry_id, request, str(letter.deliveries), letter.reason))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)), row[5]]) for row in rows]
+        pools = "+".join(lane.pools)
+        rows.append((lane.tier, lane.region, pools, item.entry_id, request, str(letter.deliveries), letter.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True)), row[6]]) for row in rows]
 
 
 async def run(

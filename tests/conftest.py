@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from core.settings import DEFAULT_CONFIG_PATH, Settings, parse_settings
+from core.settings import DEFAULT_CONFIG_PATH, Lane, Settings, load_settings, parse_settings
 from ops.embedded import EmbeddedRedis, NoRedisServer, find_redis_server
 from tests.processes import STARTED, Proc
 
@@ -40,6 +40,13 @@ def real_redis() -> bool:
         return find_redis_server(TEST_REDIS)[1] is not None
     except NoRedisServer:
         return False
+
+
+def default_lane(tier: str, region: str = "default", model: str = "sim-echo") -> Lane:
+    """The request stream a `model` request on `tier` takes in the shipped default config."""
+    lane = load_settings(DEFAULT_CONFIG_PATH).lane_for(tier, region, model)
+    assert lane is not None, f"no pool of the default config serves {model} on {tier} in {region}"
+    return lane
 
 
 def default_raw() -> dict[str, Any]:

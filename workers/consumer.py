@@ -52,14 +52,15 @@ class Consumer:
         pool = settings.pools[pool_name]
         self.redis = redis
         self.name = name
-        # Strictest tier first: the order is each stream's priority in the batcher.
+        # Strictest tier first: a tier's rank is its streams' priority in the batcher. A tier has
+        # one stream per group of models this pool serves with the same other pools (lanes).
         self.tiers = sorted(pool.tiers, key=tier_rank)
-        self.streams = [protocol.stream_key(tier, pool.region) for tier in self.tiers]
-        self._dead_letters = {
-            protocol.stream_key(t, pool.region): protocol.dead_letter_key(t, pool.region) for t in pool.tiers
-        }
-        self._heartbeats = [protocol.heartbeat_key(tier, pool.region) for tier in self.tiers]
-        self.cancel_channels = [protocol.cancel_channel(tier, pool.region) for tier in self.tiers]
+        lanes = [lane for lane in settings.lanes() if pool_name in lane.pools]
+        self.streams = [lane.stream for lane in lanes]
+        self.priority = {lane.stream: self.tiers.index(lane.tier) for lane in lanes}
+        self._dead_letters = {lane.stream: protocol.dead_letter_key(lane.name) for lane in lanes}
+        self._heartbeats = [protocol.heartbeat_key(lane.name) for lane in lanes]
+        self.cancel_channels = [protocol.cancel_channel(lane.name) for lane in lanes]
         self._result_ttl_s = settings.gateway.result_ttl_s
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery

@@ -96,7 +96,7 @@ class WorkerProcess:
         self.batcher: Batcher[Delivery] = Batcher(
             pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
         )
-        self.priority = {stream: rank for rank, stream in enumerate(self.consumer.streams)}
+        self.priority = self.consumer.priority  # stream -> its tier's rank, strictest first
         latency = settings.processors[pool.processor].latency
         self.refill_ms = int(min(READ_BLOCK_MS, max(1.0, expected_batch_ms(latency, pool.max_batch))))
         self.capacity = CapacityMeter(latency, pool.max_batch, len(pool.tiers), pool.min_share)
@@ -199,9 +199,9 @@ class WorkerProcess:
         once. While busy it reads ahead only its lowest tier, where throughput is what counts."""
         rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
         busy = self.metrics.running > 0 or len(self.batcher) > 0
-        if busy and len(rooms) > 1:
-            lowest = self.consumer.streams[-1]
-            rooms = {stream: room if stream == lowest else 0 for stream, room in rooms.items()}
+        lowest = len(self.consumer.tiers) - 1
+        if busy and lowest > 0:
+            rooms = {stream: room if self.priority[stream] == lowest else 0 for stream, room in rooms.items()}
         return rooms
 
     async def _admit(self, deliveries: list[Delivery]) -> None:
@@ -270,10 +270,10 @@ class WorkerProcess:
                 worker=self.name,
                 pool=self.pool_name,
                 at_ms=at_ms,
-                capacity_per_s=round(per_s, 3),
+                capacity_per_s=round(snapshot.per_s[rank], 3),
                 service_ms=round(snapshot.service_ms, 3),
             )
-            for per_s in snapshot.per_s
+            for rank in self.priority.values()
         ]
         await self.consumer.heartbeat(beats)
 

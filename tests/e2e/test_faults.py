@@ -30,7 +30,7 @@ from tests.processes import Proc, start
 # Skipped where redis-server is missing, and failed instead where Redis is required (tests/conftest.py).
 pytestmark = pytest.mark.redis_server
 
-STREAM = protocol.stream_key("interactive", "default")
+STREAM = protocol.stream_key(protocol.lane_name("interactive", "default", ["slow"]))
 CONFIG = """
 [gateway]
 result_ttl_s = 600

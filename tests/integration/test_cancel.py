@@ -19,13 +19,14 @@ import redis.asyncio as aioredis
 from core import protocol
 from core.protocol import Envelope
 from gateway.metrics import METRICS
+from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
 from workers.backends import Backend, Completion, TokenSink
 from workers.process import WorkerProcess
 
 StartStack = Callable[..., Any]
 POOL, TIER = "groq-realtime", "realtime"
-STREAM = protocol.stream_key(TIER, "default")
+STREAM = default_lane(TIER, "default").stream
 DEADLINE_MS = 60_000
 
 
@@ -230,7 +231,7 @@ async def test_an_openai_stream_whose_client_hangs_up_cancels_its_queued_request
 async def hears(client: aioredis.Redis, worker: WorkerProcess, probe_id: str) -> bool:
     """Publish a cancel of `probe_id` on the worker's channel; whether the worker has it yet."""
     notice = protocol.Cancel(id=probe_id, deadline_at_ms=int(worker.clock.now_ms()) + DEADLINE_MS)
-    await client.publish(protocol.cancel_channel(TIER, "default"), protocol.encoder.encode(notice))
+    await client.publish(protocol.cancel_channel(default_lane(TIER, "default").name), protocol.encoder.encode(notice))
     return probe_id in worker.cancelled
 
 

@@ -14,14 +14,14 @@ import redis.asyncio as aioredis
 
 from core import protocol
 from core.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, default_lane
 from tests.integration.conftest import Stack, wait_until
 from tests.integration.test_recovery import STREAM, accept, status_of, take_as
 
 pytestmark = pytest.mark.redis_server
 
 StartStack = Callable[..., Any]
-DEAD = protocol.dead_letter_key("interactive", "default")
+DEAD = protocol.dead_letter_key(default_lane("interactive", "default").name)
 
 
 async def tiergate(redis_url: str, *args: str) -> tuple[int, str, str]:

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from core import protocol
 from core.settings import Settings
 from gateway.state import STATE
+from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
 from tests.integration.test_metrics import fast, scrape, total
 
@@ -214,7 +215,7 @@ async def test_a_504_and_its_late_reply_count_once(
             await client.chat.completions.create(model="sim-echo", messages=ask, extra_headers=headers, stream=True)
     assert chat_error.value.status_code == stream_error.value.status_code == 504
     redis = aioredis.Redis.from_url(redis_url)
-    queued: Any = await redis.xrange(protocol.stream_key("realtime", "default"))
+    queued: Any = await redis.xrange(default_lane("realtime", "default").stream)
     await redis.aclose()
     ids = {protocol.envelope_decoder.decode(fields[protocol.PAYLOAD_FIELD]).id for _, fields in queued}
     assert len(ids) == 3

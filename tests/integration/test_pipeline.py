@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from core import protocol
 from core.settings import Settings
 from gateway.state import STATE
+from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
 from workers.models import embed
 
@@ -124,7 +125,7 @@ async def test_deadline_passes_504_and_the_expired_request_is_never_run(stack: S
     assert body["error"]["type"] == "deadline_exceeded"
     assert "within its deadline of 150 ms" in body["error"]["message"]
     await s.start_workers(["cerebras-batch", "inferentia-mixed"])
-    stream = protocol.stream_key("batch", "default")
+    stream = default_lane("batch", "default").stream
     client = aioredis.Redis.from_url(redis_url)
     try:
         await wait_until(lambda: _stream_drained(client, stream))
@@ -173,10 +174,10 @@ async def test_undecodable_entry_is_dead_lettered_and_the_worker_keeps_serving(
     s: Stack = await stack(pools=["groq-realtime", "h100-interactive", "cerebras-batch"])
     client = aioredis.Redis.from_url(redis_url)
     try:
-        await client.xadd(protocol.stream_key("realtime", "default"), {protocol.PAYLOAD_FIELD: b"\xc1garbage"})
+        await client.xadd(default_lane("realtime", "default").stream, {protocol.PAYLOAD_FIELD: b"\xc1garbage"})
         status, body = await s.infer(model="sim-echo", input="still here", tier="realtime")
         assert (status, body["output"]) == (200, "ereh llits")
-        dead = protocol.dead_letter_key("realtime", "default")
+        dead = protocol.dead_letter_key(default_lane("realtime", "default").name)
         await wait_until(lambda: client.xlen(dead))
         ((_, fields),) = await client.xrange(dead)
         letter = protocol.dead_letter_decoder.decode(fields[protocol.PAYLOAD_FIELD])

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from core import protocol
 from core.settings import Settings
 from gateway.results import Waiters
+from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
 from workers.consumer import Consumer, Delivery
 from workers.process import claim_idle_ms
@@ -21,8 +22,8 @@ from workers.process import claim_idle_ms
 pytestmark = pytest.mark.redis_server  # XPENDING IDLE, XCLAIM and Lua's cmsgpack need a real Redis
 
 StartStack = Callable[..., Any]
-STREAM = protocol.stream_key("interactive", "default")
-HEARTBEATS = protocol.heartbeat_key("interactive", "default")
+STREAM = default_lane("interactive", "default").stream
+HEARTBEATS = protocol.heartbeat_key(default_lane("interactive", "default").name)
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ async def test_an_entry_delivered_too_often_is_dead_lettered_and_its_client_told
     body = await status_of(s, request_id)
     assert body["status"] == "failed" and body["error"]["type"] == "worker_error"
     assert f"request {request_id} was moved to the dead-letter stream after 3 deliveries" in body["error"]["message"]
-    ((_, fields),) = await client.xrange(protocol.dead_letter_key("interactive", "default"))
+    ((_, fields),) = await client.xrange(protocol.dead_letter_key(default_lane("interactive", "default").name))
     letter = protocol.dead_letter_decoder.decode(fields[protocol.PAYLOAD_FIELD])
     assert (letter.request_id, letter.entry_id, letter.deliveries) == (request_id, entry_id.decode(), 3)
     assert "its last worker ghost stopped" in letter.reason and letter.dead_at_ms > 0
@@ -221,7 +222,7 @@ async def test_stopped_workers_leave_the_group_and_the_worker_hashes(client: aio
     """What a stopped worker left behind is removed once nothing of its is pending."""
     consumer = Consumer(client, fast, "h100-interactive", "survivor")
     await consumer.setup()
-    hearts = protocol.heartbeat_key("interactive", "default")
+    hearts = protocol.heartbeat_key(default_lane("interactive", "default").name)
     await client.xgroup_createconsumer(STREAM, protocol.GROUP, "gone")
     await client.xgroup_createconsumer(STREAM, protocol.GROUP, "busy-but-gone")
     await client.xadd(STREAM, {protocol.PAYLOAD_FIELD: protocol.encoder.encode(_envelope("held"))})

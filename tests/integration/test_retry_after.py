@@ -19,11 +19,12 @@ from core import protocol
 from core.settings import Settings
 from gateway.admission import DEADLINE_SHARE, Capacity
 from gateway.state import STATE
+from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
 
 StartStack = Callable[..., Any]
 PER_S, SERVICE_MS, DEADLINE_MS, BACKLOG = 0.5, 2000.0, 4000, 8
-STREAM = protocol.stream_key("batch", "default")
+STREAM = default_lane("batch", "default").stream
 
 
 async def beat(client: aioredis.Redis) -> None:
@@ -31,7 +32,9 @@ async def beat(client: aioredis.Redis) -> None:
     seconds, micros = await client.time()
     now_ms = seconds * 1000 + micros // 1000
     heartbeat = protocol.Heartbeat("slow-0", "cerebras-batch", now_ms, capacity_per_s=PER_S, service_ms=SERVICE_MS)
-    await client.hset(protocol.heartbeat_key("batch", "default"), "slow-0", protocol.encoder.encode(heartbeat))
+    await client.hset(
+        protocol.heartbeat_key(default_lane("batch", "default").name), "slow-0", protocol.encoder.encode(heartbeat)
+    )
 
 
 def admitted_after(retry_s: int, backlog: int) -> bool:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from core import protocol
 from core.settings import Settings
 from gateway.state import STATE
+from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
 
 StartStack = Callable[..., Any]
@@ -18,7 +19,7 @@ StartStack = Callable[..., Any]
 
 async def _wait_for_capacity(s: Stack, tier: str) -> None:
     state = s.server.app[STATE]
-    stream = protocol.stream_key(tier, "default")
+    stream = default_lane(tier, "default").stream
     await wait_until(lambda: state.capacity.get(stream) is not None, timeout_s=10)
 
 

@@ -37,14 +37,20 @@ def test_envelope_and_replies_round_trip() -> None:
         assert protocol.stored_decoder.decode(protocol.encoder.encode(reply)) == reply
 
 
+LANE = protocol.lane_name("realtime", "eu-west", ["groq-b", "groq-a"])
+
+
 @pytest.mark.parametrize(
     "key",
     [
-        protocol.stream_key("realtime", "eu-west"),
-        protocol.dead_letter_key("realtime", "eu-west"),
+        protocol.stream_key(LANE),
+        protocol.dead_letter_key(LANE),
+        protocol.heartbeat_key(LANE),
         protocol.reply_key("host-1-abc"),
         protocol.request_key("0123abcd"),
-        protocol.cancel_channel("realtime", "eu-west"),
+        protocol.accepted_key("0123abcd"),
+        protocol.cancel_channel(LANE),
+        protocol.idempotency_key("k"),
     ],
 )
 def test_every_key_has_one_cluster_hash_tag(key: str) -> None:
@@ -52,21 +58,23 @@ def test_every_key_has_one_cluster_hash_tag(key: str) -> None:
     assert len(re.findall(r"\{[^{}]+\}", key)) == 1
 
 
-def test_a_stream_and_its_dead_letters_share_a_hash_slot() -> None:
+def test_a_stream_its_dead_letters_heartbeats_and_cancels_share_a_hash_slot() -> None:
     tag = re.compile(r"\{([^{}]+)\}")
-    stream = tag.search(protocol.stream_key("batch", "us"))
-    dead = tag.search(protocol.dead_letter_key("batch", "us"))
-    cancels = tag.search(protocol.cancel_channel("batch", "us"))
-    assert stream and dead and cancels and stream.group(1) == dead.group(1) == cancels.group(1) == "batch.us"
-    assert protocol.stream_key("batch", "us") != protocol.stream_key("batch", "eu")
+    lane = protocol.lane_name("batch", "us", ["wafer", "chip"])
+    keys = [protocol.stream_key(lane), protocol.dead_letter_key(lane), protocol.heartbeat_key(lane)]
+    tags = {found.group(1) for found in (tag.search(key) for key in [*keys, protocol.cancel_channel(lane)]) if found}
+    assert tags == {"batch.us.chip+wafer"}  # the pools sorted: their order in the config does not matter
+    assert protocol.stream_key(lane) != protocol.stream_key(protocol.lane_name("batch", "eu", ["wafer", "chip"]))
+    assert protocol.stream_key(lane) != protocol.stream_key(protocol.lane_name("batch", "us", ["wafer"]))
 
 
 def test_an_accepted_record_names_its_stream_and_old_records_still_decode() -> None:
+    lane = protocol.lane_name("batch", "us", ["wafer"])
     accepted = protocol.Accepted(
-        id="a", model="sim-echo", tier="batch", deadline_at_ms=5, region="us", reply_to="gw", entry_id="1-0"
+        id="a", model="sim-echo", tier="batch", deadline_at_ms=5, region="us", reply_to="gw", entry_id="1-0", lane=lane
     )
     assert protocol.stored_decoder.decode(protocol.encoder.encode(accepted)) == accepted
-    assert accepted.stream == protocol.stream_key("batch", "us")
+    assert accepted.stream == protocol.stream_key(lane)
     old = protocol.encoder.encode(
         {"type": "accepted", "id": "a", "model": "sim-echo", "tier": "batch", "deadline_at_ms": 5}
     )

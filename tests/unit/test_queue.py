@@ -9,6 +9,7 @@ import fakeredis
 
 from core import protocol
 from gateway.queue import RequestQueue
+from tests.conftest import default_lane
 
 
 class CountingRedis(fakeredis.aioredis.FakeRedis):
@@ -19,19 +20,20 @@ class CountingRedis(fakeredis.aioredis.FakeRedis):
         return super().pipeline(*args, **kwargs)
 
 
+LANE = protocol.lane_name("batch", "default", ["cerebras-batch"])
+STREAM = protocol.stream_key(LANE)
+
+
 async def test_requests_of_one_tick_share_one_pipeline_and_sample_the_length() -> None:
     redis = CountingRedis()
     queue = RequestQueue(redis)
-    ids = await asyncio.gather(*(queue.enqueue("tg:{batch.default}:requests", b"%d" % i) for i in range(10)))
+    ids = await asyncio.gather(*(queue.enqueue(STREAM, b"%d" % i) for i in range(10)))
     assert CountingRedis.pipelines == 1
     assert len(set(ids)) == 10
-    assert queue.lengths == {"tg:{batch.default}:requests": 10}
-    entries = await redis.xrange("tg:{batch.default}:requests")
+    assert queue.lengths == {STREAM: 10}
+    entries = await redis.xrange(STREAM)
     assert [fields[b"m"] for _, fields in entries] == [b"%d" % i for i in range(10)]
     await redis.aclose()
-
-
-STREAM = "tg:{batch.default}:requests"
 
 
 async def test_a_restated_key_rides_with_the_next_tick_and_keeps_its_ttl() -> None:
@@ -51,7 +53,7 @@ async def test_a_restated_key_rides_with_the_next_tick_and_keeps_its_ttl() -> No
 def _queued(entry_id: bytes = b"", reply_to: str = "") -> protocol.Accepted:
     return protocol.Accepted(
         id="r1", model="sim-echo", tier="batch", deadline_at_ms=10**13, region="default",
-        reply_to=reply_to, entry_id=entry_id.decode(),
+        reply_to=reply_to, entry_id=entry_id.decode(), lane=LANE,
     )  # fmt: skip
 
 
@@ -93,7 +95,10 @@ async def test_a_cancel_after_a_hang_up_waits_for_the_entry_id() -> None:
 async def test_one_sample_reads_lengths_heartbeats_and_group_lag_in_one_pipeline() -> None:
     server = fakeredis.FakeServer()
     redis = fakeredis.aioredis.FakeRedis(server=server)
-    stream, beats = protocol.stream_key("batch", "default"), protocol.heartbeat_key("batch", "default")
+    stream, beats = (
+        default_lane("batch", "default").stream,
+        protocol.heartbeat_key(default_lane("batch", "default").name),
+    )
     await redis.xgroup_create(stream, protocol.GROUP, id="0", mkstream=True)
     for n in range(3):
         await redis.xadd(stream, {protocol.PAYLOAD_FIELD: b"x%d" % n})

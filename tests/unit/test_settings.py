@@ -64,10 +64,14 @@ def test_unknown_keys_are_refused() -> None:
     assert "Object contains unknown field `prot` - at `$.gateway`" in refused(raw)
 
 
-def test_pools_sharing_a_stream_must_serve_the_same_models() -> None:
+def test_pools_of_one_tier_may_serve_different_models_each_on_its_own_lane() -> None:
     raw = default_raw()
     raw["pools"]["tpu-interactive"]["models"] = ["sim-echo"]
-    assert "pools sharing the interactive/default stream must serve the same models" in refused(raw)
+    lanes = [lane for lane in parse_settings(raw).lanes() if lane.tier == "interactive"]
+    assert [(lane.pools, lane.models) for lane in lanes] == [
+        (("h100-interactive", "inferentia-mixed"), ("sim-embed",)),
+        (("h100-interactive", "tpu-interactive", "inferentia-mixed"), ("sim-echo",)),
+    ]
 
 
 def test_environment_overrides_apply(tmp_path: Path) -> None:
