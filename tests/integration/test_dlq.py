@@ -53,12 +53,13 @@ async def test_dead_letters_are_listed_and_replayed_to_an_answer(
         code, out, _ = await tiergate(redis_url, "list")
         assert code == 0
         header, *rows = out.splitlines()
-        assert header.split()[:5] == ["TIER", "REGION", "ENTRY", "REQUEST", "DELIVERIES"]
+        assert header.split()[:6] == ["TIER", "REGION", "POOLS", "ENTRY", "REQUEST", "DELIVERIES"]
         (good,) = [row for row in rows if request_id in row]
         (bad,) = [row for row in rows if "(undecodable)" in row]
-        assert good.split()[4] == "2" and "its last worker ghost stopped" in good
+        assert good.split()[:3] == ["interactive", "default", "h100-interactive+tpu-interactive+inferentia-mixed"]
+        assert good.split()[5] == "2" and "its last worker ghost stopped" in good
         assert "undecodable entry" in bad
-        good_entry, bad_entry = good.split()[2], bad.split()[2]
+        good_entry, bad_entry = good.split()[3], bad.split()[3]
         assert (await tiergate(redis_url, "list", "--tier", "batch"))[1] == "no dead letters\n"
 
         code, out, err = await tiergate(redis_url, "replay")

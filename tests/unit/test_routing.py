@@ -21,7 +21,11 @@ def test_model_default_tier_and_tier_default_deadline(make_settings: Callable[..
 
 def test_explicit_tier_and_deadline(make_settings: Callable[..., Settings]) -> None:
     route = Router(make_settings()).route("sim-embed", 5, tier="realtime", deadline_ms=50)
-    assert (route.tier, route.stream, route.deadline_ms) == ("realtime", "tg:{realtime.default.groq-realtime}:requests", 50)
+    assert (route.tier, route.stream, route.deadline_ms) == (
+        "realtime",
+        "tg:{realtime.default.groq-realtime}:requests",
+        50,
+    )
 
 
 def test_refusals_name_the_problem(make_settings: Callable[..., Settings]) -> None:
