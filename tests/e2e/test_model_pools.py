@@ -76,6 +76,7 @@ class Upstream(threading.Thread):
         self.port = port
         self.models: list[str] = []
         self.in_flight = 0
+        self.holding = threading.Event()  # set once it holds two requests at once
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.runner: web.AppRunner | None = None
@@ -84,6 +85,8 @@ class Upstream(threading.Thread):
         body = await request.json()
         self.models.append(body["model"])
         self.in_flight += 1
+        if self.in_flight >= 2:
+            self.holding.set()
         try:
             await asyncio.sleep(UPSTREAM_DELAY_S)
         finally:
@@ -164,9 +167,7 @@ async def _load_and_kill(up: Proc, upstream: Upstream, doomed: list[int]) -> lis
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         sends = [_infer(http, up.url, model, f"{model} request {i}") for i in range(PER_MODEL) for model in _MODELS]
         tasks = [asyncio.create_task(send) for send in sends]
-        async with asyncio.timeout(30):
-            while upstream.in_flight < 2:
-                await asyncio.sleep(0.01)
+        await asyncio.wait_for(asyncio.to_thread(upstream.holding.wait), 30)
         for pid in doomed:
             os.kill(pid, signal.SIGKILL)
         assert not all(task.done() for task in tasks)
