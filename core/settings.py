@@ -224,7 +224,7 @@ class Settings(_Frozen, frozen=True):
             for region in self.regions():
                 by_pools: dict[tuple[str, ...], list[str]] = {}
                 for model in self.models:
-                    pools = tuple(p for p in self.pools_for(tier, region) if model in self.pools[p].models)
+                    pools = tuple(sorted(p for p in self.pools_for(tier, region) if model in self.pools[p].models))
                     if pools:
                         by_pools.setdefault(pools, []).append(model)
                 lanes += [Lane(tier, region, pools, tuple(models)) for pools, models in sorted(by_pools.items())]
@@ -240,7 +240,7 @@ class Lane:
 
     tier: str
     region: str
-    pools: tuple[str, ...]
+    pools: tuple[str, ...]  # sorted by name
     models: tuple[str, ...]
 
     @property

@@ -56,7 +56,7 @@ async def test_dead_letters_are_listed_and_replayed_to_an_answer(
         assert header.split()[:6] == ["TIER", "REGION", "POOLS", "ENTRY", "REQUEST", "DELIVERIES"]
         (good,) = [row for row in rows if request_id in row]
         (bad,) = [row for row in rows if "(undecodable)" in row]
-        assert good.split()[:3] == ["interactive", "default", "h100-interactive+tpu-interactive+inferentia-mixed"]
+        assert good.split()[:3] == ["interactive", "default", "h100-interactive+inferentia-mixed+tpu-interactive"]
         assert good.split()[5] == "2" and "its last worker ghost stopped" in good
         assert "undecodable entry" in bad
         good_entry, bad_entry = good.split()[3], bad.split()[3]

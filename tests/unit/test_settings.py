@@ -70,7 +70,7 @@ def test_pools_of_one_tier_may_serve_different_models_each_on_its_own_lane() -> 
     lanes = [lane for lane in parse_settings(raw).lanes() if lane.tier == "interactive"]
     assert [(lane.pools, lane.models) for lane in lanes] == [
         (("h100-interactive", "inferentia-mixed"), ("sim-embed",)),
-        (("h100-interactive", "tpu-interactive", "inferentia-mixed"), ("sim-echo",)),
+        (("h100-interactive", "inferentia-mixed", "tpu-interactive"), ("sim-echo",)),
     ]
 
 
