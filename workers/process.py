@@ -251,7 +251,7 @@ class WorkerProcess:
 
     def _ran(self, replies: list[tuple[Delivery, Reply]]) -> list[int]:
         """Requests of each priority that ran on the processor (not those answered unrun)."""
-        ran = [0] * len(self.priority)
+        ran = [0] * len(self.consumer.tiers)
         for d, reply in replies:
             if isinstance(reply, Result):
                 ran[self.priority[d.stream]] += 1
