@@ -229,6 +229,7 @@ class Settings(_Frozen, frozen=True):
                         by_pools.setdefault(pools, []).append(model)
                 lanes += [Lane(tier, region, pools, tuple(models)) for pools, models in sorted(by_pools.items())]
         return lanes
+
     def lane_for(self, tier: str, region: str, model: str) -> Lane | None:
         """The lane a request for `model` on `tier` in `region` goes to; None when no pool serves it."""
         return next((x for x in self.lanes() if (x.tier, x.region) == (tier, region) and model in x.models), None)
