@@ -117,7 +117,7 @@ def refuse_unsupported(settings: Settings, pools: Sequence[str], used: dict[str,
 
 def _describe(name: str) -> str:
     if name.startswith("messages.content."):
-        return f"{name.removeprefix('messages.content.')} content parts"
+        return f"a content part of type {name.removeprefix('messages.content.')}"
     if name.startswith("messages."):
-        return f"{name.removeprefix('messages.')} in messages"
+        return f"{name.removeprefix('messages.')} in a message"
     return name
