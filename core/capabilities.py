@@ -80,12 +80,7 @@ class _Part(msgspec.Struct):
     type: str
 
 
-class _Format(msgspec.Struct):
-    type: str = ""
-
-
 _parts = msgspec.json.Decoder(list[_Part])
-_format = msgspec.json.Decoder(_Format)
 _object = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -120,7 +115,7 @@ def _generation_fields(g: Generation) -> dict[str, str]:
         used.append("tools")
     if g.tool_choice:
         used.append("tool_choice")
-    if g.response_format and _format.decode(g.response_format).type != "text":
+    if g.response_format and msgspec.json.decode(g.response_format) != {"type": "text"}:
         used.append("response_format")
     if g.extra:
         used += [name for name, value in _object.decode(g.extra).items() if _asks(name, value)]

@@ -53,6 +53,7 @@ class RecordingUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
         return app
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -72,6 +73,15 @@ class RecordingUpstream:
             choices = [self._choice(body, i, f"{text} {i}" if n > 1 else text) for i in range(n)]
         usage = {"prompt_tokens": 3, "completion_tokens": 2 * n, "total_tokens": 3 + 2 * n}
         return web.json_response({"id": "x", "object": "chat.completion", "choices": choices, "usage": usage})
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.seen.append(body)
+        text = body["prompt"] + " DONE" + body.get("suffix", "")
+        logprobs = {"tokens": ["DONE"], "token_logprobs": [-0.5], "top_logprobs": None, "text_offset": [0]}
+        choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": logprobs}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        return web.json_response({"id": "y", "object": "text_completion", "choices": [choice], "usage": usage})
 
     def _choice(self, body: dict[str, Any], index: int, text: str) -> dict[str, Any]:
         logprobs = _logprobs(text) if body.get("logprobs") else None
@@ -162,6 +172,17 @@ async def test_every_parameter_reaches_the_upstream_as_the_sdk_sent_it(
     answer = await aio.chat.completions.create(model="sim-echo", messages=CONVERSATION, **PARAMETERS)
     assert answer.choices[0].message.content == "SUNNY, 21 C"
     assert fake.seen == [{"model": "fake-llm", "messages": CONVERSATION, **PARAMETERS}]
+
+
+async def test_completion_fields_reach_the_upstream_and_its_logprobs_come_back(
+    upstream_stack: tuple[RecordingUpstream, openai.AsyncOpenAI],
+) -> None:
+    fake, aio = upstream_stack
+    sent = {"echo": True, "logprobs": 2, "suffix": "!", "best_of": 1, "stop": "\n", "max_tokens": 9, "seed": 1}
+    answer = await aio.completions.create(model="sim-echo", prompt="go", **sent)
+    assert fake.seen == [{"model": "fake-llm", "prompt": "go", **sent}]
+    assert answer.choices[0].text == "go DONE!"
+    assert answer.choices[0].logprobs is not None and answer.choices[0].logprobs.token_logprobs == [-0.5]
 
 
 async def test_a_tool_call_reaches_the_sdk_as_message_tool_calls(

@@ -111,7 +111,9 @@ class SimulatedBackend:
     def _refusal(self, env: Envelope) -> Completion | None:
         """The error of a request asking for what this backend cannot do (the gateway refuses
         such requests before queueing them; this is the worker's own word)."""
-        if env.generation is None and not any(m.parts or m.tool_calls or m.tool_call_id for m in env.messages):
+        if env.generation is None and not any(
+            m.parts or m.tool_calls or m.tool_call_id or m.extra for m in env.messages
+        ):
             return None
         missing = unsupported("simulated", envelope_fields(env))
         if missing is None:
