@@ -165,11 +165,49 @@ def queued_at_ms(envelope: Envelope, entry_id: bytes | str) -> float:
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True, frozen=True):
-    """One message of a chat conversation, text only (the OpenAI API's `messages` items)."""
+    """One message of a chat conversation (the OpenAI API's `messages` items). `content` is its
+    text (a list of content parts: their text parts joined); what else it held travels as the
+    JSON text the client sent, for backends that forward it unchanged."""
 
     role: str
     content: str
     name: str = ""
+    parts: bytes = b""  # JSON array: the content parts, when the content was a list of them
+    tool_calls: bytes = b""  # JSON array: an assistant message's tool calls
+    tool_call_id: str = ""  # a tool message: the call it answers
+    extra: bytes = b""  # JSON object: its other fields (refusal, audio, ...; `"content": null`)
+
+
+class Generation(msgspec.Struct, omit_defaults=True, frozen=True):
+    """How an OpenAI-dialect request asks its answer to be generated: each field as the client
+    sent it (None: not sent). Values that are arbitrary JSON travel as the JSON text the client
+    sent, so neither side decodes them unless it must. `extra` holds the request's rarer fields
+    (a JSON object: `functions`, `metadata`, `modalities`, a completion's `echo` ...)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: bytes = b""  # JSON
+    tools: bytes = b""  # JSON array
+    tool_choice: bytes = b""  # JSON
+    extra: bytes = b""  # JSON object
+
+    def stops(self) -> list[str]:
+        """The stop sequences, as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
 
 
 class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
@@ -187,6 +225,7 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     messages: tuple[ChatMessage, ...] = ()  # the whole conversation of a chat request; `input` is its last turn
     # Redis clock (ms, to a µs) when the sender queued it; 0 from senders older than this field.
     sent_at_ms: float = 0.0
+    generation: Generation | None = None  # an OpenAI-dialect request's generation fields
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
@@ -225,6 +264,9 @@ class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""  # "stop", or "length" when max_tokens cut the output
+    # JSON array: OpenAI `choices` as an upstream answered them, when they hold more than one
+    # text (tool calls, several choices, log probabilities); `output` is the first one's text.
+    choices: bytes = b""
 
 
 class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True, frozen=True):
@@ -238,6 +280,9 @@ class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True, frozen=True):
     queue_ms: float = 0.0
     tier: str = ""
     pool: str = ""
+    # JSON array: an upstream's streamed OpenAI `choices` (deltas) that hold more than one text
+    # piece (tool call deltas, other choices, log probabilities), forwarded as it sent them.
+    choices: bytes = b""
 
 
 class Failure(msgspec.Struct, tag="failure", omit_defaults=True, frozen=True):

@@ -18,15 +18,25 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from core import protocol
+from core.capabilities import fields_used
 from core.errors import InvalidRequest, QueueFull, RequestError
 
 from .admission import Admission
 from .calls import CALLS, Call, Calls, gather_results
 from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, idempotency_key, json_response
-from .openai_schema import decode_chat, decode_completion, decode_embedding, message_text
+from .openai_forward import (
+    chat_generation,
+    chat_message,
+    completion_generation,
+    embedding_generation,
+    receiving_pools,
+    refuse_unsupported,
+)
+from .openai_schema import decode_chat, decode_completion, decode_embedding
 from .openai_stream import StreamCall, error_type, stream_reply, usage
 from .routing import Route
 from .state import STATE, GatewayState
@@ -108,8 +118,13 @@ def _positive(text: str, header: str, what: str) -> float:
     return value
 
 
-def _route(request: web.Request, calls: Calls, model: str, chars: int, service_tier: str | None) -> Route:
+def _route(
+    request: web.Request, calls: Calls, model: str, chars: int, service_tier: str | None, used: dict[str, str]
+) -> Route:
+    """Route, refuse what a pool that may receive it cannot do (before it is queued), admit."""
+    settings = calls.state.settings
     route = calls.state.router.route(model, chars, pick_tier(request, calls.state, service_tier))
+    refuse_unsupported(settings, receiving_pools(settings, route.tier, route.region, model), used)
     deadline_ms = client_deadline_ms(request, route.deadline_ms)
     if deadline_ms != route.deadline_ms:
         route = dataclasses.replace(route, deadline_ms=deadline_ms)
@@ -158,14 +173,31 @@ def _tiergate(result: protocol.Result, total_ms: float) -> dict[str, Any]:
     }
 
 
+def _chat_choices(result: protocol.Result) -> object:
+    """An upstream's own choices (tool calls, several choices, log probabilities) as it sent them,
+    else the one text answer."""
+    if result.choices:
+        return msgspec.Raw(result.choices)
+    message = {"role": "assistant", "content": result.output, "refusal": None}
+    return [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop", "logprobs": None}]
+
+
+def _completion_choices(result: protocol.Result) -> object:
+    if result.choices:
+        return msgspec.Raw(result.choices)
+    return [{"index": 0, "text": result.output, "finish_reason": result.finish_reason or "stop", "logprobs": None}]
+
+
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     state, calls = request.app[STATE], request.app[CALLS]
     body = decode_chat(state.settings, await request.read())
-    messages = tuple(protocol.ChatMessage(m.role, message_text(m.content), m.name or "") for m in body.messages)
+    messages = tuple(chat_message(m) for m in body.messages)
+    generation = chat_generation(body)
     text = next((m.content for m in reversed(messages) if m.role == "user"), messages[-1].content)
-    route = _route(request, calls, body.model, sum(len(m.content) for m in messages), body.service_tier)
+    chars = sum(len(m.content) for m in messages)
+    route = _route(request, calls, body.model, chars, body.service_tier, fields_used(generation, messages))
     env = calls.envelope(
         route,
         body.model,
@@ -173,6 +205,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         stream=bool(body.stream),
         max_tokens=body.max_completion_tokens or body.max_tokens or 0,
         messages=messages,
+        generation=generation,
     )
     tier_name = body.service_tier if body.service_tier not in (None, "auto") else _service_tier_name(state, route.tier)
     if body.stream:
@@ -186,14 +219,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.output, "refusal": None},
-                "finish_reason": result.finish_reason or "stop",
-                "logprobs": None,
-            }
-        ],
+        "choices": _chat_choices(result),
         "usage": usage(result),
         "service_tier": tier_name,
         "system_fingerprint": None,
@@ -207,8 +233,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     calls = request.app[CALLS]
     body, prompt = decode_completion(calls.state.settings, await request.read())
-    route = _route(request, calls, body.model, len(prompt), body.service_tier)
-    env = calls.envelope(route, body.model, prompt, stream=bool(body.stream), max_tokens=body.max_tokens or 0)
+    generation = completion_generation(body)
+    route = _route(request, calls, body.model, len(prompt), body.service_tier, fields_used(generation))
+    stream, max_tokens = bool(body.stream), body.max_tokens or 0
+    env = calls.envelope(route, body.model, prompt, stream=stream, max_tokens=max_tokens, generation=generation)
     if body.stream:
         info = StreamCall("completion", env.id, body.model, int(time.time()), body.include_usage, None)
         return await stream_reply(request, info, calls.call(route, env, started), _early(request, route))
@@ -220,9 +248,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "object": "text_completion",
         "created": int(time.time()),
         "model": body.model,
-        "choices": [
-            {"index": 0, "text": result.output, "finish_reason": result.finish_reason or "stop", "logprobs": None}
-        ],
+        "choices": _completion_choices(result),
         "usage": usage(result),
         "tiergate": _tiergate(result, total_ms),
     }
@@ -241,11 +267,12 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     calls = request.app[CALLS]
     body, texts = decode_embedding(calls.state.settings, await request.read())
-    routes = [_route(request, calls, body.model, len(text), None) for text in texts]
+    generation = embedding_generation(body)
+    routes = [_route(request, calls, body.model, len(text), None, fields_used(generation)) for text in texts]
     # Every input is its own request; all of them join the same tick's pipeline, and each one
     # answered counts with the latency of the whole answer.
     inputs = [
-        calls.call(route, calls.envelope(route, body.model, text), started)
+        calls.call(route, calls.envelope(route, body.model, text, generation=generation), started)
         for route, text in zip(routes, texts, strict=True)
     ]
     results = await gather_results(inputs)

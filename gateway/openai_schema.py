@@ -1,6 +1,6 @@
 """The request bodies of the OpenAI-compatible API as msgspec Structs, and the pure checks a
-decoded body must pass before it is routed (unsupported fields, the gateway's limits, a model of
-the right kind). `gateway/openapi.py` generates the published schemas from these Structs. No I/O.
+decoded body must pass before it is routed (the gateway's limits, a model of the right kind).
+`gateway/openapi.py` generates the published schemas from these Structs. No I/O.
 """
 
 from __future__ import annotations
@@ -18,14 +18,20 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Request bodies: every field OpenAI documents is accepted, anything else is a 400."""
 
 
-class TextPart(msgspec.Struct, forbid_unknown_fields=True):
-    type: str
-    text: str = ""
+class ContentPart(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One part of a message's content; parts other than text go to backends that take them."""
+
+    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
+    text: str | None = None
+    image_url: Any = None
+    input_audio: Any = None
+    file: Any = None
+    refusal: str | None = None
 
 
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     refusal: str | None = None
     tool_calls: Any = None
@@ -43,7 +49,8 @@ MaxTokens = Annotated[int, Meta(gt=0)]
 
 
 class Sampling(_Body):
-    """Fields shared by chat and text completions; sampling settings are accepted and ignored."""
+    """Fields shared by chat and text completions; each reaches the model, or the request is
+    refused when a pool that could receive it cannot use it (gateway/openai_forward.py)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=128)]
     stream: bool | None = None
@@ -119,14 +126,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
 
 
-def unsupported(field: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"{field} is not supported: {why} - at `$.{field}`")
-
-
-def message_text(content: str | list[TextPart] | None) -> str:
+def message_text(content: str | list[ContentPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    return "".join(part.text for part in content if part.type == "text")
+    return "".join(part.text or "" for part in content if part.type == "text")
 
 
 def check_model(settings: Settings, model: str, kind: str) -> None:
@@ -140,9 +143,9 @@ def check_model(settings: Settings, model: str, kind: str) -> None:
 
 
 def _check_sampling(settings: Settings, body: Sampling) -> None:
-    """One choice per request, and the gateway's limits on output tokens and conversation length."""
-    if body.n is not None and body.n != 1:
-        raise unsupported("n", "one choice per request")
+    """The gateway's limits on output tokens and conversation length."""
+    if body.n is not None and body.n < 1:
+        raise InvalidRequest(f"n is {body.n}; it must be at least 1 - at `$.n`")
     limits = settings.gateway
     for field in ("max_tokens", "max_completion_tokens"):
         value = getattr(body, field, None)
@@ -158,11 +161,6 @@ def decode_chat(settings: Settings, raw: bytes) -> ChatRequest:
     _check_sampling(settings, body)
     if not body.messages:
         raise InvalidRequest("messages must hold at least one message - at `$.messages`")
-    for field in ("tools", "functions"):
-        if getattr(body, field):
-            raise unsupported(field, "tiergate's models answer with text only")
-    if body.logprobs:
-        raise unsupported("logprobs", "tiergate's models report no log probabilities")
     check_model(settings, body.model, "chat")
     return body
 
@@ -174,8 +172,6 @@ def decode_completion(settings: Settings, raw: bytes) -> tuple[CompletionRequest
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1 or not prompts[0]:
         raise InvalidRequest("prompt must be one non-empty string - at `$.prompt`")
-    if body.echo or body.best_of not in (None, 1) or body.logprobs is not None or body.suffix:
-        raise InvalidRequest("echo, best_of, logprobs and suffix are not supported - at `$.prompt`")
     check_model(settings, body.model, "completion")
     return body, prompts[0]
 

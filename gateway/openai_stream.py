@@ -60,6 +60,7 @@ class _Writer:
         self.call = call
         self.response: web.StreamResponse | None = None
         self.sent: list[str] = []
+        self.passed = False  # an upstream's own choices went out (they carry the role)
         prefix, self.object = (
             ("chatcmpl", "chat.completion.chunk") if call.kind == "chat" else ("cmpl", "text_completion")
         )
@@ -95,11 +96,11 @@ class _Writer:
         delta: dict[str, str] = {}
         if text is not None:
             delta["content"] = text
-            if not self.sent:
+            if not self.sent and not self.passed:
                 delta["role"] = "assistant"
         return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
 
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    def _chunk(self, choices: list[dict[str, Any]] | msgspec.Raw, **extra: Any) -> dict[str, Any]:
         body = {"id": self.id, "object": self.object, "created": self.call.created, "model": self.call.model}
         body["choices"] = choices
         if self.call.kind == "chat":
@@ -113,6 +114,11 @@ class _Writer:
     async def text(self, text: str) -> None:
         await self.send(self._chunk([self._choice(text, None)]))
         self.sent.append(text)
+
+    async def choices(self, choices: bytes) -> None:
+        """An upstream's streamed choices (tool call deltas, other choices), as it sent them."""
+        await self.send(self._chunk(msgspec.Raw(choices)))
+        self.passed = True
 
     async def finish(self, result: protocol.Result, total_ms: float, ttft_ms: float) -> None:
         streamed = "".join(self.sent)
@@ -159,7 +165,9 @@ async def _relay(writer: _Writer, call: Call) -> web.StreamResponse:
             ttft_ms = call.ttft_ms or 0.0  # set at the first Chunk or Result
             if writer.response is None:
                 await writer.open(event.tier, event.pool, event.queue_ms, ttft_ms)
-            if isinstance(event, protocol.Chunk):
+            if isinstance(event, protocol.Chunk) and event.choices:
+                await writer.choices(event.choices)
+            elif isinstance(event, protocol.Chunk):
                 await writer.text(event.text)
             else:
                 await writer.finish(event, call.total_ms, ttft_ms)  # end to end: until the final Result

@@ -162,6 +162,7 @@ class Executor:
             prompt_tokens=done.prompt_tokens,
             completion_tokens=done.completion_tokens,
             finish_reason=done.finish_reason if isinstance(done.output, str) else "",
+            choices=done.choices,
         )
 
     async def _run(

@@ -37,7 +37,7 @@ class ChunkStream:
         self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._drain())
 
-    def __call__(self, position: int, text: str) -> None:
+    def __call__(self, position: int, text: str, choices: bytes = b"") -> None:
         """The backend's `TokenSink`: queue one piece of output for the request at `position`."""
         d = self._batch[position]
         seq = self._seq[position]
@@ -50,6 +50,7 @@ class ChunkStream:
             queue_ms=round(max(0.0, self._started_ms - d.sent_at_ms), 3) if seq == 0 else 0.0,
             tier=d.envelope.tier if seq == 0 else "",
             pool=self._pool if seq == 0 else "",
+            choices=choices,
         )
         self._pending.append((d, chunk))
         self._wake.set()

@@ -3,8 +3,9 @@
 A backend gets the whole batch in one call and answers one `Completion` per request, in order;
 a request it could not run gets a Completion with `error` set. With a `TokenSink` it reports
 each piece of output as it is made. `started_s` is the `time.perf_counter()` instant the caller
-measures the batch's service time from (None: when `run` is called). `make_backend` builds the
-backend a pool's settings name.
+measures the batch's service time from (None: when `run` is called). Each backend's `supports` is
+its row of the capability table (core/capabilities.py), which the gateway checks requests against
+before queueing them. `make_backend` builds the backend a pool's settings name.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ class Completion(msgspec.Struct, frozen=True):
     finish_reason: str = "stop"
     error: str = ""  # set: this request failed; the message names the cause
     error_code: str = WORKER_ERROR  # an errors.RequestError code, when `error` is set
+    choices: bytes = b""  # JSON array: an upstream's own OpenAI choices, when more than one text
 
 
 class TokenSink(Protocol):
-    """Called with (position of the request in the batch, text) for each piece of output."""
+    """Called with (position of the request in the batch, text) for each piece of output; an
+    upstream's streamed choices that hold more than text (`Chunk.choices`) come as `choices`."""
 
-    def __call__(self, position: int, text: str) -> None: ...
+    def __call__(self, position: int, text: str, choices: bytes = b"") -> None: ...
 
 
 class Backend(Protocol):

@@ -1,8 +1,11 @@
 """The `openai` backend: runs a pool's requests on an OpenAI-compatible server (vLLM, TGI,
 SGLang, llama.cpp, a hosted API) over one pooled aiohttp client session per worker process.
 
-A batch becomes concurrent upstream requests; streaming requests are relayed chunk by chunk.
-Every upstream failure becomes that request's error, naming the pool and the cause.
+A batch becomes concurrent upstream requests carrying every field the client sent (the
+conversation and the generation fields, JSON values as the client wrote them); streaming requests
+are relayed chunk by chunk. What the upstream answers beyond one text (tool calls, several choices,
+log probabilities) goes back as its own `choices`. Every upstream failure becomes that request's
+error, naming the pool and the cause.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import msgspec
 
+from core.capabilities import SUPPORTS
 from core.errors import DEADLINE_EXCEEDED, INVALID_REQUEST, QUEUE_FULL, WORKER_ERROR
-from core.protocol import Envelope
+from core.protocol import ChatMessage, Envelope
 from core.settings import Settings, UpstreamSettings
 
 from . import Completion, TokenSink
@@ -26,6 +31,25 @@ from . import Completion, TokenSink
 log = logging.getLogger(__name__)
 
 ERROR_BODY_CHARS = 300
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+# `Generation` fields sent under their own names: plain values, and JSON text spliced in as is.
+_VALUES: tuple[str, ...] = (
+    "temperature",
+    "top_p",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "stop",
+    "max_tokens",
+)
+_VALUES += ("max_completion_tokens", "n", "logprobs", "top_logprobs", "logit_bias", "user", "parallel_tool_calls")
+_JSON_VALUES = ("response_format", "tools", "tool_choice")
+# Fields of a choice (or of its message or delta) that make it more than one text.
+_BEYOND_TEXT = ("tool_calls", "function_call", "audio", "refusal")
+
+_encoder = msgspec.json.Encoder()
+_json_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 class UpstreamError(Exception):
@@ -35,6 +59,8 @@ class UpstreamError(Exception):
 
 
 class OpenAIBackend:
+    supports = SUPPORTS["openai"]
+
     def __init__(self, settings: Settings, pool_name: str) -> None:
         pool = settings.pools[pool_name]
         assert pool.upstream is not None  # settings validation refuses an openai pool without one
@@ -91,22 +117,19 @@ class OpenAIBackend:
     def _request(self, env: Envelope) -> tuple[str, dict[str, Any]]:
         model = self.upstream.upstream_model or env.model
         if self.models[env.model].kind == "embed":
-            return "/embeddings", {"model": model, "input": env.input}
-        body: dict[str, Any] = {"model": model}
-        if env.max_tokens:
-            body["max_tokens"] = env.max_tokens
+            user = env.generation.user if env.generation is not None else None
+            return "/embeddings", {"model": model, "input": env.input} | ({"user": user} if user else {})
+        body: dict[str, Any] = {"model": model} | _generation(env)
         if env.stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
         if env.messages:
-            messages = [
-                {"role": m.role, "content": m.content} | ({"name": m.name} if m.name else {}) for m in env.messages
-            ]
-            return "/chat/completions", body | {"messages": messages}
+            return "/chat/completions", body | {"messages": [_message(m) for m in env.messages]}
         return "/completions", body | {"prompt": env.input}
 
     async def _call(self, position: int, env: Envelope, sink: TokenSink | None) -> Completion:
         path, body = self._request(env)
-        async with self._client().post(self.base_url + path, json=body) as response:
+        data = _encoder.encode(body)
+        async with self._client().post(self.base_url + path, data=data, headers=JSON_HEADERS) as response:
             if response.status >= 400:
                 text = (await response.text(errors="replace"))[:ERROR_BODY_CHARS]
                 code = {400: INVALID_REQUEST, 422: INVALID_REQUEST, 429: QUEUE_FULL}.get(response.status)
@@ -131,12 +154,16 @@ class OpenAIBackend:
                 break
             event = _json(data)
             counts = event.get("usage") or counts
-            for choice in event.get("choices") or ():
-                text = _piece(choice)
-                if text:
-                    pieces.append(text)
-                    sink(position, text)
-                finish_reason = choice.get("finish_reason") or finish_reason
+            choices = event.get("choices") or []
+            finish_reason = next(
+                (c["finish_reason"] for c in choices if _first(c) and c.get("finish_reason")), finish_reason
+            )
+            text = "".join(_piece(c) for c in choices if _text_only(c))
+            if text:
+                pieces.append(text)
+                sink(position, text)
+            if beyond := [c for c in choices if not _text_only(c)]:
+                sink(position, "", _encoder.encode(beyond))
         return self._completion(env, "".join(pieces), counts, finish_reason)
 
     def _answer(self, env: Envelope, path: str, body: dict[str, Any]) -> Completion:
@@ -145,15 +172,17 @@ class OpenAIBackend:
             if path == "/embeddings":
                 output: str | list[float] = [float(v) for v in first["embedding"]]
             elif path == "/chat/completions":
-                output = str(first["message"]["content"] or "")
+                output = str(first["message"].get("content") or "")
             else:
                 output = str(first["text"])
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise UpstreamError(f"the upstream sent a malformed body (no {exc} where expected)") from exc
-        return self._completion(env, output, body.get("usage") or {}, first.get("finish_reason") or "stop")
+        choices = [] if path == "/embeddings" else body["choices"]
+        beyond = b"" if len(choices) < 2 and all(map(_text_only, choices)) else _encoder.encode(choices)
+        return self._completion(env, output, body.get("usage") or {}, first.get("finish_reason") or "stop", beyond)
 
     def _completion(
-        self, env: Envelope, output: str | list[float], counts: dict[str, Any], finish_reason: str
+        self, env: Envelope, output: str | list[float], counts: dict[str, Any], finish_reason: str, choices: bytes = b""
     ) -> Completion:
         prompt = int(counts.get("prompt_tokens") or 0)
         generated = int(counts.get("completion_tokens") or 0)
@@ -165,6 +194,7 @@ class OpenAIBackend:
             prompt_tokens=prompt,
             completion_tokens=generated,
             finish_reason=finish_reason,
+            choices=choices,
         )
 
 
@@ -177,6 +207,44 @@ def _json(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise UpstreamError("the upstream sent a malformed body (not a JSON object)")
     return body
+
+
+def _generation(env: Envelope) -> dict[str, Any]:
+    """The request's generation fields as the client sent them; `max_tokens` for a request
+    without them (the native API's)."""
+    gen = env.generation
+    body: dict[str, Any] = {}
+    if gen is not None:
+        body = {name: value for name in _VALUES if (value := getattr(gen, name)) is not None}
+        body |= {name: msgspec.Raw(raw) for name in _JSON_VALUES if (raw := getattr(gen, name))}
+        body |= _json_object.decode(gen.extra) if gen.extra else {}
+    if env.max_tokens and "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = env.max_tokens
+    return body
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """One message of the conversation as the client sent it."""
+    message: dict[str, Any] = {"role": m.role, "content": msgspec.Raw(m.parts) if m.parts else m.content}
+    if m.name:
+        message["name"] = m.name
+    if m.tool_calls:
+        message["tool_calls"] = msgspec.Raw(m.tool_calls)
+    if m.tool_call_id:
+        message["tool_call_id"] = m.tool_call_id
+    return message | _json_object.decode(m.extra) if m.extra else message
+
+
+def _first(choice: dict[str, Any]) -> bool:
+    return bool(choice.get("index", 0) == 0)
+
+
+def _text_only(choice: Any) -> bool:
+    """Whether a choice (or a streamed one) is the first choice's text alone, which travels as text."""
+    if not isinstance(choice, dict) or not _first(choice) or choice.get("logprobs"):
+        return False
+    inner = choice.get("message") or choice.get("delta") or {}
+    return isinstance(inner, dict) and not any(inner.get(name) for name in _BEYOND_TEXT)
 
 
 def _piece(choice: dict[str, Any]) -> str:

@@ -6,6 +6,8 @@ Text models generate token by token: the first token after the latency model's t
 one `per_token_ms` later, all members of a batch side by side; a `TokenSink` sees each as it comes.
 Times count from the instant the caller measures service time from, and outputs are computed
 within them. A `deterministic` pool waits precisely (workers/precise.py), others on the event loop.
+Outputs stop at the request's first stop sequence; sampling settings (`temperature`, `seed`, ...)
+leave them as they are, and a request asking for more than text is refused (core/capabilities.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import random
 import time
 from collections.abc import Sequence
 
+from core.capabilities import SUPPORTS, envelope_fields, unsupported
+from core.errors import INVALID_REQUEST
 from core.protocol import Envelope
 from core.settings import LatencyModel, Settings
 
@@ -35,10 +39,13 @@ def service_time_ms(latency: LatencyModel, batch_size: int, rng: random.Random) 
 
 
 class SimulatedBackend:
+    supports = SUPPORTS["simulated"]
+
     def __init__(
         self, settings: Settings, pool_name: str, rng: random.Random | None = None, wait: precise.Wait | None = None
     ) -> None:
         pool = settings.pools[pool_name]
+        self.pool_name = pool_name
         self._precise = pool.mode == "deterministic"
         self._wait: precise.Wait = wait or (precise.wait_until if self._precise else precise.wait_loosely)
         if self._precise:
@@ -53,11 +60,14 @@ class SimulatedBackend:
     async def run(
         self, batch: Sequence[Envelope], sink: TokenSink | None = None, started_s: float | None = None
     ) -> list[Completion]:
+        refusals = [self._refusal(env) for env in batch]
+        if any(refusals):
+            return await self._run_some(batch, refusals, sink, started_s)
         start_s = time.perf_counter() if started_s is None else started_s
         latency = self.processor.latency
         first_at = start_s + service_time_ms(latency, len(batch), self._rng) / 1000.0
         per_token_s = latency.per_token_ms / 1000.0
-        outputs = [models.compute(self.models[env.model], env.input) for env in batch]
+        outputs = [_stopped(models.compute(self.models[env.model], env.input), env) for env in batch]
         tokens = [
             _pieces(out, env.max_tokens) if isinstance(out, str) else []
             for env, out in zip(batch, outputs, strict=True)
@@ -98,8 +108,47 @@ class SimulatedBackend:
             for env, out, answer, pieces, f in zip(batch, outputs, answers, tokens, work, strict=True)
         ]
 
+    def _refusal(self, env: Envelope) -> Completion | None:
+        """The error of a request asking for what this backend cannot do (the gateway refuses
+        such requests before queueing them; this is the worker's own word)."""
+        if env.generation is None and not any(
+            m.parts or m.tool_calls or m.tool_call_id or m.extra for m in env.messages
+        ):
+            return None
+        missing = unsupported("simulated", envelope_fields(env))
+        if missing is None:
+            return None
+        name, path = missing
+        message = f"pool {self.pool_name}: {name} is not supported by a simulated model - at `$.{path}`"
+        return Completion(output="", energy_j=0.0, cost=0.0, error=message, error_code=INVALID_REQUEST)
+
+    async def _run_some(
+        self,
+        batch: Sequence[Envelope],
+        refusals: list[Completion | None],
+        sink: TokenSink | None,
+        started_s: float | None,
+    ) -> list[Completion]:
+        """Run the requests of `batch` not refused, answering the others with their refusals."""
+        keep = [i for i, refusal in enumerate(refusals) if refusal is None]
+
+        def relay(position: int, text: str, choices: bytes = b"") -> None:
+            assert sink is not None
+            sink(keep[position], text, choices)
+
+        done = iter(await self.run([batch[i] for i in keep], relay if sink else None, started_s) if keep else [])
+        return [refusal if refusal is not None else next(done) for refusal in refusals]
+
     async def close(self) -> None:
         return None
+
+
+def _stopped(output: models.Output, env: Envelope) -> models.Output:
+    """The output up to the first of the request's stop sequences, which is left out."""
+    if not isinstance(output, str) or env.generation is None:
+        return output
+    cuts = [i for stop in env.generation.stops() if (i := output.find(stop)) >= 0]
+    return output[: min(cuts)] if cuts else output
 
 
 def _pieces(text: str, max_tokens: int) -> list[str]:
