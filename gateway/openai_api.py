@@ -33,7 +33,6 @@ from .openai_forward import (
     chat_message,
     completion_generation,
     embedding_generation,
-    receiving_pools,
     refuse_unsupported,
 )
 from .openai_schema import decode_chat, decode_completion, decode_embedding
@@ -124,7 +123,7 @@ def _route(
     """Route, refuse what a pool that may receive it cannot do (before it is queued), admit."""
     settings = calls.state.settings
     route = calls.state.router.route(model, chars, pick_tier(request, calls.state, service_tier))
-    refuse_unsupported(settings, receiving_pools(settings, route.tier, route.region, model), used)
+    refuse_unsupported(settings, route.pools, used)
     deadline_ms = client_deadline_ms(request, route.deadline_ms)
     if deadline_ms != route.deadline_ms:
         route = dataclasses.replace(route, deadline_ms=deadline_ms)

@@ -94,11 +94,6 @@ def chat_message(m: Message) -> ChatMessage:
     )
 
 
-def receiving_pools(settings: Settings, tier: str, region: str, model: str) -> list[str]:
-    """The pools that may receive a request for `model` queued on (tier, region)."""
-    return [p for p in settings.pools_for(tier, region) if model in settings.pools[p].models]
-
-
 def refuse_unsupported(settings: Settings, pools: Sequence[str], used: dict[str, str]) -> None:
     """A 400 naming the field and the pool when one of `pools` cannot use what a request uses
     (`used`: capability -> JSON path, from `capabilities.fields_used`)."""

@@ -16,7 +16,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from core.settings import Settings
-from gateway.openai_forward import receiving_pools
 from tests.integration.conftest import Stack
 from tests.integration.test_openai_upstream import client, upstream_settings
 
@@ -267,7 +266,9 @@ async def test_a_simulated_pool_on_another_tier_refuses_tools_by_name(
 
 
 def _first_pool(s: Stack) -> str:
-    return receiving_pools(s.settings, "interactive", s.settings.gateway.region, "sim-echo")[0]
+    lane = s.settings.lane_for("interactive", s.settings.gateway.region, "sim-echo")
+    assert lane is not None
+    return lane.pools[0]
 
 
 async def test_stop_cuts_a_simulated_answer(stack: StartStack) -> None:

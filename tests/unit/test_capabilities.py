@@ -14,8 +14,9 @@ import pytest
 from core import capabilities, protocol
 from core.errors import InvalidRequest
 from core.settings import Settings
-from gateway.openai_forward import chat_generation, chat_message, receiving_pools, refuse_unsupported
+from gateway.openai_forward import chat_generation, chat_message, refuse_unsupported
 from gateway.openai_schema import decode_chat
+from gateway.routing import Router
 from workers.backends.simulated import SimulatedBackend
 
 
@@ -130,9 +131,8 @@ def test_every_pool_that_may_receive_a_request_must_support_what_it_uses(
     make_settings: Callable[..., Settings],
 ) -> None:
     settings = mixed_settings(make_settings)
-    region = settings.gateway.region
-    assert receiving_pools(settings, "interactive", region, "sim-echo") == ["up", "sim"]
-    assert receiving_pools(settings, "realtime", region, "sim-echo") == ["sim"]
+    assert Router(settings).route("sim-echo", 1, "interactive").pools == ("sim", "up")
+    assert Router(settings).route("sim-echo", 1, "realtime").pools == ("sim",)
     refuse_unsupported(settings, ["up"], {"tools": "tools", "n": "n"})
     refuse_unsupported(settings, ["up", "sim"], {"temperature": "temperature", "stop": "stop"})
     with pytest.raises(InvalidRequest, match=r"^tools is not supported by pool 'sim'.* - at `\$\.tools`$"):
