@@ -80,7 +80,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", request.path)
+        response = error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", request.path)
+        if "Allow" in exc.headers:  # a 405 names the methods the path has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return error_response(500, INTERNAL_ERROR, "internal error; the gateway log has the details", request.path)
@@ -125,7 +128,7 @@ def build_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
-    openapi.add_routes(app, settings)
+    openapi.add_routes(app, settings, tiers)
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id(), tiers))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
     dashboard.add_routes(app)
