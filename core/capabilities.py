@@ -139,7 +139,7 @@ def _message_fields(m: ChatMessage, path: str) -> dict[str, str]:
         used["messages.tool_call_id"] = f"{path}.tool_call_id"
     if m.extra:
         for name, value in _object.decode(m.extra).items():
-            if name != "content" and value is not None:
+            if name != "content" and _asks(name, value):
                 used[f"messages.{name}"] = f"{path}.{name}"
     return used
 

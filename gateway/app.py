@@ -40,6 +40,7 @@ from . import dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
 from .calls import CALLS, Calls
 from .http_shared import json_response
+from .openai_stream import error_body
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
@@ -52,7 +53,10 @@ SAMPLE_S = 0.5  # how often admission's view of queues and worker capacity is re
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(status: int, code: str, message: str, path: str = "") -> web.Response:
+    """The native error shape, or OpenAI's on the OpenAI-compatible paths."""
+    if path in openai_api.PATHS:
+        return json_response(error_body(status, code, message), status=status)
     return json_response({"error": {"type": code, "message": message}}, status=status)
 
 
@@ -65,21 +69,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except RequestError as exc:
         log.info("request refused", extra=exc.log_fields(request.path))
-        response = error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message, request.path)
         if isinstance(exc, QueueFull):
             response.headers["Retry-After"] = str(exc.retry_after_s)
         return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[STATE].settings.gateway.max_body_bytes
-        return error_response(413, PAYLOAD_TOO_LARGE, f"the body exceeds the limit of {limit} bytes")
+        return error_response(413, PAYLOAD_TOO_LARGE, f"the body exceeds the limit of {limit} bytes", request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}")
+        response = error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", request.path)
+        if "Allow" in exc.headers:  # a 405 names the methods the path has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
-        return error_response(500, INTERNAL_ERROR, "internal error; the gateway log has the details")
+        return error_response(500, INTERNAL_ERROR, "internal error; the gateway log has the details", request.path)
 
 
 def body_timeout(timeout_s: float) -> Middleware:
@@ -94,7 +101,8 @@ def body_timeout(timeout_s: float) -> Middleware:
                 async with asyncio.timeout(timeout_s):
                     await request.read()  # cached: the handler's own read() returns it
             except TimeoutError:
-                response = error_response(408, "request_timeout", f"the body did not arrive within {timeout_s:g} s")
+                message = f"the body did not arrive within {timeout_s:g} s"
+                response = error_response(408, "request_timeout", message, request.path)
                 response.force_close()
                 return response
         return await handler(request)
@@ -120,7 +128,7 @@ def build_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
-    openapi.add_routes(app, settings)
+    openapi.add_routes(app, settings, tiers)
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id(), tiers))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
     dashboard.add_routes(app)

@@ -17,10 +17,10 @@ from aiohttp import web
 from msgspec import Meta
 
 from core import protocol
-from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, InvalidRequest, NotFound, from_code
+from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
 from .calls import CALLS, Call
-from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, idempotency_key, json_response
+from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, decode_json, idempotency_key, json_response
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 class InferBody(msgspec.Struct, forbid_unknown_fields=True):
     model: Annotated[str, Meta(min_length=1, max_length=128)]
     input: Annotated[str, Meta(min_length=1)]
-    tier: str | None = None
+    tier: Annotated[str, Meta(min_length=1)] | None = None
     deadline_ms: Annotated[int, Meta(gt=0, le=3_600_000)] | None = None
     wait: bool = True
-    region: str | None = None
+    region: Annotated[str, Meta(min_length=1)] | None = None
 
 
 class Timings(msgspec.Struct):
@@ -60,12 +60,8 @@ _infer_decoder = msgspec.json.Decoder(InferBody)
 
 
 def decode_body(raw: bytes) -> InferBody:
-    try:
-        return _infer_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+    body: InferBody = decode_json(_infer_decoder, raw)
+    return body
 
 
 def result_body(state: GatewayState, result: protocol.Result, total_ms: float, status: str | None = None) -> ResultBody:

@@ -1,9 +1,11 @@
 """What the gateway's HTTP dialects share (the native API, the OpenAI-compatible one, the
-dashboard's and the OpenAPI document's routes): JSON responses, and the headers more than one
-dialect reads or writes. No I/O.
+dashboard's and the OpenAPI document's routes): decoding request bodies, JSON responses, and the
+headers more than one dialect reads or writes. No I/O.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -19,6 +21,36 @@ _json = msgspec.json.Encoder()
 
 def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(body), status=status, content_type="application/json")
+
+
+def decode_json(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
+    """Decode a request body, its errors as `InvalidRequest` with msgspec's text (`- at $.field`).
+
+    A whole number written with a fraction (`2564.0`) is an integer to JSON Schema, and so to the
+    published OpenAPI document; msgspec refuses it for an `int` field, so such a body is decoded
+    again with its whole floats as ints. Only refused bodies pay for that second pass.
+    """
+    try:
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            if "got `float`" not in str(exc):
+                raise
+            return msgspec.convert(_whole(msgspec.json.decode(raw)), decoder.type, strict=True)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
+    return value
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -36,7 +36,7 @@ from .openai_forward import (
     refuse_unsupported,
 )
 from .openai_schema import decode_chat, decode_completion, decode_embedding
-from .openai_stream import StreamCall, error_type, stream_reply, usage
+from .openai_stream import StreamCall, error_body, stream_reply, usage
 from .routing import Route
 from .state import STATE, GatewayState
 
@@ -46,6 +46,10 @@ SDK_TIMEOUT_HEADER = "X-Stainless-Read-Timeout"  # the official SDK's timeout, i
 ADMISSION: web.RequestKey[Admission] = web.RequestKey("admission", Admission)
 
 TIER_HEADER = "X-Tiergate-Tier"
+PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
+# The service_tier values OpenAI's published response schema allows (openai-openapi 2.3.0); an
+# answer names its tier only with one of these, and otherwise leaves the field out.
+ANSWER_SERVICE_TIERS = frozenset({"scale", "default"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -62,13 +66,8 @@ def openai_errors(handler: Handler) -> Handler:
         except RequestError as exc:
             match = _PARAM.search(exc.message)
             log.info("request refused", extra=exc.log_fields(request.path))
-            error = {
-                "message": exc.message,
-                "type": error_type(exc.status),
-                "param": (match.group(1) or None) if match else None,
-                "code": exc.code,
-            }
-            response = json_response({"error": error}, status=exc.status)
+            param = (match.group(1) or None) if match else None
+            response = json_response(error_body(exc.status, exc.code, exc.message, param), status=exc.status)
             if isinstance(exc, QueueFull):
                 response.headers["Retry-After"] = str(exc.retry_after_s)
             return response
@@ -90,8 +89,12 @@ def pick_tier(request: web.Request, state: GatewayState, service_tier: str | Non
     return tier
 
 
-def _service_tier_name(state: GatewayState, tier: str) -> str | None:
-    return next((name for name, t in state.settings.openai.service_tiers.items() if t == tier), None)
+def _service_tier_name(state: GatewayState, asked: str | None, tier: str) -> str | None:
+    """The `service_tier` an answer names: the one asked for, else the name of the tier it ran
+    in; None (the field left out) unless OpenAI's response schema has that value."""
+    if asked in (None, "auto"):
+        asked = next((name for name, t in state.settings.openai.service_tiers.items() if t == tier), None)
+    return asked if asked in ANSWER_SERVICE_TIERS else None
 
 
 def client_deadline_ms(request: web.Request, tier_default_ms: int) -> int:
@@ -206,7 +209,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages=messages,
         generation=generation,
     )
-    tier_name = body.service_tier if body.service_tier not in (None, "auto") else _service_tier_name(state, route.tier)
+    tier_name = _service_tier_name(state, body.service_tier, route.tier)
     if body.stream:
         info = StreamCall("chat", env.id, body.model, int(time.time()), body.include_usage, tier_name)
         return await stream_reply(request, info, calls.call(route, env, started), _early(request, route))
@@ -220,8 +223,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "model": body.model,
         "choices": _chat_choices(result),
         "usage": usage(result),
-        "service_tier": tier_name,
-        "system_fingerprint": None,
+        **({"service_tier": tier_name} if tier_name else {}),
         "tiergate": _tiergate(result, total_ms),
     }
     return _with_headers(json_response(answer), result, call)

@@ -13,6 +13,8 @@ from msgspec import Meta
 from core.errors import InvalidRequest
 from core.settings import Settings
 
+from .http_shared import decode_json
+
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Request bodies: every field OpenAI documents is accepted, anything else is a 400."""
@@ -72,8 +74,11 @@ class Sampling(_Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class ChatRequest(Sampling):
-    messages: list[Message] = []
+NonEmptyText = Annotated[str, Meta(min_length=1)]
+
+
+class ChatRequest(Sampling, kw_only=True):
+    messages: Annotated[list[Message], Meta(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -96,8 +101,8 @@ class ChatRequest(Sampling):
     safety_identifier: str | None = None
 
 
-class CompletionRequest(Sampling):
-    prompt: str | list[str] = ""
+class CompletionRequest(Sampling, kw_only=True):
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Meta(min_length=1, max_length=1)]  # one prompt
     echo: bool | None = None
     best_of: int | None = None
     logprobs: int | None = None
@@ -106,7 +111,7 @@ class CompletionRequest(Sampling):
 
 class EmbeddingRequest(_Body):
     model: Annotated[str, Meta(min_length=1, max_length=128)]
-    input: str | list[str]
+    input: NonEmptyText | Annotated[list[NonEmptyText], Meta(min_length=1)]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
     user: str | None = None
@@ -118,12 +123,7 @@ _embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
-    try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from exc
+    return decode_json(decoder, raw)
 
 
 def message_text(content: str | list[ContentPart] | None) -> str:

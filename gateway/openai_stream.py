@@ -45,7 +45,12 @@ def usage(result: protocol.Result) -> dict[str, int]:
 
 
 def error_object(error: RequestError) -> dict[str, Any]:
-    return {"error": {"message": error.message, "type": error_type(error.status), "param": None, "code": error.code}}
+    return error_body(error.status, error.code, error.message)
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
 
 
 def error_type(status: int) -> str:
@@ -103,7 +108,7 @@ class _Writer:
     def _chunk(self, choices: list[dict[str, Any]] | msgspec.Raw, **extra: Any) -> dict[str, Any]:
         body = {"id": self.id, "object": self.object, "created": self.call.created, "model": self.call.model}
         body["choices"] = choices
-        if self.call.kind == "chat":
+        if self.call.kind == "chat" and self.call.service_tier:
             body["service_tier"] = self.call.service_tier
         return body | extra
 
