@@ -175,19 +175,41 @@ def _tiergate(result: protocol.Result, total_ms: float) -> dict[str, Any]:
     }
 
 
+_choices = msgspec.json.Decoder(list[dict[str, Any]])
+
+
 def _chat_choices(result: protocol.Result) -> object:
     """An upstream's own choices (tool calls, several choices, log probabilities) as it sent them,
-    else the one text answer."""
+    with the fields OpenAI's schema requires that it left out; else the one text answer."""
     if result.choices:
-        return msgspec.Raw(result.choices)
+        choices = _choices.decode(result.choices)
+        for i, choice in enumerate(choices):
+            _complete(choice, i, result)
+            message = choice.setdefault("message", {})
+            for key, value in (("role", "assistant"), ("content", None), ("refusal", None)):
+                message.setdefault(key, value)
+            if isinstance(choice["logprobs"], dict):
+                choice["logprobs"].setdefault("content", None)
+                choice["logprobs"].setdefault("refusal", None)
+        return choices
     message = {"role": "assistant", "content": result.output, "refusal": None}
     return [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop", "logprobs": None}]
 
 
 def _completion_choices(result: protocol.Result) -> object:
     if result.choices:
-        return msgspec.Raw(result.choices)
+        choices = _choices.decode(result.choices)
+        for i, choice in enumerate(choices):
+            _complete(choice, i, result)
+            choice.setdefault("text", "")
+        return choices
     return [{"index": 0, "text": result.output, "finish_reason": result.finish_reason or "stop", "logprobs": None}]
+
+
+def _complete(choice: dict[str, Any], position: int, result: protocol.Result) -> None:
+    choice.setdefault("index", position)
+    choice["finish_reason"] = choice.get("finish_reason") or result.finish_reason or "stop"
+    choice.setdefault("logprobs", None)
 
 
 @openai_errors

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from core.settings import Settings
 from tests.integration.conftest import Stack
+from tests.integration.test_openai_schemas import check
 from tests.integration.test_openai_upstream import client, upstream_settings
 
 StartStack = Callable[..., Any]
@@ -189,7 +190,9 @@ async def test_a_tool_call_reaches_the_sdk_as_message_tool_calls(
 ) -> None:
     _, aio = upstream_stack
     ask = [{"role": "user", "content": "weather in Oslo?"}]
-    answer = await aio.chat.completions.create(model="sim-echo", messages=ask, tools=[WEATHER_TOOL])
+    raw = await aio.chat.completions.with_raw_response.create(model="sim-echo", messages=ask, tools=[WEATHER_TOOL])
+    check("CreateChatCompletionResponse", json.loads(raw.text))  # the upstream's choice, in OpenAI's schema
+    answer = raw.parse()
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls is not None and len(choice.message.tool_calls) == 1
@@ -224,7 +227,11 @@ async def test_streamed_tool_call_deltas_accumulate_in_the_sdk(
 async def test_n_choices_and_logprobs_come_back(upstream_stack: tuple[RecordingUpstream, openai.AsyncOpenAI]) -> None:
     _, aio = upstream_stack
     ask = [{"role": "user", "content": "hi"}]
-    answer = await aio.chat.completions.create(model="sim-echo", messages=ask, n=2, logprobs=True, top_logprobs=0)
+    raw = await aio.chat.completions.with_raw_response.create(
+        model="sim-echo", messages=ask, n=2, logprobs=True, top_logprobs=0
+    )
+    check("CreateChatCompletionResponse", json.loads(raw.text))
+    answer = raw.parse()
     assert [c.message.content for c in answer.choices] == ["HI 0", "HI 1"]
     assert [c.index for c in answer.choices] == [0, 1]
     logprobs = answer.choices[1].logprobs
