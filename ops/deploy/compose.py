@@ -48,7 +48,17 @@ def document(settings: Settings) -> dict[str, Any]:
 def _redis() -> dict[str, Any]:
     return {
         "image": REDIS_IMAGE,
-        "command": ["redis-server", "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        "command": [
+            "redis-server",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
         "volumes": ["redis-data:/data"],
         "healthcheck": {"test": ["CMD", "redis-cli", "ping"], **_timing()},
         "restart": "unless-stopped",

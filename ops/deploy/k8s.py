@@ -209,7 +209,18 @@ def _redis() -> list[dict[str, Any]]:
     name = f"{NAME}-redis"
     selector = labels("redis")
     password = {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}}
-    args = ["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--requirepass", "$(REDIS_PASSWORD)"]
+    args = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--requirepass",
+        "$(REDIS_PASSWORD)",
+    ]
     container = {
         "name": "redis",
         "image": REDIS_IMAGE,

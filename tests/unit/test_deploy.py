@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 KEDA_CRD = ROOT / "tests" / "schemas" / "keda" / "keda.sh_scaledobjects.yaml"
-K8S_CORE = ["k8s/base/gateway.yaml", "k8s/base/workers.yaml", "k8s/base/redis.yaml", "k8s/overlays/example/namespace.yaml"]
+K8S_CORE = ["k8s/base/gateway.yaml", "k8s/base/workers.yaml", "k8s/base/redis.yaml"]
+K8S_CORE += ["k8s/overlays/example/namespace.yaml"]
 
 
 def shipped() -> dict[str, str]:
@@ -119,8 +120,13 @@ def test_every_rendered_kubernetes_object_is_validated_or_a_keda_object() -> Non
     base = DEPLOY / "k8s/base"
     kustomization = docs((base / "kustomization.yaml").read_text())[0]
     assert sorted(kustomization["resources"]) == ["gateway.yaml", "keda.yaml", "redis.yaml", "workers.yaml"]
-    assert [d["kind"] for d in docs((base / "keda.yaml").read_text())][0] == "TriggerAuthentication"
-    assert {d["apiVersion"] for d in docs((base / "keda.yaml").read_text())} == {"keda.sh/v1alpha1"}
+    assert sorted(f"k8s/base/{name}" for name in kustomization["resources"] if name != "keda.yaml") == sorted(
+        path for path in K8S_CORE if path.startswith("k8s/base/")
+    )
+    keda = docs((base / "keda.yaml").read_text())
+    pools = load_settings(environ={}).pools
+    assert [d["kind"] for d in keda] == ["TriggerAuthentication"] + ["ScaledObject"] * len(pools)
+    assert {d["apiVersion"] for d in keda} == {"keda.sh/v1alpha1"}
 
 
 def _keda_schema() -> dict[str, Any]:
