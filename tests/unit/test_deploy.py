@@ -247,3 +247,14 @@ def test_dashboard_has_a_panel_for_each_promised_view() -> None:
         assert wanted.lower() in titles.lower()
     for wanted in ("Power", "Cost"):
         assert wanted in titles
+
+
+def test_a_tier_with_a_port_of_its_own_gets_its_own_gateway_everywhere(make_settings: Callable[..., Settings]) -> None:
+    files = deploy.render(make_settings(gateway__tier_ports={"realtime": 8081}), "")
+    compose = docs(files["compose/compose.yaml"])[0]["services"]
+    assert compose["gateway-realtime"]["command"][-2:] == ["--tiers", "realtime"]
+    assert compose["gateway-realtime"]["ports"] == ["8081:8081"]
+    k8s = {d["metadata"]["name"]: d for d in docs(files["k8s/base/gateway.yaml"]) if d["kind"] == "Service"}
+    assert k8s["tiergate-gateway-realtime"]["spec"]["ports"][0]["port"] == 8081
+    assert "--tiers realtime" in files["systemd/tiergate-gateway-realtime.service"]
+    assert "gateway-realtime:8081" in files["observability/prometheus.yml"]
