@@ -259,6 +259,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "TIERGATE_HOST": ("gateway", "host", str),
     "TIERGATE_PORT": ("gateway", "port", int),
     "TIERGATE_REGION": ("gateway", "region", str),
+    # A container or host that runs one worker process gives it a fixed, reachable /metrics port.
+    "TIERGATE_METRICS_HOST": ("metrics", "worker_host", str),
+    "TIERGATE_METRICS_PORT": ("metrics", "worker_port", int),
 }
 
 

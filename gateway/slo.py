@@ -237,11 +237,25 @@ def tier_totals(cells: Cells, tier: str) -> Cell:
     return total
 
 
+@dataclass(slots=True, frozen=True)
+class BurnAlert:
+    """One multi-window burn-rate alert: it fires while both windows burn faster than `threshold`.
+    The rendered Prometheus rules (ops/deploy) are built from these too."""
+
+    name: str
+    long_window: str  # a key of WINDOW_S
+    short_window: str
+    threshold: float
+
+
+BURN_ALERTS = (BurnAlert("fast_burn", "1h", "5m", FAST_BURN), BurnAlert("slow_burn", "6h", "30m", SLOW_BURN))
+
+
 def alerts(burn: Mapping[str, float]) -> dict[str, bool]:
     """The SRE workbook's multi-window burn-rate alerts (long window and short window both over)."""
     return {
-        "fast_burn": burn.get("1h", 0.0) > FAST_BURN and burn.get("5m", 0.0) > FAST_BURN,
-        "slow_burn": burn.get("6h", 0.0) > SLOW_BURN and burn.get("30m", 0.0) > SLOW_BURN,
+        a.name: burn.get(a.long_window, 0.0) > a.threshold and burn.get(a.short_window, 0.0) > a.threshold
+        for a in BURN_ALERTS
     }
 
 

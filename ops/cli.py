@@ -1,4 +1,4 @@
-"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `config check` and `config init`.
+"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `config check`, `config init` and `deploy render`.
 
 Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
 (flag, then config/environment, then - for `up` only - a private embedded Redis) and run.
@@ -225,6 +225,28 @@ def cmd_config_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy_render(args: argparse.Namespace) -> int:
+    """Render deployment artifacts from a config; environment overrides are not applied, so the
+    same file renders the same artifacts anywhere."""
+    from . import deploy
+
+    path = config_path(args.config)
+    try:
+        settings = load_settings(path, environ={})
+        files = deploy.render(settings, path.read_text(), args.target or deploy.TARGETS)
+        written = deploy.write(files, args.out)
+    except ConfigError as exc:
+        print(f"tiergate deploy render: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"tiergate deploy render: {exc.filename or args.out}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 1
+    for file in written:
+        print(file)
+    print(f"{len(written)} files rendered from {path} under {args.out}", file=sys.stderr)
+    return 0
+
+
 def _metrics_urls(ready: dict[str, object]) -> list[str]:
     """The /metrics URLs a worker's ready line names (one process, or a supervisor's children)."""
     urls = ready.get("metrics_urls") or [ready.get("metrics_url")]
@@ -277,6 +299,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
     _dlq_parser(sub, common)
     _config_parser(sub)
+    _deploy_parser(sub)
     return p
 
 
@@ -306,6 +329,21 @@ def _config_parser(sub: Any) -> None:
     init.add_argument("--force", action="store_true", help="overwrite the file if it exists")
 
 
+def _deploy_parser(sub: Any) -> None:
+    from .deploy import TARGETS
+
+    deploy = sub.add_parser("deploy", help="deployment artifacts rendered from the config")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    render = deploy_sub.add_parser("render", help="write Dockerfile, compose, Kubernetes, systemd, observability files")
+    render.add_argument(
+        "--target", action="append", choices=list(TARGETS), help="what to render, repeatable (default: every target)"
+    )
+    render.add_argument(
+        "--config", type=Path, default=None, help="config file (default: $TIERGATE_CONFIG, else the shipped default)"
+    )
+    render.add_argument("--out", type=Path, default=Path("deploy"), help="output folder (default: ./deploy)")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["loadtest"]:
@@ -315,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "config" and args.config_command == "init":
         raise SystemExit(cmd_config_init(args))
+    if args.command == "deploy":
+        raise SystemExit(cmd_deploy_render(args))
     args.config = config_path(args.config)
     if args.command == "config":
         raise SystemExit(cmd_config_check(args))

@@ -93,6 +93,14 @@ def test_config_check_and_init_use_the_packaged_default(venv: Path, empty: Path)
     assert written.read_text() == (REPO / "core" / "default.toml").read_text()
 
 
+def test_deploy_render_from_the_wheel_writes_what_is_committed(venv: Path, empty: Path) -> None:
+    run(str(venv / "bin" / "tiergate"), "deploy", "render", cwd=empty, env=clean_env(empty))
+    rendered = sorted(str(p.relative_to(empty / "deploy")) for p in (empty / "deploy").rglob("*") if p.is_file())
+    assert rendered == sorted(str(p.relative_to(REPO / "deploy")) for p in (REPO / "deploy").rglob("*") if p.is_file())
+    for name in rendered:
+        assert (empty / "deploy" / name).read_text() == (REPO / "deploy" / name).read_text(), name
+
+
 @pytest.fixture
 def up(venv: Path, empty: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, object]]]:
     """`tiergate up --port 0` of the new environment, once its ready line is out; always stopped."""

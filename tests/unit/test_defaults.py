@@ -17,8 +17,11 @@ from tests.conftest import REPO
 def test_the_default_config_ships_inside_the_core_package() -> None:
     assert DEFAULT_CONFIG_PATH == Path(core.__file__).parent / "default.toml"
     assert load_settings(environ={}).pools  # it loads and validates
-    # the one copy: none beside it in the repository to drift from it
-    assert sorted(p.name for p in REPO.glob("**/tiergate.toml") if ".venv" not in p.parts) == []
+    # the one copy: none beside it in the repository to drift from it, but the copies rendered
+    # into deploy/, which tests/unit/test_deploy.py keeps identical to a fresh render of it
+    copies = [p for p in REPO.glob("**/tiergate.toml") if ".venv" not in p.parts and "deploy" not in p.parts]
+    assert copies == []
+    assert {p.read_text() for p in (REPO / "deploy").glob("**/tiergate.toml")} == {DEFAULT_CONFIG_PATH.read_text()}
 
 
 def test_config_path_prefers_the_flag_then_the_environment_then_the_default() -> None:

@@ -82,6 +82,12 @@ def test_environment_overrides_apply(tmp_path: Path) -> None:
         load_settings(environ={"TIERGATE_PORT": "x"})
 
 
+def test_worker_metrics_address_from_the_environment() -> None:
+    # A container runs one worker process: its /metrics on a fixed port that Prometheus can reach.
+    settings = load_settings(environ={"TIERGATE_METRICS_HOST": "0.0.0.0", "TIERGATE_METRICS_PORT": "9100"})
+    assert (settings.metrics.worker_host, settings.metrics.worker_port) == ("0.0.0.0", 9100)
+
+
 def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
     with pytest.raises(ConfigError, match=r"missing.toml: cannot read"):
