@@ -18,7 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.crc import key_slot
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from . import protocol
 from .errors import RedisAccessError
@@ -81,7 +81,7 @@ async def connect(settings: RedisSettings, url: str, *, assume_single: bool = Fa
         return cluster_client(settings, url)
     client = single_node(settings, url)
     try:
-        info: dict[str, Any] = await client.info("cluster")
+        clustered = await _clustered(client, url)
     except (RedisError, OSError) as exc:
         await client.aclose()
         access = access_error(exc, url)
@@ -94,11 +94,25 @@ async def connect(settings: RedisSettings, url: str, *, assume_single: bool = Fa
             extra={"redis": where(url), "error": str(exc)},
         )
         return single_node(settings, url)
-    if not info.get("cluster_enabled"):
+    if not clustered:
         return client
     await client.aclose()
     log.info("Redis is a cluster", extra={"redis": where(url)})
     return cluster_client(settings, url)
+
+
+async def _clustered(client: Redis, url: str) -> bool:
+    """Whether the server is a cluster node. One that will not say (an ACL user without INFO, a
+    server without the cluster section) is taken for one server."""
+    try:
+        info: dict[str, Any] = await client.info("cluster")
+    except ResponseError as exc:
+        log.warning(
+            "Redis did not say whether it is a cluster: taken for one server (set redis.cluster to be sure)",
+            extra={"redis": where(url), "error": str(exc)},
+        )
+        return False
+    return bool(info.get("cluster_enabled"))
 
 
 def access_error(exc: BaseException, url: str) -> RedisAccessError | None:

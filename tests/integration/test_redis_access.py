@@ -6,6 +6,7 @@ problem, never a traceback."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,8 @@ def acl_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, Path]]]:
     """A redis-server that speaks only TLS, on a certificate signed by a CA made here."""
+    if shutil.which("openssl") is None:
+        pytest.skip("making a test certificate needs the openssl command")
     directory = tmp_path_factory.mktemp("tls")
     certificates = make_certificates(directory)
     servers = Servers(_binary(), directory)
