@@ -1,4 +1,4 @@
-"""One clock for every process: Redis's own, estimated from a local clock plus a measured offset.
+"""One clock for every process: Client's own, estimated from a local clock plus a measured offset.
 
 Stream entry ids carry Redis's time at enqueue; gateways stamp deadlines and workers measure
 queue wait against that same clock, so hosts with skewed clocks still agree. `sync` calls TIME.
@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import time
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from .redis_client import Client
 
 
 class RedisClock:
@@ -21,7 +22,7 @@ class RedisClock:
     def now_ms(self) -> float:
         return time.time() * 1000.0 + self.offset_ms
 
-    async def sync(self, redis: Redis, samples: int = 5) -> None:
+    async def sync(self, redis: Client, samples: int = 5) -> None:
         """Measure the offset to Redis's clock from the sample with the shortest round trip:
         a busy event loop delays some replies, and only the error of the best one remains."""
         best_rtt = float("inf")
@@ -34,7 +35,7 @@ class RedisClock:
                 self.offset_ms = seconds * 1000.0 + micros / 1000.0 - (before + after) * 500.0
 
 
-async def keep_synced(clock: RedisClock, redis: Redis, stop: asyncio.Event, every_s: float = 30.0) -> None:
+async def keep_synced(clock: RedisClock, redis: Client, stop: asyncio.Event, every_s: float = 30.0) -> None:
     """Re-measure the offset every `every_s` (every second while Redis is unreachable) until
     `stop` is set. Stops on the event rather than by cancellation, which an in-flight Redis
     command may absorb."""

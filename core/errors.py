@@ -3,6 +3,7 @@
     TiergateError
     ├── ConfigError                 a config file is unreadable or invalid (not an HTTP error)
     ├── ListenError                 a gateway cannot listen on its host and port (not an HTTP error)
+    ├── RedisAccessError            Redis refuses this process: credentials, TLS (not an HTTP error)
     └── RequestError                anything a client is told about
         ├── InvalidRequest          400 invalid_request
         ├── NotFound                404 not_found
@@ -59,6 +60,11 @@ class ListenError(TiergateError):
         self.host = host
         self.port = port
         self.reason = reason
+
+
+class RedisAccessError(TiergateError):
+    """Redis answers but will not serve this process (wrong ACL user or password, a TLS
+    certificate it cannot verify, TLS files without a `rediss://` URL): retrying cannot help."""
 
 
 class RequestError(TiergateError):

@@ -51,6 +51,13 @@ class RedisSettings(_Frozen, frozen=True):
     max_connections: PositiveInt = 64
     socket_timeout_s: PositiveFloat = 5.0
     connect_timeout_s: PositiveFloat = 1.0
+    # "auto": ask the server (`INFO cluster`) once at start; "yes"/"no" skip that question.
+    cluster: Literal["auto", "yes", "no"] = "auto"
+    # TLS (a `rediss://` URL): the CA that signed the server's certificate, and this client's
+    # certificate and key where the server asks clients for one. Empty: the system's CAs, no client cert.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 class GatewaySettings(_Frozen, frozen=True):
@@ -256,6 +263,10 @@ class Lane:
 # Environment variable -> (section, key, type). Documented in docs/configuration.md.
 ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
     "TIERGATE_REDIS_URL": ("redis", "url", str),
+    "TIERGATE_REDIS_CLUSTER": ("redis", "cluster", str),
+    "TIERGATE_REDIS_TLS_CA_FILE": ("redis", "tls_ca_file", str),
+    "TIERGATE_REDIS_TLS_CERT_FILE": ("redis", "tls_cert_file", str),
+    "TIERGATE_REDIS_TLS_KEY_FILE": ("redis", "tls_key_file", str),
     "TIERGATE_HOST": ("gateway", "host", str),
     "TIERGATE_PORT": ("gateway", "port", int),
     "TIERGATE_REGION": ("gateway", "region", str),

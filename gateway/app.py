@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from redis.asyncio import Redis
 
-from core import protocol
+from core import protocol, redis_client
 from core.background import every, join
 from core.clock import RedisClock, keep_synced
 from core.errors import (
@@ -139,14 +138,8 @@ def _lifecycle(
     settings: Settings, redis_url: str, gateway_id: str, tiers: Sequence[str] | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        r = settings.redis
-        redis = Redis.from_url(
-            redis_url,
-            max_connections=r.max_connections,
-            socket_timeout=r.socket_timeout_s,
-            socket_connect_timeout=r.connect_timeout_s,
-            health_check_interval=30,
-        )
+        # Unreachable at start: taken for one server, so that it answers 503 until Redis is back.
+        redis = await redis_client.connect(settings.redis, redis_url, assume_single=True)
         waiters = Waiters()
         state = GatewayState(
             settings=settings,

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core import protocol
+from core import protocol, redis_client
 from core.errors import BackendUnavailable, Cancelled
+from core.redis_client import Client
 from core.settings import DeliverySettings, GatewaySettings, Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ MAX_FLUSHES = 4  # pipelines in flight at once; each holds one connection
 
 
 class RequestQueue:
-    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
+    def __init__(self, redis: Client, settings: Settings | None = None) -> None:
         self.redis = redis
         self.lengths: dict[str, float] = {}  # per stream: XLEN when sampled, then as admission projects it
         self.sampled_at: dict[str, float] = {}  # per stream: loop time of that sample or projection
@@ -171,15 +171,21 @@ class RequestQueue:
             pipe.xdel(queued.stream, queued.entry_id)
         pipe.set(name, payload, ex=self._gateway.result_ttl_s, nx=True)
         pipe.get(name)
-        notice = protocol.Cancel(id=queued.id, deadline_at_ms=queued.deadline_at_ms)
-        pipe.publish(protocol.cancel_channel(queued.lane), protocol.encoder.encode(notice))
+        notice = protocol.encoder.encode(protocol.Cancel(id=queued.id, deadline_at_ms=queued.deadline_at_ms))
+        channel = protocol.cancel_channel(queued.lane)
+        cluster = redis_client.is_cluster(self.redis)  # a cluster's pipelines refuse PUBLISH: sent beside
+        if not cluster:
+            pipe.publish(channel, notice)
         if queued.reply_to:
             replies = protocol.reply_key(queued.reply_to)
             fields = {protocol.PAYLOAD_FIELD: payload}
             pipe.xadd(replies, fields, maxlen=self._gateway.reply_stream_maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.pexpire(replies, self._delivery.reply_stream_ttl_s * 1000)
         try:
-            answers = await pipe.execute()
+            if cluster:
+                answers, _ = await asyncio.gather(pipe.execute(), self.redis.publish(channel, notice))
+            else:
+                answers = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"Redis is unreachable, the request was not cancelled: {exc}") from exc
         raw = answers[2 if queued.entry_id else 1]
@@ -228,7 +234,7 @@ class RequestQueue:
 
     async def replies(self, key: str, after: bytes | str, count: int, block_ms: int) -> protocol.StreamEntries:
         """Up to `count` entries of a reply stream after `after`, waiting up to `block_ms` for one."""
-        response: protocol.StreamReply | None = await self.redis.xread({key: after}, count=count, block=block_ms)  # type: ignore[assignment]
+        response = await redis_client.xread(self.redis, {key: after}, count, block_ms)
         return response[0][1] if response else []
 
     async def trim_replies(self, key: str, through: bytes | str) -> None:

@@ -11,11 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from core import protocol
+from core.redis_client import AnyPipeline, Client
 
 from . import slo
 from .slo import Accumulator, Cell, Cells, Snapshot
@@ -51,7 +50,7 @@ class _Spans:
 
 
 class SloStore:
-    def __init__(self, redis: Redis, gateway_id: str, settle_s: float = 5.0) -> None:
+    def __init__(self, redis: Client, gateway_id: str, settle_s: float = 5.0) -> None:
         self.redis = redis
         self.gateway_id = gateway_id
         self.settle_s = settle_s  # how late a gateway's flush may land: longer than its flush interval
@@ -140,7 +139,7 @@ class SloStore:
             del cache[k]
 
 
-def _increment(pipe: Pipeline, key: str, tier: str, processor: str, cell: Cell) -> None:
+def _increment(pipe: AnyPipeline, key: str, tier: str, processor: str, cell: Cell) -> None:
     ints, floats = slo.increments(cell)
     for stat, amount in ints.items():
         pipe.hincrby(key, protocol.slo_field(tier, processor, stat), amount)

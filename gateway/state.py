@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from core.clock import RedisClock
+from core.redis_client import Client
 from core.settings import Settings
 
 from . import admission
@@ -22,7 +22,7 @@ from .routing import Route, Router
 class GatewayState:
     settings: Settings
     gateway_id: str
-    redis: Redis
+    redis: Client
     router: Router
     queue: RequestQueue
     waiters: Waiters

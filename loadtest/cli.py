@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError
+from core.errors import ConfigError, RedisAccessError
 from core.settings import Settings, config_path, load_settings
 
 from .schedule import ScheduleError, parse_mix, parse_size
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     target = commands.Target(args.url, args.direct, args.redis, args.stream, args.deadline_ms)
     try:
         result: dict[str, Any] = _run(commands.dispatch(args, settings, target, load))
-    except commands.CoordinationError as exc:
+    except (commands.CoordinationError, RedisAccessError) as exc:
         raise SystemExit(f"tiergate loadtest: {exc}") from None
     if result:
         commands.finish(result, args)

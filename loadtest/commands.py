@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
+from core import redis_client
 from core.settings import Settings
 
 from . import coordinate, runner
@@ -31,7 +30,7 @@ async def dispatch(args: argparse.Namespace, settings: Settings, target: Target,
     if args.find_capacity:
         ramp = runner.Ramp(args.start_rate, args.step_factor, args.step_duration, args.max_rate)
         return await runner.find_capacity(settings, target, load, ramp)
-    arrivals, duration_s = await _arrivals(args, target, load)
+    arrivals, duration_s = await _arrivals(args, settings, target, load)
     if args.agents:
         recorder = await _lead(args, settings, target, arrivals, duration_s)
     else:
@@ -47,11 +46,13 @@ def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
     print_result(result, args.json)
 
 
-async def _arrivals(args: argparse.Namespace, target: Target, load: Load) -> tuple[list[Arrival], float]:
+async def _arrivals(
+    args: argparse.Namespace, settings: Settings, target: Target, load: Load
+) -> tuple[list[Arrival], float]:
     """The run's schedule: built from the load flags, or replayed; recorded when asked."""
     if not (args.record or args.replay):
         return load.build(), load.duration_s
-    redis = Redis.from_url(str(target.redis_url))
+    redis = await redis_client.connect(settings.redis, str(target.redis_url))
     try:
         if args.replay:
             arrivals, duration_s = await coordinate.load_recording(redis, args.replay)
@@ -67,7 +68,7 @@ async def _arrivals(args: argparse.Namespace, target: Target, load: Load) -> tup
 async def _lead(
     args: argparse.Namespace, settings: Settings, target: Target, arrivals: list[Arrival], duration_s: float
 ) -> Recorder:
-    redis = Redis.from_url(str(target.redis_url))
+    redis = await redis_client.connect(settings.redis, str(target.redis_url))
     try:
         led = await coordinate.lead(redis, target, arrivals, duration_s, args.agents, args.agent_wait, settings)
         return led.merged
@@ -76,7 +77,7 @@ async def _lead(
 
 
 async def _agent(args: argparse.Namespace, settings: Settings, target: Target) -> None:
-    redis = Redis.from_url(str(target.redis_url))
+    redis = await redis_client.connect(settings.redis, str(target.redis_url))
     try:
         await coordinate.serve_agent(redis, settings, once=args.once)
     finally:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
-from redis.asyncio import Redis
 
-from core import protocol
+from core import protocol, redis_client
 from core.clock import RedisClock
+from core.redis_client import Client
 from core.settings import Settings
 
 from . import engine, runner
@@ -46,7 +46,7 @@ def _from_wire(arrival: protocol.LoadArrival) -> Arrival:
     return Arrival(arrival.offset_s, arrival.tier, arrival.model, arrival.input_chars)
 
 
-async def save_recording(redis: Redis, name: str, arrivals: Sequence[Arrival], duration_s: float) -> None:
+async def save_recording(redis: Client, name: str, arrivals: Sequence[Arrival], duration_s: float) -> None:
     """Replace the recording `name` with this schedule: a header entry, then one entry per arrival."""
     key = protocol.loadtest_record_key(name)
     header = protocol.LoadRecordHeader(duration_s, len(arrivals))
@@ -58,7 +58,7 @@ async def save_recording(redis: Redis, name: str, arrivals: Sequence[Arrival], d
     await pipe.execute()
 
 
-async def load_recording(redis: Redis, name: str) -> tuple[list[Arrival], float]:
+async def load_recording(redis: Client, name: str) -> tuple[list[Arrival], float]:
     """The schedule and duration recorded under `name`."""
     key = protocol.loadtest_record_key(name)
     header: protocol.LoadRecordHeader | None = None
@@ -91,7 +91,7 @@ class Led:
 
 
 async def lead(
-    redis: Redis,
+    redis: Client,
     target: runner.Target,
     arrivals: Sequence[Arrival],
     duration_s: float,
@@ -129,7 +129,7 @@ async def lead(
     return Led(total, parts)
 
 
-async def _wait_for_agents(redis: Redis, clock: RedisClock, agents: int, wait_s: float) -> None:
+async def _wait_for_agents(redis: Client, clock: RedisClock, agents: int, wait_s: float) -> None:
     key = protocol.loadtest_agents_key()
     loop = asyncio.get_running_loop()
     give_up = loop.time() + wait_s
@@ -143,7 +143,7 @@ async def _wait_for_agents(redis: Redis, clock: RedisClock, agents: int, wait_s:
 
 
 async def _collect(
-    redis: Redis,
+    redis: Client,
     run_id: str,
     agents: int,
     timeout_s: float,
@@ -161,7 +161,7 @@ async def _collect(
     try:
         async with asyncio.timeout(timeout_s):
             while len(parts) < agents:
-                response: protocol.StreamReply | None = await redis.xread({key: last}, block=1000)  # type: ignore[assignment]
+                response = await redis_client.xread(redis, {key: last}, None, 1000)
                 for _, entries in response or ():
                     for entry_id, fields in entries:
                         last = entry_id
@@ -179,7 +179,7 @@ async def _collect(
     return [parts[i] for i in sorted(parts)]
 
 
-async def serve_agent(redis: Redis, settings: Settings, once: bool = False) -> None:
+async def serve_agent(redis: Client, settings: Settings, once: bool = False) -> None:
     """Wait for plans and send a share of each one this agent manages to claim."""
     agent_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     clock = RedisClock()
@@ -192,7 +192,7 @@ async def serve_agent(redis: Redis, settings: Settings, once: bool = False) -> N
     try:
         while True:
             await redis.zadd(presence, {agent_id: clock.now_ms()})
-            response: protocol.StreamReply | None = await redis.xread({plans: last}, count=1, block=1000)  # type: ignore[assignment]
+            response = await redis_client.xread(redis, {plans: last}, 1, 1000)
             for _, entries in response or ():
                 for entry_id, fields in entries:
                     last = entry_id
@@ -205,7 +205,7 @@ async def serve_agent(redis: Redis, settings: Settings, once: bool = False) -> N
 
 
 async def _run_share(
-    redis: Redis, settings: Settings, clock: RedisClock, agent_id: str, plan: protocol.LoadPlan
+    redis: Client, settings: Settings, clock: RedisClock, agent_id: str, plan: protocol.LoadPlan
 ) -> bool:
     claims = protocol.loadtest_claims_key(plan.run_id)
     index = int(await redis.incr(claims)) - 1

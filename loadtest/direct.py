@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from redis.asyncio import Redis
-
 from core import protocol
 from core.clock import RedisClock
 from core.errors import DEADLINE_EXCEEDED, QUEUE_FULL, DeadlineExceeded, InvalidRequest, RequestError
+from core.redis_client import Client
 from core.settings import Settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
@@ -27,7 +26,7 @@ _FAILURE_OUTCOMES = {DEADLINE_EXCEEDED: "deadline", QUEUE_FULL: "shed"}
 
 
 class DirectDriver:
-    def __init__(self, redis: Redis, settings: Settings, deadline_ms: int | None = None) -> None:
+    def __init__(self, redis: Client, settings: Settings, deadline_ms: int | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.region = settings.gateway.region

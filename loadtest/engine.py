@@ -10,9 +10,9 @@ import contextlib
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.redis_client import Client
 from core.settings import Settings
 
 from .schedule import Arrival
@@ -71,7 +71,7 @@ def tier_streams(settings: Settings, tiers: Collection[str]) -> dict[str, list[s
 
 
 async def sample_depths(
-    redis: Redis, streams: Mapping[str, Sequence[str]], recorder: Recorder, stop: asyncio.Event
+    redis: Client, streams: Mapping[str, Sequence[str]], recorder: Recorder, stop: asyncio.Event
 ) -> None:
     """Each tier's queue depth (the XLEN of its request `streams`, summed) every DEPTH_SAMPLE_S
     until `stop` is set."""

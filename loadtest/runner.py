@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
+from core import redis_client
 from core.heap import freeze_startup_heap
 from core.settings import Settings
 
@@ -69,7 +69,7 @@ def objectives(settings: Settings) -> dict[str, float]:
 @contextlib.asynccontextmanager
 async def _driver(settings: Settings, target: Target) -> AsyncIterator[engine.Driver]:
     if target.direct:
-        redis = Redis.from_url(target.direct)
+        redis = await redis_client.connect(settings.redis, target.direct)
         direct = DirectDriver(redis, settings, target.deadline_ms)
         try:
             await direct.start()
@@ -102,7 +102,7 @@ async def play(
     (agents start together at a moment on Redis's clock)."""
     recorder = new_recorder(settings)
     helpers: list[Callable[[asyncio.Event], Any]] = []
-    redis = Redis.from_url(target.redis_url) if target.redis_url else None
+    redis = await redis_client.connect(settings.redis, target.redis_url) if target.redis_url else None
     if redis is not None:
         streams = engine.tier_streams(settings, {a.tier for a in arrivals})
         helpers.append(lambda stop: engine.sample_depths(redis, streams, recorder, stop))

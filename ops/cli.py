@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core.errors import ConfigError, ListenError
+from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
 from .embedded import CHOICES as EMBEDDED_CHOICES
@@ -365,4 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(args.config)
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
-    {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}[args.command](args, settings)
+    try:
+        {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}[args.command](args, settings)
+    except RedisAccessError as exc:  # retrying cannot help: say what is wrong, without a traceback
+        raise SystemExit(f"tiergate {args.command}: {exc}") from None

@@ -11,10 +11,10 @@ import sys
 from dataclasses import dataclass
 
 import msgspec
-from redis.asyncio import Redis
 
-from core import protocol
+from core import protocol, redis_client
 from core.clock import RedisClock
+from core.redis_client import Client
 from core.settings import Lane, Settings
 
 
@@ -34,7 +34,7 @@ def dead_letter_lanes(settings: Settings, tier: str | None, region: str | None) 
 
 
 async def list_letters(
-    redis: Redis, settings: Settings, tier: str | None = None, region: str | None = None
+    redis: Client, settings: Settings, tier: str | None = None, region: str | None = None
 ) -> list[Letter]:
     letters: list[Letter] = []
     for lane in dead_letter_lanes(settings, tier, region):
@@ -48,7 +48,7 @@ async def list_letters(
     return letters
 
 
-async def replay(redis: Redis, settings: Settings, letters: list[Letter]) -> tuple[list[str], list[str]]:
+async def replay(redis: Client, settings: Settings, letters: list[Letter]) -> tuple[list[str], list[str]]:
     """Re-queue each letter's request with a fresh deadline; returns (replayed, refused) messages."""
     clock = RedisClock()
     await clock.sync(redis)
@@ -99,7 +99,7 @@ async def run(
     settings: Settings, redis_url: str, action: str, tier: str | None, region: str | None, ids: list[str]
 ) -> int:
     """`tiergate dlq list|replay`: print the letters, or replay those named (all with `--all`)."""
-    redis = Redis.from_url(redis_url, socket_connect_timeout=settings.redis.connect_timeout_s)
+    redis = await redis_client.connect(settings.redis, redis_url)
     try:
         letters = await list_letters(redis, settings, tier, region)
         if action == "list":

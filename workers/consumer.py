@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio import RedisCluster
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError, ResponseError
 
-from core import protocol
+from core import protocol, redis_client
 from core.errors import WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply
+from core.redis_client import AnyPipeline, Client
 from core.settings import Settings, tier_rank
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,14 @@ class Delivery:
         return protocol.queued_at_ms(self.envelope, self.entry_id)
 
 
+def stream_priorities(settings: Settings, pool_name: str) -> dict[str, int]:
+    """Each stream a pool reads -> its tier's rank among the pool's tiers, strictest first."""
+    tiers = sorted(settings.pools[pool_name].tiers, key=tier_rank)
+    return {lane.stream: tiers.index(lane.tier) for lane in settings.lanes() if pool_name in lane.pools}
+
+
 class Consumer:
-    def __init__(self, redis: Redis, settings: Settings, pool_name: str, name: str) -> None:
+    def __init__(self, redis: Client, settings: Settings, pool_name: str, name: str) -> None:
         pool = settings.pools[pool_name]
         self.redis = redis
         self.name = name
@@ -57,7 +64,7 @@ class Consumer:
         self.tiers = sorted(pool.tiers, key=tier_rank)
         lanes = [lane for lane in settings.lanes() if pool_name in lane.pools]
         self.streams = [lane.stream for lane in lanes]
-        self.priority = {lane.stream: self.tiers.index(lane.tier) for lane in lanes}
+        self.priority = stream_priorities(settings, pool_name)
         self._dead_letters = {lane.stream: protocol.dead_letter_key(lane.name) for lane in lanes}
         self._heartbeats = [protocol.heartbeat_key(lane.name) for lane in lanes]
         self.cancel_channels = [protocol.cancel_channel(lane.name) for lane in lanes]
@@ -65,6 +72,8 @@ class Consumer:
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
+        # In a cluster the streams of different hash slots cannot share one XREADGROUP.
+        self._slot_reads = redis_client.SlotReads(self._read_slot) if redis_client.is_cluster(redis) else None
 
     async def setup(self) -> None:
         """Create each stream's consumer group (and the stream) unless it exists."""
@@ -77,10 +86,28 @@ class Consumer:
 
     async def read(self, count: int, block_ms: int | None, streams: list[str] | None = None) -> list[Delivery]:
         """New entries for this consumer: up to `count` from each of `streams` (default: all),
-        waiting up to `block_ms` for one to arrive (None: not at all)."""
-        response: protocol.StreamReply | None = await self.redis.xreadgroup(
-            protocol.GROUP, self.name, dict.fromkeys(streams or self.streams, ">"), count=count, block=block_ms
-        )  # type: ignore[assignment]
+        waiting up to `block_ms` for one to arrive (None: not at all). In a cluster a read of
+        some streams may still be waiting when this returns: a later call or `drain` collects it."""
+        response: protocol.StreamReply | None
+        if self._slot_reads is None:
+            response = await self.redis.xreadgroup(
+                protocol.GROUP, self.name, dict.fromkeys(streams or self.streams, ">"), count=count, block=block_ms
+            )  # type: ignore[assignment]
+        else:
+            groups = redis_client.slot_groups(self.redis, streams or self.streams)
+            response = await self._slot_reads.read(groups, count, block_ms)
+        return await self._deliveries(response)
+
+    async def drain(self) -> list[Delivery]:
+        """What the reads still in flight (in a cluster) hand over, once they end."""
+        return [] if self._slot_reads is None else await self._deliveries(await self._slot_reads.drain())
+
+    async def _read_slot(self, streams: list[str], count: int, block_ms: int | None) -> protocol.StreamReply | None:
+        wanted = dict.fromkeys(streams, ">")
+        return await redis_client.xreadgroup(self.redis, protocol.GROUP, self.name, wanted, count, block_ms)
+
+    async def _deliveries(self, response: protocol.StreamReply | None) -> list[Delivery]:
+        """Decoded entries of a read; those that cannot be decoded go to their dead-letter stream."""
         deliveries: list[Delivery] = []
         for raw_stream, entries in response or ():
             stream = raw_stream.decode()
@@ -129,8 +156,9 @@ class Consumer:
         what was published meanwhile is missed (the gateway's XDEL covers the entries not read yet)."""
         backoff = 0.0  # the first retry is at once: cancels published meanwhile are missed
         while not stop.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._pubsub()
                 await pubsub.subscribe(*self.cancel_channels)
                 backoff = 0.0
                 while not stop.is_set():
@@ -143,8 +171,16 @@ class Consumer:
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(MAX_BACKOFF_S, max(0.1, backoff * 2))
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _pubsub(self) -> PubSub:
+        """A Pub/Sub connection. A cluster's nodes pass every PUBLISH on to each other: one
+        subscription, on any node, hears the channels of every slot."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+        return self.redis.pubsub(ignore_subscribe_messages=True)
 
     async def heartbeat(self, beats: list[protocol.Heartbeat]) -> None:
         """Say this worker is alive, and what it can do for each stream (`beats` in the order
@@ -198,7 +234,7 @@ class Consumer:
         pipe.xdel(stream, entry_id)
         await pipe.execute()
 
-    def _reply(self, pipe: Pipeline, gateway_id: str, reply: Reply) -> None:
+    def _reply(self, pipe: AnyPipeline, gateway_id: str, reply: Reply) -> None:
         payload = protocol.encoder.encode(reply)
         pipe.xadd(
             protocol.reply_key(gateway_id),
@@ -208,11 +244,11 @@ class Consumer:
         )
         self._store(pipe, reply, payload)
 
-    def _store(self, pipe: Pipeline, reply: Reply, payload: bytes) -> None:
+    def _store(self, pipe: AnyPipeline, reply: Reply, payload: bytes) -> None:
         """Queue the write of a request's answer: SET NX, so the first answer stays."""
         pipe.set(protocol.request_key(reply.id), payload, ex=self._result_ttl_s, nx=True)
 
-    def _expire_replies(self, pipe: Pipeline, gateway_ids: set[str]) -> None:
+    def _expire_replies(self, pipe: AnyPipeline, gateway_ids: set[str]) -> None:
         """A reply stream whose gateway is gone expires once no worker writes to it."""
         for gateway_id in gateway_ids:
             pipe.pexpire(protocol.reply_key(gateway_id), self._reply_ttl_ms)

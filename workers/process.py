@@ -13,12 +13,11 @@ import signal
 import socket
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core import protocol
+from core import protocol, redis_client
 from core.background import every, join
 from core.clock import RedisClock, keep_synced
 from core.heap import freeze_startup_heap
@@ -29,7 +28,7 @@ from .backends import make_backend
 from .batcher import Batcher
 from .cancels import CancelledIds
 from .capacity import CapacityMeter, expected_batch_ms
-from .consumer import Consumer, Delivery
+from .consumer import Consumer, Delivery, stream_priorities
 from .executor import Executor
 from .metrics import WorkerMetrics
 
@@ -42,17 +41,6 @@ START_MARGIN_MS = 5.0
 FORGET_EVERY_S = 30.0
 PUBLISH_YIELDS = 3  # redis-py 8 writes a pipeline on the second event-loop pass after it starts
 GONE_MS = 60_000  # a consumer silent this long, with nothing pending, leaves its group
-
-
-def connect(settings: Settings, url: str) -> Redis:
-    r = settings.redis
-    return Redis.from_url(
-        url,
-        max_connections=r.max_connections,
-        socket_timeout=r.socket_timeout_s,
-        socket_connect_timeout=r.connect_timeout_s,
-        health_check_interval=30,
-    )
 
 
 def claim_idle_ms(settings: Settings, pool_name: str) -> int:
@@ -79,9 +67,12 @@ class WorkerProcess:
         self._ready = ready
         self.pool_name = pool_name
         self.name = f"{pool_name}-{socket.gethostname()}-{os.getpid()}"
-        self.redis = connect(settings, redis_url)
+        self.settings = settings
+        self.redis_url = redis_url
+        # Both made once Redis answers (`_until_connected`): whether it is a cluster is asked then.
+        self.redis: redis_client.Client
+        self.consumer: Consumer
         self.clock = RedisClock()
-        self.consumer = Consumer(self.redis, settings, pool_name, self.name)
         self.backend = make_backend(settings, pool_name)
         self.cancelled = CancelledIds()
         self.executor = Executor(
@@ -90,13 +81,14 @@ class WorkerProcess:
             self.name,
             self.backend,
             self.clock,
-            publish_chunks=self.consumer.publish_chunks,
+            publish_chunks=self._publish_chunks,
             cancelled=self.cancelled,
         )
         self.batcher: Batcher[Delivery] = Batcher(
             pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
         )
-        self.priority = self.consumer.priority  # stream -> its tier's rank, strictest first
+        self.priority = stream_priorities(settings, pool_name)  # stream -> its tier's rank, strictest first
+        self.tier_count = len(pool.tiers)
         latency = settings.processors[pool.processor].latency
         self.refill_ms = int(min(READ_BLOCK_MS, max(1.0, expected_batch_ms(latency, pool.max_batch))))
         self.capacity = CapacityMeter(latency, pool.max_batch, len(pool.tiers), pool.min_share)
@@ -109,7 +101,6 @@ class WorkerProcess:
 
     async def run(self) -> None:
         if not await self._until_connected():
-            await self.redis.aclose()
             return
         metrics_url = self.metrics.serve()
         log.info(
@@ -148,13 +139,28 @@ class WorkerProcess:
         self.stopping.set()
 
     async def _until_connected(self) -> bool:
+        """Connect (retrying with backoff while Redis is unreachable) and create the consumer
+        groups; False when stopped first. Refused credentials or TLS raise `RedisAccessError`."""
         backoff = 0.1
         while not self.stopping.is_set():
+            try:
+                redis = await redis_client.connect(self.settings.redis, self.redis_url)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis unreachable, retrying", extra={"error": str(exc), "retry_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            self.redis = redis
+            self.consumer = Consumer(redis, self.settings, self.pool_name, self.name)
             try:
                 await self.clock.sync(self.redis)
                 await self.consumer.setup()
                 return True
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                await redis.aclose()
+                access = redis_client.access_error(exc, self.redis_url)
+                if access is not None:
+                    raise access from exc
                 log.warning("redis unreachable, retrying", extra={"error": str(exc), "retry_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
@@ -184,6 +190,8 @@ class WorkerProcess:
             await self._admit(deliveries)
             if not deliveries and not every_stream:
                 await self._batch_ends()
+        with contextlib.suppress(RedisError, OSError):  # unread: reclaimed once this worker is gone
+            await self._admit(await self.consumer.drain())  # reads still in flight (a cluster's)
         self.batcher.close()
 
     async def _batch_ends(self) -> None:
@@ -199,7 +207,7 @@ class WorkerProcess:
         once. While busy it reads ahead only its lowest tier, where throughput is what counts."""
         rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
         busy = self.metrics.running > 0 or len(self.batcher) > 0
-        lowest = len(self.consumer.tiers) - 1
+        lowest = self.tier_count - 1
         if busy and lowest > 0:
             rooms = {stream: room if self.priority[stream] == lowest else 0 for stream, room in rooms.items()}
         return rooms
@@ -251,7 +259,7 @@ class WorkerProcess:
 
     def _ran(self, replies: list[tuple[Delivery, Reply]]) -> list[int]:
         """Requests of each priority that ran on the processor (not those answered unrun)."""
-        ran = [0] * len(self.consumer.tiers)
+        ran = [0] * self.tier_count
         for d, reply in replies:
             if isinstance(reply, Result):
                 ran[self.priority[d.stream]] += 1
@@ -305,6 +313,9 @@ class WorkerProcess:
                 quiet_until = loop.time() + protocol.HEARTBEAT_STALE_MS / 1000.0
                 continue
             await self._admit(deliveries)
+
+    async def _publish_chunks(self, chunks: list[tuple[Delivery, protocol.Chunk]]) -> None:
+        await self.consumer.publish_chunks(chunks)
 
     async def _publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
         backoff = 0.1

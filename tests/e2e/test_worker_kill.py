@@ -1,5 +1,6 @@
 """A worker replica SIGKILLed under `tiergate up` while waited, queued (`wait: false`) and streamed
-(OpenAI SSE) requests are in flight: every request gets its own right answer, none is lost.
+(OpenAI SSE) requests are in flight: every request gets its own right answer, none is lost; on
+`up`'s private Redis and on a three-master Redis Cluster.
 
 The layout is the one users run: `tiergate up` starts the gateway and `tiergate worker --pool slow`,
 which supervises the pool's two replicas (`--replicas 2`). The killed replica is restarted by its
@@ -21,6 +22,7 @@ import pytest
 
 from tests.e2e.test_supervisor import scrape, until
 from tests.processes import QUICK_RECOVERY, Proc, start
+from tests.redis_servers import flush_cluster
 
 pytestmark = pytest.mark.redis_server
 
@@ -61,8 +63,16 @@ def _no_stray_env() -> Iterator[None]:
     os.environ.update(saved)
 
 
-def test_a_replica_killed_mid_batch_loses_no_waited_queued_or_streamed_request(config: Path) -> None:
-    up = start("up", "--port", "0", "--config", str(config))
+@pytest.mark.parametrize("redis", ["embedded", "cluster"])
+def test_a_replica_killed_mid_batch_loses_no_waited_queued_or_streamed_request(
+    config: Path, redis: str, request: pytest.FixtureRequest
+) -> None:
+    where = []  # `up`'s own private Redis, or the session's three-master Redis Cluster
+    if redis == "cluster":
+        ports = request.getfixturevalue("redis_cluster")
+        flush_cluster(ports)
+        where = ["--redis-url", f"redis://127.0.0.1:{ports[0]}/0"]
+    up = start("up", "--port", "0", "--config", str(config), *where)
     try:
         doomed = up.logged("child ready", child="slow[0]")
         assert doomed["pid"] in _grandchildren(up)  # a process this test started, through `up`

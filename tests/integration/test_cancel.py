@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 
 from core import protocol
 from core.protocol import Envelope
+from core.redis_client import connect
+from core.settings import RedisSettings
 from gateway.metrics import METRICS
 from tests.conftest import default_lane
 from tests.integration.conftest import Stack, wait_until
@@ -51,7 +53,7 @@ class GatedBackend:
 
 @pytest.fixture
 async def redis_client(redis_url: str) -> Any:
-    client = aioredis.Redis.from_url(redis_url)
+    client = await connect(RedisSettings(), redis_url)  # a cluster client where `redis_url` is a cluster's
     yield client
     await client.aclose()
 
@@ -111,6 +113,7 @@ async def send_waiting(s: Stack, text: str) -> asyncio.Task[tuple[int, dict[str,
     return asyncio.create_task(s.infer(model="sim-echo", input=text, tier=TIER, deadline_ms=DEADLINE_MS))
 
 
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 async def test_delete_cancels_queued_requests_and_no_worker_runs_them(
     gated: Gated, redis_client: aioredis.Redis
 ) -> None:

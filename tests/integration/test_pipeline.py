@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from core import protocol
@@ -22,6 +23,10 @@ def expected_output(model: str, text: str) -> object:
     return text[::-1] if model == "sim-echo" else embed(text, 16)
 
 
+ON_ONE_SERVER_AND_A_CLUSTER = pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
+
+
+@ON_ONE_SERVER_AND_A_CLUSTER
 async def test_every_tier_and_model_answers_its_own_request(stack: StartStack) -> None:
     s: Stack = await stack()
     for tier in ("realtime", "interactive", "batch"):
@@ -40,6 +45,7 @@ async def test_every_tier_and_model_answers_its_own_request(stack: StartStack) -
             assert body["energy_j"] > 0 and body["cost"] > 0
 
 
+@ON_ONE_SERVER_AND_A_CLUSTER
 async def test_batched_pool_runs_concurrent_requests_in_batches(stack: StartStack) -> None:
     s: Stack = await stack(pools=["cerebras-batch", "groq-realtime", "h100-interactive"])
     texts = [f"request number {i}" for i in range(64)]
@@ -59,6 +65,7 @@ async def test_deterministic_pool_runs_one_at_a_time(stack: StartStack) -> None:
     assert all(body["output"] == f"rt {i}"[::-1] for i, (_, body) in enumerate(answers))
 
 
+@ON_ONE_SERVER_AND_A_CLUSTER
 async def test_async_request_is_queued_then_done(stack: StartStack) -> None:
     s: Stack = await stack(pools=[])
     status, body = await s.infer(model="sim-echo", input="later please", wait=False)
