@@ -18,7 +18,7 @@ from ops.embedded import EmbeddedRedis
 from tests.conftest import TEST_REDIS
 from tests.processes import QUICK_RECOVERY, start
 
-# SO_REUSEPORT needs a real TCP server per process; fakeredis's server would do, but keep to Redis.
+# A real redis-server, as the other supervisor tests (tests/e2e/test_supervisor.py).
 pytestmark = pytest.mark.redis_server
 
 CONFIG = (
