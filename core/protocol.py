@@ -187,6 +187,8 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     messages: tuple[ChatMessage, ...] = ()  # the whole conversation of a chat request; `input` is its last turn
     # Redis clock (ms, to a µs) when the sender queued it; 0 from senders older than this field.
     sent_at_ms: float = 0.0
+    # The W3C trace context of the gateway's span of this request (core/tracing.py); empty untraced.
+    traceparent: str = ""
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):

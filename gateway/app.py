@@ -35,6 +35,7 @@ from core.errors import (
 )
 from core.heap import freeze_startup_heap
 from core.settings import Settings
+from core.tracing import start as start_tracing
 
 from . import dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
@@ -162,7 +163,8 @@ def _lifecycle(
             clock=RedisClock(),
         )
         app[STATE] = state
-        calls = app[CALLS] = Calls(state, app[metrics.METRICS])
+        tracing = start_tracing(settings.tracing, "gateway", {"service.instance.id": gateway_id})
+        calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing)
         reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
         stop = asyncio.Event()
         tasks = [
@@ -178,6 +180,8 @@ def _lifecycle(
         await state.queue.close()
         await reader.close()
         await redis.aclose()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.close)  # its last spans' export may take a while
 
     return context
 

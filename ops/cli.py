@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from core import tracing
 from core.errors import ConfigError, ListenError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(args.log_level)
     try:
         settings = load_settings(args.config)
+        if settings.tracing.enabled:
+            tracing.require()  # here, not in each child: one clear line naming the extra
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
     {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}[args.command](args, settings)
