@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import redis
 
@@ -23,10 +24,12 @@ from ops.embedded import EmbeddedRedis, free_port
 from .throughput import BODY, HERE, start, stop, wrk
 
 
-def measure(redis_url: str, processes: int, duration_s: int, connections: int) -> dict[str, float]:
+def measure(
+    redis_url: str, processes: int, duration_s: int, connections: int, config_path: Path = HERE / "throughput.toml"
+) -> dict[str, float]:
     """One row: a worker and `processes` gateway processes on one port, warmed up, then `wrk`."""
     redis.Redis.from_url(redis_url).flushall()
-    config = ["--config", str(HERE / "throughput.toml"), "--redis-url", redis_url, "--log-level", "WARNING"]
+    config = ["--config", str(config_path), "--redis-url", redis_url, "--log-level", "WARNING"]
     port = free_port()
     tiergate = [sys.executable, "-m", "ops"]
     started: list[subprocess.Popen[str]] = []
