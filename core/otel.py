@@ -52,6 +52,15 @@ def _parent(traceparent: str) -> Context | None:
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
+def _sampled(traceparent: str) -> bool:
+    """Whether a `traceparent` (`00-<trace>-<span>-<flags>`) has its sampled flag set: a worker's
+    quick test before it parses the context, which a sampled-out request need not have parsed."""
+    try:
+        return bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return False
+
+
 class _RequestSpan:
     __slots__ = ("_span",)
 
@@ -99,8 +108,8 @@ class OtelTracing:
             return int(at_ms * 1e6) + offset_ns
 
         for envelope, queued_at_ms, reply in done:
-            parent = _parent(envelope.traceparent)
-            if parent is None:
+            parent = _parent(envelope.traceparent) if _sampled(envelope.traceparent) else None
+            if parent is None:  # untraced, or its gateway sampled it out: nothing to record
                 continue
             common: dict[str, str | int] = {"tiergate.request_id": envelope.id, "tiergate.pool": pool}
             common["tiergate.worker"] = worker
