@@ -6,6 +6,8 @@ of REV), to check that the path without tracing is unchanged.
 One gateway and one worker process on `bench/throughput.toml` (a processor that takes no time), a
 private redis-server, `wrk` as in `bench/throughput.py`; rounds rotate which row goes first.
 Run: `python -m bench.tracing [--rounds 3] [--duration 10] [--before REV]`.
+`python -m bench.tracing spans` prints instead the time the spans of one request take, in this
+process, with an exporter that drops them: the gateway's span, and the worker's two.
 """
 
 from __future__ import annotations
@@ -82,6 +84,44 @@ def serve_sink(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None)
 
 
+def span_costs(count: int = 20_000) -> None:
+    """The time one request's spans take on each side (the SDK's own cost, export excluded), in one thread."""
+    import msgspec
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from core import protocol
+    from core.otel import OtelTracing
+    from core.settings import TracingSettings
+
+    class Dropped(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracing = OtelTracing(TracingSettings(enabled=True), "bench", {}, exporter=Dropped())
+    envelope = protocol.Envelope(
+        id="0" * 32, model="sim-echo", input="hello", tier="interactive", region="default", reply_to="gw",
+        deadline_at_ms=1,
+    )  # fmt: skip
+    result = protocol.Result(
+        id="0" * 32, model="sim-echo", output="olleh", tier="interactive", processor="instant", pool="instant",
+        worker="w", batch_size=1, enqueued_at_ms=1, queue_ms=1.0, service_ms=1.0, finished_at_ms=3, energy_j=0.0,
+        cost=0.0,
+    )  # fmt: skip
+    began = time.perf_counter()
+    for _ in range(count):
+        span, traceparent = tracing.request("", envelope)
+        span.end(result, None)
+    gateway_s = time.perf_counter() - began
+    done = [(msgspec.structs.replace(envelope, traceparent=traceparent), 1.0, result)]
+    began = time.perf_counter()
+    for _ in range(count):
+        tracing.worked("instant", "w", done, 10.0)
+    worker_s = time.perf_counter() - began
+    tracing.close()
+    print("\n| side    | spans per request | µs per request |\n|---------|---|---|")
+    print(f"| gateway | 1 | {gateway_s / count * 1e6:.0f} |\n| worker  | 2 | {worker_s / count * 1e6:.0f} |")
+
+
 def print_table(rows: dict[str, list[tuple[dict[str, float], float]]], args: argparse.Namespace) -> None:
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, POST {BODY}, {args.rounds} rounds\n")
     head = ("tracing", "req/s (each round)", "median", "p99 ms (median)", "load 1m")
@@ -132,5 +172,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == [SINK]:
         serve_sink(int(sys.argv[2]))
+    elif sys.argv[1:2] == ["spans"]:
+        span_costs()
     else:
         main()
