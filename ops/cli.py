@@ -184,7 +184,7 @@ async def _supervise_up(args: argparse.Namespace, settings: Settings, url: str, 
             tier_urls={tier: g.ready["url"] for tier, g in tier_gateways.items()},
             redis=url,
             redis_kind=redis_kind,
-            gateways=len(gateways),
+            gateways=[g.ready["gateway"] for g in gateways],
             pools={name: settings.pools[name].replicas for name in settings.pools},
             metrics=_up_metrics(gateways, tier_gateways, workers, supervisor.metrics.url),
         )
