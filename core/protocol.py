@@ -226,6 +226,8 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     # Redis clock (ms, to a µs) when the sender queued it; 0 from senders older than this field.
     sent_at_ms: float = 0.0
     generation: Generation | None = None  # an OpenAI-dialect request's generation fields
+    # The W3C trace context of the gateway's span of this request (core/tracing.py); empty untraced.
+    traceparent: str = ""
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):

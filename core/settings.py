@@ -193,6 +193,20 @@ class SupervisorSettings(_Frozen, frozen=True):
     ready_timeout_s: PositiveFloat = 60.0  # a child not ready within this long is killed: a start failure
 
 
+class TracingSettings(_Frozen, frozen=True):
+    """OpenTelemetry tracing of each request through the gateway, its queue and its worker
+    (docs/tracing.md). Enabled, it needs the `tiergate[otel]` extra."""
+
+    enabled: bool = False
+    # Where spans go over OTLP; empty: the exporter's own default (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    # else http://localhost:4318/v1/traces for http/protobuf, localhost:4317 for grpc).
+    endpoint: str = ""
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    service_name: Name = "tiergate"  # the gateway reports as `<name>-gateway`, workers as `<name>-worker`
+    # Share of new traces kept; a request that arrives with a `traceparent` follows its sampled flag.
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+
+
 def _default_service_tiers() -> dict[str, str]:
     return {"priority": "realtime", "default": "interactive", "flex": "batch"}
 
@@ -214,6 +228,7 @@ class Settings(_Frozen, frozen=True):
     openai: OpenAISettings = OpenAISettings()
     metrics: MetricsSettings = MetricsSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    tracing: TracingSettings = TracingSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]

@@ -1,7 +1,7 @@
 """Builds the aiohttp application and runs it: routes, the JSON error middleware, and the
 background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works; an
-address it cannot listen on raises `ListenError`), prints one ready line with the real URL, and
-shuts down gracefully on SIGTERM or SIGINT.
+address it cannot listen on raises `ListenError`; with `reuse_port` several processes share one
+port), prints one ready line with the real URL, and shuts down gracefully on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from core.errors import (
 )
 from core.heap import freeze_startup_heap
 from core.settings import Settings
+from core.tracing import start as start_tracing
 
 from . import dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 CLOCK_SYNC_S = 30.0
 SAMPLE_S = 0.5  # how often admission's view of queues and worker capacity is refreshed
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GATEWAY_HEADER = "X-Tiergate-Gateway"  # on every answer: the id of the gateway process that gave it
 
 
 def error_response(status: int, code: str, message: str, path: str = "") -> web.Response:
@@ -128,10 +130,21 @@ def build_app(
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
     openapi.add_routes(app, settings, tiers)
-    app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id or new_gateway_id(), tiers))
+    gateway_id = gateway_id or new_gateway_id()
+    app.on_response_prepare.append(_signed(gateway_id))
+    app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id, tiers))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
     dashboard.add_routes(app)
     return app
+
+
+def _signed(gateway_id: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Name the gateway process in every answer: which of the processes sharing a port gave it."""
+
+    async def sign(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[GATEWAY_HEADER] = gateway_id
+
+    return sign
 
 
 def _lifecycle(
@@ -151,7 +164,8 @@ def _lifecycle(
             clock=RedisClock(),
         )
         app[STATE] = state
-        calls = app[CALLS] = Calls(state, app[metrics.METRICS])
+        tracing = start_tracing(settings.tracing, "gateway", {"service.instance.id": gateway_id})
+        calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing)
         reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
         stop = asyncio.Event()
         tasks = [
@@ -167,6 +181,8 @@ def _lifecycle(
         await state.queue.close()
         await reader.close()
         await redis.aclose()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.close)  # its last spans' export may take a while
 
     return context
 
@@ -193,19 +209,33 @@ def _sampler(state: GatewayState, gauges: metrics.GatewayMetrics) -> Callable[[]
     return sample
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
-    """Bind and listen on host:port, or raise `ListenError` saying which address and why."""
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        raise ListenError(host, port, reason) from exc
+async def _listen(runner: web.AppRunner, host: str, port: int, reuse_port: bool) -> None:
+    """Bind and listen on host:port, or raise `ListenError` saying which address and why. With
+    `reuse_port` the port is shared with other processes (SO_REUSEPORT: the kernel spreads new
+    connections across them), and the process also listens on a free port of its own, where its
+    /metrics are its alone."""
+    sites = [web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)]
+    if reuse_port:
+        sites.append(web.TCPSite(runner, host, 0, reuse_address=True))
+    for site in sites:
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ListenError(host, port, reason) from exc
 
 
-async def serve(settings: Settings, redis_url: str, host: str, port: int, tiers: Sequence[str] | None = None) -> None:
-    """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    host: str,
+    port: int,
+    tiers: Sequence[str] | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully; with `reuse_port`,
+    one of several sharing `port`."""
     app = build_app(settings, redis_url, tiers=tiers)
     gw = settings.gateway
     runner = web.AppRunner(
@@ -218,15 +248,21 @@ async def serve(settings: Settings, redis_url: str, host: str, port: int, tiers:
         handler_cancellation=True,  # a client that hangs up frees its waiter now, not at its deadline
     )
     await runner.setup()
-    await _listen(runner, host, port)
+    await _listen(runner, host, port, reuse_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    bound = runner.addresses[0]
-    url = f"http://{bound[0]}:{bound[1]}"
+    url, own_url = (f"http://{bound[0]}:{bound[1]}" for bound in (runner.addresses[0], runner.addresses[-1]))
+    own_url = own_url if reuse_port else url  # with `reuse_port`, its own port is the last one bound
     state = app[STATE]
-    ready = {"event": "ready", "url": url, "gateway": state.gateway_id, "tiers": list(state.router.tiers)}
+    ready = {
+        "event": "ready",
+        "url": url,
+        "gateway": state.gateway_id,
+        "tiers": list(state.router.tiers),
+        "metrics_url": f"{own_url}/metrics",  # this process's own, even where the port is shared
+    }
     print(msgspec.json.encode(ready).decode(), flush=True)
     freeze_startup_heap()
     log.info("gateway ready", extra={"url": url})

@@ -1,7 +1,8 @@
 """The owner of a request from admission to outcome. A `Call` claims or replays its idempotency
 key, registers its waiter, enqueues its envelope, counts it in flight, cancels it when its client
-goes away, and ends in `Call.close`, which records its one outcome and log line; every API's
-handlers go through it. Its Redis I/O is `RequestQueue`'s (enqueue, claim, cancel, stored).
+goes away, and ends in `Call.close`, which records its one outcome and log line (and, with
+tracing on, ends its span); every API's handlers go through it. Its Redis I/O is `RequestQueue`'s
+(enqueue, claim, cancel, stored).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from core import protocol
 from core.errors import DeadlineExceeded, QueueFull, RequestError, for_request, from_code
+from core.tracing import TRACEPARENT_HEADER, RequestSpan, Tracing
 
 from .admission import Admission
 from .metrics import GatewayMetrics
@@ -35,9 +37,10 @@ class Calls:
     """The request path of one gateway process: admission, envelopes, calls, and the outcomes of
     requests accepted with `wait: false`, which arrive (or fail to) after their call returned."""
 
-    def __init__(self, state: GatewayState, metrics: GatewayMetrics) -> None:
+    def __init__(self, state: GatewayState, metrics: GatewayMetrics, tracing: Tracing | None = None) -> None:
         self.state = state
         self.metrics = metrics
+        self.tracing = tracing  # None: tracing is off (core/tracing.py)
 
     def admit(self, route: Route) -> Admission:
         """Admission of a routed request; a refusal (429) is counted shed, then raised."""
@@ -63,10 +66,22 @@ class Calls:
         )
 
     def call(
-        self, route: Route, envelope: protocol.Envelope, started: float, idempotency_key: str | None = None
+        self,
+        route: Route,
+        envelope: protocol.Envelope,
+        started: float,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Call:
-        """The call that will own `envelope`; `started` is `time.perf_counter()` at its arrival."""
-        return Call(self, route, envelope, started, idempotency_key)
+        """The call that will own `envelope`; `started` is `time.perf_counter()` at its arrival.
+        With tracing on, it opens the request's span, continuing the trace of a `traceparent`
+        among the request's `headers`, and the envelope carries the span's own."""
+        call = Call(self, route, envelope, started, idempotency_key)
+        if self.tracing is not None:
+            parent = headers.get(TRACEPARENT_HEADER, "") if headers is not None else ""
+            call._span, traceparent = self.tracing.request(parent, envelope)
+            call.envelope = msgspec.structs.replace(envelope, traceparent=traceparent)
+        return call
 
     def async_reply(self, reply: protocol.Reply, tier: str) -> None:
         """The outcome of a `wait: false` request this gateway accepted (the reply reader's hook)."""
@@ -95,7 +110,7 @@ class Call:
     """
 
     __slots__ = (
-        "_calls", "_enqueued", "_events", "_key", "_open", "_reply",
+        "_calls", "_enqueued", "_events", "_key", "_open", "_reply", "_span",
         "envelope", "replayed", "route", "started", "total_ms", "ttft_ms",
     )  # fmt: skip
 
@@ -113,6 +128,7 @@ class Call:
         self._events: asyncio.Queue[StreamEvent] | None = None
         self._enqueued: asyncio.Future[bytes] | None = None  # its XADD: set once it is queued
         self._reply: protocol.Reply | None = None
+        self._span: RequestSpan | None = None  # with tracing on
         self._open = True
 
     @property
@@ -124,7 +140,11 @@ class Call:
     async def result(self) -> protocol.Result:
         """Queue the request and wait for its Result; the call ends done. A failure ends it
         failed and is raised carrying the request id."""
-        result = await self._answer()
+        try:
+            result = await self._answer()
+        except BaseException as exc:
+            self.close(exc)  # where `_answer` has not (a replay's failure)
+            raise
         self.close()
         return result
 
@@ -170,7 +190,17 @@ class Call:
     async def accept(self) -> str:
         """Queue a `wait: false` request with its `Accepted` record; the id its client polls
         (an earlier request's on a replay). Its outcome is counted by `Calls.async_reply` when
-        its reply reaches this gateway, or by `Calls.sweep` when none does."""
+        its reply reaches this gateway, or by `Calls.sweep` when none does; its span (with tracing
+        on) ends here, once it is queued."""
+        try:
+            request_id = await self._accept()
+        except BaseException as exc:
+            self._end_span(exc)
+            raise
+        self._end_span(None)
+        return request_id
+
+    async def _accept(self) -> str:
         first_id = await self._claim()
         if first_id is not None:
             return first_id
@@ -205,6 +235,7 @@ class Call:
         if not self._open:
             return
         self._open = False
+        self._end_span(exc)
         enqueued = self._enqueued
         if enqueued is None:
             return
@@ -221,6 +252,12 @@ class Call:
             self._went_away(enqueued)
         else:
             metrics.abandon(tier)
+
+    def _end_span(self, exc: BaseException | None) -> None:
+        """End the request's span (with tracing on), once, with its reply or what ended it."""
+        if self._span is not None:
+            self._span.end(self._reply, exc)
+            self._span = None
 
     def _done(self, result: protocol.Result, total_ms: float) -> None:
         self.total_ms = total_ms

@@ -88,7 +88,8 @@ async def infer(request: web.Request) -> web.Response:
     body = decode_body(await request.read())
     route = state.router.route(body.model, len(body.input), body.tier, body.region, body.deadline_ms)
     admission = calls.admit(route)
-    call = calls.call(route, calls.envelope(route, body.model, body.input), started, idempotency_key(request))
+    envelope = calls.envelope(route, body.model, body.input)
+    call = calls.call(route, envelope, started, idempotency_key(request), request.headers)
     if body.wait:
         response = _answer(state, call, await call.result())
     else:

@@ -234,8 +234,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     tier_name = _service_tier_name(state, body.service_tier, route.tier)
     if body.stream:
         info = StreamCall("chat", env.id, body.model, int(time.time()), body.include_usage, tier_name)
-        return await stream_reply(request, info, calls.call(route, env, started), _early(request, route))
-    call = calls.call(route, env, started, idempotency_key(request))
+        streaming = calls.call(route, env, started, None, request.headers)
+        return await stream_reply(request, info, streaming, _early(request, route))
+    call = calls.call(route, env, started, idempotency_key(request), request.headers)
     result = await call.result()
     total_ms = call.total_ms
     answer = {
@@ -262,8 +263,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     env = calls.envelope(route, body.model, prompt, stream=stream, max_tokens=max_tokens, generation=generation)
     if body.stream:
         info = StreamCall("completion", env.id, body.model, int(time.time()), body.include_usage, None)
-        return await stream_reply(request, info, calls.call(route, env, started), _early(request, route))
-    call = calls.call(route, env, started, idempotency_key(request))
+        streaming = calls.call(route, env, started, None, request.headers)
+        return await stream_reply(request, info, streaming, _early(request, route))
+    call = calls.call(route, env, started, idempotency_key(request), request.headers)
     result = await call.result()
     total_ms = call.total_ms
     answer = {
@@ -295,7 +297,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     # Every input is its own request; all of them join the same tick's pipeline, and each one
     # answered counts with the latency of the whole answer.
     inputs = [
-        calls.call(route, calls.envelope(route, body.model, text, generation=generation), started)
+        calls.call(
+            route, calls.envelope(route, body.model, text, generation=generation), started, None, request.headers
+        )
         for route, text in zip(routes, texts, strict=True)
     ]
     results = await gather_results(inputs)

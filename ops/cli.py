@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from core import tracing
 from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
@@ -43,14 +44,63 @@ def _child_argv(args: argparse.Namespace, *command: str) -> list[str]:
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
-    from gateway.app import serve
-
     host = args.host or settings.gateway.host
     port = settings.gateway.port if args.port is None else args.port
+    if args.processes > 1:
+        raise SystemExit(_run(_supervise_gateways(args, settings, host, port)))
+    from gateway.app import serve
+
     try:
-        _run(serve(settings, _redis_url(args, settings), host, port, _tiers(args.tiers, settings)))
+        _run(serve(settings, _redis_url(args, settings), host, port, _tiers(args.tiers, settings), args.reuse_port))
     except ListenError as exc:
         raise SystemExit(f"tiergate gateway: {exc}") from None
+
+
+async def _supervise_gateways(args: argparse.Namespace, settings: Settings, host: str, port: int) -> int:
+    """`tiergate gateway --processes N`: N gateway processes sharing one port, each restarted when it exits."""
+    from .supervisor import Supervisor
+
+    _tiers(args.tiers, settings)  # checked here, once, rather than by each child
+    tiers = ("--tiers", args.tiers) if args.tiers else ()
+    url = _redis_url(args, settings)
+    children = _gateway_children(args, "gateway", url, host, port, args.processes, *tiers)
+    supervisor = Supervisor(settings.supervisor, [children])
+
+    def ready() -> None:
+        _print_ready(
+            url=children[0].ready["url"],
+            gateways=[c.ready["gateway"] for c in children],
+            metrics_urls=[c.ready["metrics_url"] for c in children],
+            supervisor_metrics_url=supervisor.metrics.url,
+        )
+
+    try:
+        return _stopping(await supervisor.run(ready))
+    finally:
+        await supervisor.stop(grace_s=settings.gateway.shutdown_grace_s + 5)
+
+
+def _gateway_children(
+    args: argparse.Namespace, name: str, url: str, host: str, port: int, processes: int, *extra: str
+) -> list[Child]:
+    """`processes` gateway children serving host:port, named `name` (one) or `name[i]` (several,
+    sharing the port with SO_REUSEPORT). With port 0 the first binds a free port; the others start
+    once it is ready, and they and any restart of the first bind the port it got."""
+    from .supervisor import Child
+
+    command = ("gateway", "--redis-url", url, "--host", host)
+    if processes == 1:
+        return [Child(name, _child_argv(args, *command, "--port", str(port), *extra))]
+    children: list[Child] = []
+
+    def argv() -> list[str]:
+        got = str(children[0].ready.get("url", "")).rpartition(":")[2]
+        shared = port or int(got or 0)
+        return _child_argv(args, *command, "--port", str(shared), "--reuse-port", *extra)
+
+    children.append(Child(f"{name}[0]", argv))
+    children += [Child(f"{name}[{i}]", argv, after=children[0]) for i in range(1, processes)]
+    return children
 
 
 def _tiers(flag: str | None, settings: Settings) -> list[str] | None:
@@ -125,17 +175,18 @@ async def _supervise_up(args: argparse.Namespace, settings: Settings, url: str, 
 
     host = args.host or settings.gateway.host
     port = settings.gateway.port if args.port is None else args.port
-    gateway, tier_gateways, workers = _up_children(args, settings, url, host, port)
-    supervisor = Supervisor(settings.supervisor, [[gateway, *tier_gateways.values()], list(workers.values())])
+    gateways, tier_gateways, workers = _up_children(args, settings, url, host, port)
+    supervisor = Supervisor(settings.supervisor, [[*gateways, *tier_gateways.values()], list(workers.values())])
 
     def ready() -> None:
         _print_ready(
-            url=gateway.ready["url"],
+            url=gateways[0].ready["url"],
             tier_urls={tier: g.ready["url"] for tier, g in tier_gateways.items()},
             redis=url,
             redis_kind=redis_kind,
+            gateways=[g.ready["gateway"] for g in gateways],
             pools={name: settings.pools[name].replicas for name in settings.pools},
-            metrics=_up_metrics(gateway, tier_gateways, workers, supervisor.metrics.url),
+            metrics=_up_metrics(gateways, tier_gateways, workers, supervisor.metrics.url),
         )
 
     try:
@@ -145,11 +196,14 @@ async def _supervise_up(args: argparse.Namespace, settings: Settings, url: str, 
 
 
 def _up_metrics(
-    gateway: Child, tier_gateways: dict[str, Child], workers: dict[str, Child], supervisor_url: str
+    gateways: list[Child], tier_gateways: dict[str, Child], workers: dict[str, Child], supervisor_url: str
 ) -> dict[str, object]:
-    """The /metrics URLs of every process of `tiergate up`, for its ready line."""
+    """The /metrics URLs of every process of `tiergate up`, for its ready line: the gateway's (a
+    list of each process's own when several share its port), each tier gateway's, each pool's
+    workers' (a list), the supervisor's."""
+    own = [str(g.ready["metrics_url"]) for g in gateways]
     return {
-        "gateway": f"{gateway.ready['url']}/metrics",
+        "gateway": own if len(own) > 1 else own[0],
         **{f"gateway:{tier}": f"{g.ready['url']}/metrics" for tier, g in tier_gateways.items()},
         **{name: _metrics_urls(w.ready) for name, w in workers.items()},
         "supervisor": supervisor_url,
@@ -158,11 +212,12 @@ def _up_metrics(
 
 def _up_children(
     args: argparse.Namespace, settings: Settings, url: str, host: str, port: int
-) -> tuple[Child, dict[str, Child], dict[str, Child]]:
-    """The children of `tiergate up`: the gateway, one per `tier_ports` entry, one worker per pool."""
+) -> tuple[list[Child], dict[str, Child], dict[str, Child]]:
+    """The children of `tiergate up`: the gateway (`--gateways` processes sharing its port), one
+    per `tier_ports` entry, one worker per pool."""
     from .supervisor import Child
 
-    gateway = Child("gateway", _child_argv(args, "gateway", "--redis-url", url, "--host", host, "--port", str(port)))
+    gateways = _gateway_children(args, "gateway", url, host, port, args.gateways)
     tier_gateways = {
         tier: Child(
             f"gateway:{tier}",
@@ -174,7 +229,7 @@ def _up_children(
         name: Child(f"worker:{name}", _child_argv(args, "worker", "--pool", name, "--redis-url", url))
         for name in settings.pools
     }
-    return gateway, tier_gateways, workers
+    return gateways, tier_gateways, workers
 
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> None:
@@ -263,6 +318,13 @@ def _print_ready(**fields: object) -> None:
     print(msgspec.json.encode({"event": "ready", **fields}).decode(), flush=True)
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tiergate", description="Tiered inference gateway over Redis Streams.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -291,6 +353,13 @@ def parser() -> argparse.ArgumentParser:
         "fakeredis (default: $TIERGATE_EMBEDDED_REDIS or auto, the first of those that is installed)",
     )
     gw.add_argument("--tiers", default=None, help="serve only these tiers, comma-separated (default: every tier)")
+    gw.add_argument(
+        "--processes", type=_positive, default=1, help="gateway processes sharing the port, each restarted if it dies"
+    )
+    gw.add_argument(
+        "--reuse-port", action="store_true", help="share the port with other processes (SO_REUSEPORT), as --processes"
+    )
+    up.add_argument("--gateways", type=_positive, default=1, help="gateway processes sharing the port (default: 1)")
     wk = sub.add_parser("worker", help="run the worker processes of one pool")
     common(wk)
     wk.add_argument("--pool", required=True, help="pool name from the config")
@@ -363,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(args.log_level)
     try:
         settings = load_settings(args.config)
+        if settings.tracing.enabled:
+            tracing.require()  # here, not in each child: one clear line naming the extra
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
     try:

@@ -2,8 +2,10 @@
 
 Each child prints one JSON ready line on stdout; the supervisor waits for it, forwards the rest of
 the child's stdout and all of its stderr (keeping the last lines of stderr), and restarts a child
-that exits, with backoff (ops/restarts.py). SIGTERM/SIGINT, or a child that cannot start,
-stops the gateways first, so in-flight requests finish, then the workers. Serves its own /metrics.
+that exits, with backoff (ops/restarts.py). A child may start only after another is ready, with
+a command line made at each start (the gateways sharing a port learn it from the first one's).
+SIGTERM/SIGINT, or a child that cannot start, stops the gateways first, so in-flight requests
+finish, then the workers. Serves its own /metrics.
 """
 
 from __future__ import annotations
@@ -34,13 +36,23 @@ class StartFailed(Exception):
 
 
 class Child:
-    def __init__(self, name: str, argv: Sequence[str]) -> None:
+    """One supervised process. `argv` is its command line, or a function that makes it at each
+    start; a child `after` another starts once that one was first ready."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str] | Callable[[], Sequence[str]], after: Child | None = None
+    ) -> None:
         self.name = name
-        self.argv = list(argv)
+        self._argv = argv
+        self.after = after
         self.process: asyncio.subprocess.Process | None = None
         self.ready: dict[str, object] = {}
         self._stderr_tail = b""
         self._pumps: list[asyncio.Task[None]] = []
+
+    @property
+    def argv(self) -> list[str]:
+        return list(self._argv() if callable(self._argv) else self._argv)
 
     @property
     def pid(self) -> int:
@@ -57,10 +69,11 @@ class Child:
     async def start(self, ready_timeout_s: float = 60.0) -> dict[str, object]:
         """Start the process and wait for its ready line; raises `StartFailed` if it exits first,
         or is not ready within `ready_timeout_s` (it is then killed)."""
+        argv = self.argv  # made while the last run's ready line is still known
         self.ready = {}
         self._stderr_tail = b""
         process = await asyncio.create_subprocess_exec(
-            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         self.process = process
         assert process.stderr is not None
@@ -208,6 +221,8 @@ class Supervisor:
         """Run `child`, and run it again each time it exits, until the policy gives up."""
         policy = RestartPolicy(self.settings)
         status: int | None = None  # the exit that this start follows
+        if child.after is not None:
+            await self._ready[child.after.name].wait()
         while True:
             ran_s = await self._run_once(child, status)
             status = child.returncode

@@ -1,6 +1,7 @@
 """Turns one batch of deliveries into one reply each: refuses what it cannot or need not run
 (cancelled, expired deadline, a model this pool does not serve), runs the rest on the backend in one call,
-and stamps timings, energy and cost. No Redis I/O: the consumer publishes what this returns.
+and stamps timings, energy and cost; with tracing on, records each request's queue wait and
+execution (core/tracing.py). No Redis I/O: the consumer publishes what this returns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from core.clock import RedisClock
 from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply, Result
 from core.settings import Settings
+from core.tracing import Tracing
 
 from .backends import Backend, Completion
 from .cancels import CancelledIds
@@ -32,8 +34,10 @@ class Executor:
         clock: RedisClock,
         publish_chunks: ChunkPublisher | None = None,
         cancelled: CancelledIds | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         pool = settings.pools[pool_name]
+        self.tracing = tracing  # None: tracing is off
         self.cancelled = cancelled if cancelled is not None else CancelledIds()
         self.publish_chunks = publish_chunks
         self.pool_name = pool_name
@@ -101,7 +105,14 @@ class Executor:
     def refuse(self, doomed: list[Delivery]) -> list[tuple[Delivery, Reply]]:
         """Answer, without running, deliveries that can no longer meet their deadline."""
         now_ms = self.clock.now_ms()
-        return [(d, self._refusal(d, now_ms) or self._late(d, now_ms)) for d in doomed]
+        return self._traced([(d, self._refusal(d, now_ms) or self._late(d, now_ms)) for d in doomed])
+
+    def _traced(self, replies: list[tuple[Delivery, Reply]]) -> list[tuple[Delivery, Reply]]:
+        """`replies`, their requests' spans recorded first when tracing is on."""
+        if self.tracing is not None:
+            done = [(d.envelope, d.sent_at_ms, reply) for d, reply in replies]
+            self.tracing.worked(self.pool_name, self.worker, done, self.clock.now_ms())
+        return replies
 
     def _late(self, d: Delivery, now_ms: float) -> Failure:
         left_ms = d.envelope.deadline_at_ms - now_ms
@@ -109,6 +120,10 @@ class Executor:
         return self._failure(d, DEADLINE_EXCEEDED, message)
 
     async def execute(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply]]:
+        """One reply for each delivery of `batch`: run, or refused without running."""
+        return self._traced(await self._execute(batch))
+
+    async def _execute(self, batch: list[Delivery]) -> list[tuple[Delivery, Reply]]:
         runnable, replies = self._triage(batch)
         if not runnable:
             return replies

@@ -23,6 +23,7 @@ from core.clock import RedisClock, keep_synced
 from core.heap import freeze_startup_heap
 from core.protocol import Reply, Result
 from core.settings import Settings
+from core.tracing import start as start_tracing
 
 from .backends import make_backend
 from .batcher import Batcher
@@ -83,6 +84,7 @@ class WorkerProcess:
             self.clock,
             publish_chunks=self._publish_chunks,
             cancelled=self.cancelled,
+            tracing=start_tracing(settings.tracing, "worker", {"service.instance.id": self.name}),
         )
         self.batcher: Batcher[Delivery] = Batcher(
             pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
@@ -132,6 +134,8 @@ class WorkerProcess:
                 await self.consumer.retire()
             await self.backend.close()
             await self.redis.aclose()
+            if self.executor.tracing is not None:
+                await asyncio.to_thread(self.executor.tracing.close)
             await asyncio.to_thread(self.metrics.close)
             log.info("worker stopped", extra={"pool": self.pool_name, "worker": self.name})
 

@@ -89,9 +89,9 @@ def test_config_check_prints_the_routing_table_of_a_good_file(config: Path) -> N
     done = tiergate("config", "check", str(config))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["TIER", "REGION", "STREAM", "POOLS", "(processor,", "mode)"]
-    assert [line.split()[:4] for line in lines[1:7]] == [
-        [tier, region, f"tg:{{{tier}.{region}}}:requests", pool]
+    assert lines[0].split() == ["MODEL", "TIER", "REGION", "STREAM", "POOLS", "(processor,", "mode)"]
+    assert [line.split()[:5] for line in lines[1:7]] == [
+        ["sim-echo", tier, region, f"tg:{{{tier}.{region}.{pool}}}:requests", pool]
         for tier in ("realtime", "interactive", "batch")
         for region, pool in (("default", "near"), ("eu", "far"))
     ]
