@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 from asyncio.subprocess import PIPE
@@ -58,6 +59,10 @@ async def gateway_ids(urls: list[str]) -> list[str]:
         return ids
 
 
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
+
+
 def _drain(stream: Any) -> None:
     """Read what `tiergate up` still prints, so that a full pipe never blocks it."""
     threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
@@ -96,6 +101,7 @@ async def run(args: argparse.Namespace) -> int:
             f"soak: {args.duration_s:g} s at {rate:g} req/s" + (f" (half of {capacity:g})" if capacity else ""),
             flush=True,
         )
+        print(f"host load average before the soak: {_load()}", flush=True)  # other work on the machine skews it
         sampler = Sampler(redis, settings, process.pid, await gateway_ids([ready["url"], *ready["tier_urls"].values()]))
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
@@ -104,6 +110,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             stop.set()
             await sampling
+        print(f"host load average at its end: {_load()}", flush=True)
     finally:
         await redis.aclose()
         process.terminate()
