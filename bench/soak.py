@@ -28,11 +28,13 @@ import aiohttp
 from redis.asyncio import Redis
 
 from bench.scenarios import drained, start_stack
+from bench.soak_client import POLL_S
 from bench.soak_plot import plot
 from bench.soak_sample import Sampler, Series, slope_per_min, value_at
 from core.settings import Settings, config_path, load_settings
 
 TIERS = ("realtime", "interactive", "batch")
+KIND_NAMES = {"infer": "infer", "stream": "chat stream", "async": f"wait: false (polled every {POLL_S:g} s)"}
 LOAD_SHARE = 0.5  # of the measured capacity
 RSS_LIMIT_PCT_PER_MIN = 0.25  # "no growth trend": a slope under this share of the RSS at the end of the warm-up
 STREAM_BOUND_S = 2.0  # a stream is bounded when it never held more entries than this many seconds of arrivals
@@ -153,11 +155,12 @@ def print_load(load: dict[str, Any], duration_s: float) -> None:
         f"\nrequests: {load['sent']} in {duration_s:g} s ({kinds}); errors {load['errors']}, "
         f"wrong answers {load['wrong']}, lost {load['lost']}" + (f": {load['statuses']}" if load["errors"] else "")
     )
-    print("\n| tier | sent | ok | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")
-    for tier, row in load["tiers"].items():
+    print("\n| kind | tier | sent | ok | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|")
+    for name, row in load["rows"].items():
+        kind, tier = name.split(" ", 1)
         print(
-            f"| {tier} | {row['sent']} | {row['ok']} | {_f(row['p50_ms'])} | {_f(row['p99_ms'])} "
-            f"| {_f(row['max_ms'])} |"
+            f"| {KIND_NAMES[kind]} | {tier} | {row['sent']} | {row['ok']} | {_f(row['p50_ms'])} "
+            f"| {_f(row['p99_ms'])} | {_f(row['max_ms'])} |"
         )
 
 
