@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.crc import key_slot
@@ -60,8 +60,12 @@ def _options(settings: RedisSettings, url: str) -> dict[str, Any]:
 
 
 def single_node(settings: RedisSettings, url: str) -> Redis:
-    """A client of one Redis server; no I/O until its first command."""
-    return Redis.from_url(url, **_options(settings, url))
+    """A client of one Redis server; no I/O until its first command. With every pooled connection
+    busy, a command waits for one (up to `socket_timeout_s`) instead of failing: a burst of work
+    at once (a load generator dropping all its connections cancels every request it had) must
+    not turn a concurrent request into a 503."""
+    pool = BlockingConnectionPool.from_url(url, timeout=settings.socket_timeout_s, **_options(settings, url))
+    return Redis.from_pool(pool)
 
 
 def cluster_client(settings: RedisSettings, url: str) -> RedisCluster:
