@@ -3,13 +3,15 @@
 Rows: a bare aiohttp "hello"; a bare stream round trip (one XADD per request); the same with
 XADDs pipelined per event-loop tick; tiergate's `POST /v1/infer` with a zero-latency processor
 (gateway log level INFO and WARNING); and tiergate refusing requests with 429 (a full queue).
-Each app is one process; Redis is a private redis-server.
+Each app is one process; Redis is a private redis-server. Each row also prints the CPU time per
+answered request of the app, its worker and redis-server (from /proc, over the measured run).
 Run: `python -m bench.throughput [--duration 10] [--connections 64]`. Needs `wrk` on PATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -45,6 +47,25 @@ def wrk(url: str, duration_s: int, connections: int) -> dict[str, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": ms("50%"), "p99": ms("99%"), "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def measured(url: str, duration_s: int, connections: int, pids: dict[str, int]) -> dict[str, float]:
+    """One wrk run, with the CPU µs per answered request of each process in `pids`."""
+    before = {role: cpu_s(pid) for role, pid in pids.items()}
+    result = wrk(url, duration_s, connections)
+    requests = max(1.0, result["rps"] * duration_s)
+    for role, pid in pids.items():
+        result[f"cpu_{role}"] = (cpu_s(pid) - before[role]) / requests * 1e6
+    return result
 
 
 def start(argv: list[str], ready: str) -> subprocess.Popen[str]:
@@ -118,6 +139,7 @@ def main() -> None:
     embedded = EmbeddedRedis()
     redis_url = embedded.start()
     rows = []
+    redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
     try:
         for name, commands in scenarios(redis_url).items():
             redis.Redis.from_url(redis_url).flushall()
@@ -128,20 +150,28 @@ def main() -> None:
                     argv = [a.replace("{port}", str(port)) for a in argv]
                     processes.append(start(argv, "ready"))
                 time.sleep(0.5)
-                wrk(f"http://127.0.0.1:{port}", 2, args.connections)  # warm-up
-                rows.append((name, wrk(f"http://127.0.0.1:{port}", args.duration, args.connections)))
+                url = f"http://127.0.0.1:{port}"
+                wrk(url, 2, args.connections)  # warm-up
+                pids = {"app": processes[-1].pid, "redis": redis_pid}
+                if len(processes) > 1:
+                    pids["worker"] = processes[0].pid
+                rows.append((name, measured(url, args.duration, args.connections, pids)))
             finally:
                 stop(processes)
     finally:
         embedded.stop()
     hello = rows[0][1]["rps"]
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, POST {BODY}\n")
-    print(f"| {'scenario':<34} | {'req/s':>8} | {'x hello':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'non-2xx':>7} |")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
+    print("CPU: µs of CPU per answered request of the app (gateway or floor app), its worker, and redis-server\n")
+    head = ["scenario".ljust(34), "req/s".rjust(8), "x hello", " p50 ms", " p99 ms", "non-2xx"]
+    head += ["app µs", "worker µs", "redis µs"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("-" * (len(h) + 2) for h in head) + "|")
     for name, r in rows:
+        worker = f"{r['cpu_worker']:>9.0f}" if "cpu_worker" in r else " " * 9
         print(
             f"| {name:<34} | {r['rps']:>8.0f} | {r['rps'] / hello:>7.2f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} "
-            f"| {r['non2xx']:>7.0f} |"
+            f"| {r['non2xx']:>7.0f} | {r['cpu_app']:>6.0f} | {worker} | {r['cpu_redis']:>8.0f} |"
         )
 
 
