@@ -210,6 +210,13 @@ class Generation(msgspec.Struct, omit_defaults=True, frozen=True):
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
 
 
+# `Generation` fields sent upstream under their own names: plain values, and JSON text.
+GENERATION_JSON_FIELDS = ("response_format", "tools", "tool_choice")
+GENERATION_VALUE_FIELDS = tuple(
+    name for name in Generation.__struct_fields__ if name not in (*GENERATION_JSON_FIELDS, "extra")
+)
+
+
 class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     """One inference request as queued in a tier stream."""
 

@@ -13,26 +13,17 @@ import msgspec
 
 from core import capabilities
 from core.errors import InvalidRequest
-from core.protocol import ChatMessage, Generation
+from core.protocol import GENERATION_VALUE_FIELDS, ChatMessage, Generation
 from core.settings import Settings
 
-from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest, Message, message_text
+from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest, Message, Sampling, message_text
 
 _json = msgspec.json.Encoder()
 
-# Request fields carried as `Generation` fields of the same name, as plain values or as JSON text.
-_SHARED: tuple[str, ...] = (
-    "temperature",
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "stop",
-    "max_tokens",
-    "n",
-)
-_SHARED += ("logit_bias", "user")
-_CHAT = (*_SHARED, "max_completion_tokens", "logprobs", "top_logprobs", "parallel_tool_calls")
+# Request fields carried as `Generation` fields of the same name: all of them for chat, the
+# sampling fields shared with chat for completions (whose `logprobs` is another field: an int).
+_CHAT = GENERATION_VALUE_FIELDS
+_COMPLETION = tuple(name for name in _CHAT if name in Sampling.__struct_fields__)
 _CHAT_JSON = ("response_format", "tools", "tool_choice")
 # The rarer fields, carried together in `Generation.extra`.
 _CHAT_EXTRA: tuple[str, ...] = ("functions", "function_call", "metadata", "store", "modalities", "audio", "prediction")
@@ -65,7 +56,7 @@ def chat_generation(body: ChatRequest) -> Generation | None:
 
 
 def completion_generation(body: CompletionRequest) -> Generation | None:
-    fields = _sent(body, _SHARED)
+    fields = _sent(body, _COMPLETION)
     if extra := _sent(body, _COMPLETION_EXTRA):
         fields["extra"] = _json.encode(extra)
     return _generation(fields)

@@ -23,6 +23,18 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 WORKER_METRICS_PORT = 9100  # a worker container's /metrics (TIERGATE_METRICS_PORT), when the config says 0
 REDIS_PORT = 6379
 REDIS_IMAGE = "redis:7.2.5"  # 7+: the consumer-group lag that KEDA scales on
+# What an accepted request's durability needs of Redis: every write in the AOF before it answers,
+# and no key ever evicted.
+REDIS_DURABLE_ARGS = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--save",
+    "",
+    "--maxmemory-policy",
+    "noeviction",
+]
 # A stopping process gets the config's grace and this much more before SIGKILL, as `tiergate up` gives.
 STOP_MARGIN_S = 5
 HEADER = "Rendered by `tiergate deploy render` from the tiergate config. Do not edit: render again."

@@ -13,6 +13,7 @@ from .common import (
     CONFIG_FILE,
     CONFIG_PATH,
     IMAGE,
+    REDIS_DURABLE_ARGS,
     REDIS_IMAGE,
     REDIS_PORT,
     dns_name,
@@ -48,17 +49,7 @@ def document(settings: Settings) -> dict[str, Any]:
 def _redis() -> dict[str, Any]:
     return {
         "image": REDIS_IMAGE,
-        "command": [
-            "redis-server",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
+        "command": ["redis-server", *REDIS_DURABLE_ARGS],
         "volumes": ["redis-data:/data"],
         "healthcheck": {"test": ["CMD", "redis-cli", "ping"], **_timing()},
         "restart": "unless-stopped",

@@ -15,6 +15,7 @@ from .common import (
     CONFIG_DIR,
     CONFIG_FILE,
     IMAGE,
+    REDIS_DURABLE_ARGS,
     REDIS_IMAGE,
     REDIS_PORT,
     VERSION,
@@ -210,14 +211,7 @@ def _redis() -> list[dict[str, Any]]:
     selector = labels("redis")
     password = {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}}
     args = [
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
+        *REDIS_DURABLE_ARGS,
         "--requirepass",
         "$(REDIS_PASSWORD)",
     ]

@@ -23,7 +23,7 @@ import msgspec
 
 from core.capabilities import SUPPORTS
 from core.errors import DEADLINE_EXCEEDED, INVALID_REQUEST, QUEUE_FULL, WORKER_ERROR
-from core.protocol import ChatMessage, Envelope
+from core.protocol import GENERATION_JSON_FIELDS, GENERATION_VALUE_FIELDS, ChatMessage, Envelope
 from core.settings import Settings, UpstreamSettings
 
 from . import Completion, TokenSink
@@ -33,18 +33,6 @@ log = logging.getLogger(__name__)
 ERROR_BODY_CHARS = 300
 JSON_HEADERS = {"Content-Type": "application/json"}
 
-# `Generation` fields sent under their own names: plain values, and JSON text spliced in as is.
-_VALUES: tuple[str, ...] = (
-    "temperature",
-    "top_p",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "stop",
-    "max_tokens",
-)
-_VALUES += ("max_completion_tokens", "n", "logprobs", "top_logprobs", "logit_bias", "user", "parallel_tool_calls")
-_JSON_VALUES = ("response_format", "tools", "tool_choice")
 # Fields of a choice (or of its message or delta) that make it more than one text.
 _BEYOND_TEXT = ("tool_calls", "function_call", "audio", "refusal")
 
@@ -215,8 +203,8 @@ def _generation(env: Envelope) -> dict[str, Any]:
     gen = env.generation
     body: dict[str, Any] = {}
     if gen is not None:
-        body = {name: value for name in _VALUES if (value := getattr(gen, name)) is not None}
-        body |= {name: msgspec.Raw(raw) for name in _JSON_VALUES if (raw := getattr(gen, name))}
+        body = {name: value for name in GENERATION_VALUE_FIELDS if (value := getattr(gen, name)) is not None}
+        body |= {name: msgspec.Raw(raw) for name in GENERATION_JSON_FIELDS if (raw := getattr(gen, name))}
         body |= _json_object.decode(gen.extra) if gen.extra else {}
     if env.max_tokens and "max_tokens" not in body and "max_completion_tokens" not in body:
         body["max_tokens"] = env.max_tokens
