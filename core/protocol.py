@@ -217,6 +217,34 @@ GENERATION_VALUE_FIELDS = tuple(
 )
 
 
+# Data sensitivity classes, lowest first: a pool cleared for one may run every lower one.
+SENSITIVITY_CLASSES = ("public", "internal", "restricted")
+
+
+class Grant(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """What one API key lets its tenant do, as an authenticated request carries it through the
+    gateway: the key's id and tenant, the tiers, models and regions it may use (empty: any), the
+    highest data class it may send, its limits (0: none), its share weight in a tier, and the
+    region and data class its requests get when they name none ("": the gateway's, the lowest).
+    With `[auth] mode = "open"` every request carries `OPEN_GRANT`."""
+
+    key_id: str
+    tenant: str
+    tiers: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    max_sensitivity: str = "restricted"
+    rpm: int = 0
+    tpm: int = 0
+    max_concurrency: int = 0
+    weight: float = 1.0
+    region: str = ""
+    sensitivity: str = ""
+
+
+OPEN_GRANT = Grant(key_id="", tenant="")
+
+
 class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     """One inference request as queued in a tier stream."""
 
@@ -235,6 +263,12 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     generation: Generation | None = None  # an OpenAI-dialect request's generation fields
     # The W3C trace context of the gateway's span of this request (core/tracing.py); empty untraced.
     traceparent: str = ""
+    # Who sent it (`Grant.tenant`, `Grant.key_id`; empty with `[auth] mode = "open"`) and its
+    # data class (one of SENSITIVITY_CLASSES; empty: the lowest), which only pools cleared for
+    # it may run.
+    tenant: str = ""
+    key_id: str = ""
+    sensitivity: str = ""
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
@@ -249,6 +283,7 @@ class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):
     reply_to: str = ""  # the gateway that accepted it, which counts its outcome
     entry_id: str = ""  # its entry in stream_key(lane); empty until the XADD answered
     lane: str = ""  # the lane_name of the stream it is queued on
+    tenant: str = ""  # who sent it: only that tenant may read or cancel it
 
     @property
     def stream(self) -> str:

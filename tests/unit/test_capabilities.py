@@ -46,14 +46,20 @@ PLAIN = {"id": "0" * 32, "model": "sim-echo", "input": "hello", "tier": "interac
 PLAIN |= {"reply_to": "gw-1", "deadline_at_ms": 1_700_000_000_000, "sent_at_ms": 1_699_999_999_000.5}
 
 
-def test_a_plain_envelope_encodes_exactly_as_before() -> None:
-    new = protocol.encoder.encode(protocol.Envelope(**PLAIN))
-    assert new == protocol.encoder.encode(OldEnvelope(**PLAIN))
+def same_entry(new: protocol.Envelope, old: OldEnvelope) -> bool:
+    """The same keys and values on the wire. (A Struct of over 15 fields opens its map with a
+    3-byte header where a smaller one needs 1, so the bytes may differ by that much.)"""
+    new_bytes, old_bytes = protocol.encoder.encode(new), protocol.encoder.encode(old)
+    return (
+        msgspec.msgpack.decode(new_bytes) == msgspec.msgpack.decode(old_bytes) and len(new_bytes) <= len(old_bytes) + 2
+    )
+
+
+def test_a_plain_envelope_carries_nothing_new() -> None:
+    assert same_entry(protocol.Envelope(**PLAIN), OldEnvelope(**PLAIN))
     chat = {"max_tokens": 8, "messages": (protocol.ChatMessage("user", "hello"),)}
     old_chat = {"max_tokens": 8, "messages": (OldChatMessage("user", "hello"),)}
-    assert protocol.encoder.encode(protocol.Envelope(**PLAIN, **chat)) == protocol.encoder.encode(
-        OldEnvelope(**PLAIN, **old_chat)
-    )
+    assert same_entry(protocol.Envelope(**PLAIN, **chat), OldEnvelope(**PLAIN, **old_chat))
 
 
 def test_an_older_entry_decodes_with_no_generation() -> None:
