@@ -11,12 +11,21 @@ import msgspec
 from aiohttp import web
 
 from core.errors import InvalidRequest
+from core.protocol import OPEN_GRANT, Grant
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 QUEUE_INFO_HEADER = "X-Tiergate-Queue-Info"  # a client sends it (any value) to learn its queue position
 REPLAYED_HEADER = "Idempotent-Replayed"
 
+GRANT = "tiergate.grant"  # where an authenticated request keeps its key's `Grant`
+
 _json = msgspec.json.Encoder()
+
+
+def grant_of(request: web.Request) -> Grant:
+    """The `Grant` of the key that sent `request`; `OPEN_GRANT` where none was checked."""
+    grant: Grant = request.get(GRANT, OPEN_GRANT)
+    return grant
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
