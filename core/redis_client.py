@@ -34,6 +34,17 @@ def is_cluster(client: Client) -> bool:
     return isinstance(client, RedisCluster)
 
 
+URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_url(url: str) -> str:
+    """`url`, if it is a Redis URL; else a `RedisAccessError` naming what is wrong with it."""
+    scheme = urlsplit(url).scheme
+    if scheme not in URL_SCHEMES:
+        raise RedisAccessError(f"{url!r} is not a Redis URL: it must start with redis://, rediss:// or unix://")
+    return url
+
+
 def where(url: str) -> str:
     """A URL without its password, to name a server in messages."""
     parts = urlsplit(url)
@@ -79,6 +90,7 @@ async def connect(settings: RedisSettings, url: str, *, assume_single: bool = Fa
     cluster node. An unreachable server raises redis's ConnectionError, unless `assume_single`
     (then a one-server client comes back, with a warning); refused credentials or TLS raise
     `RedisAccessError`."""
+    check_url(url)
     if settings.cluster == "no":
         return single_node(settings, url)
     if settings.cluster == "yes":

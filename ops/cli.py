@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core import tracing
+from core import redis_client, tracing
 from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
@@ -36,7 +36,7 @@ def _redis_url(args: argparse.Namespace, settings: Settings) -> str:
     url = args.redis_url or settings.redis.url
     if not url:
         raise SystemExit("tiergate: no Redis URL: pass --redis-url, set TIERGATE_REDIS_URL, or use `tiergate up`")
-    return str(url)
+    return redis_client.check_url(url)
 
 
 def _child_argv(args: argparse.Namespace, *command: str) -> list[str]:
@@ -153,6 +153,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     from .embedded import EmbeddedRedis, NoRedisServer
 
     url = args.redis_url or settings.redis.url
+    if url:
+        redis_client.check_url(url)
     choice = args.embedded_redis or os.environ.get("TIERGATE_EMBEDDED_REDIS") or "auto"
     embedded = None if url else EmbeddedRedis(choice)
     if embedded is not None:

@@ -121,6 +121,16 @@ def test_config_check_reads_TIERGATE_CONFIG_without_a_path(config: Path, tmp_pat
     assert default.stdout.splitlines()[-1].startswith(f"{DEFAULT_CONFIG_PATH}: ok")
 
 
+@pytest.mark.parametrize("command", [("up", "--port", "0"), ("worker", "--pool", "near"), ("dlq", "list")])
+def test_a_url_that_is_not_redis_is_refused_in_one_line(config: Path, command: tuple[str, ...]) -> None:
+    result = tiergate(*command, "--config", str(config), "--redis-url", "bogus://x")
+    assert result.returncode == 1 and result.stdout == ""
+    expected = (
+        f"tiergate {command[0]}: 'bogus://x' is not a Redis URL: it must start with redis://, rediss:// or unix://"
+    )
+    assert result.stderr.strip().splitlines()[-1] == expected and "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------- environment overrides in a running stack
 
 
