@@ -368,7 +368,7 @@ def parse_settings(raw: dict[str, Any], source: str = "<config>", environ: Mappi
     return settings
 
 
-_NAMED_SECTIONS: dict[str, type[_Frozen]] = {
+_NAMED_SECTIONS: dict[str, type[_Frozen]] = {  # and [auth.keys.*]
     "tiers": TierSettings,
     "processors": ProcessorSettings,
     "models": ModelSettings,
@@ -380,8 +380,10 @@ def _check_named_sections(raw: dict[str, Any]) -> list[str]:
     """Validate each named entry alone, so an error names its key (`$.pools.h100`), which
     msgspec's path for a dict value (`$.pools[...]`) would not."""
     problems: list[str] = []
-    for section, kind in _NAMED_SECTIONS.items():
-        entries = raw.get(section)
+    auth = raw.get("auth")
+    named = [(section, kind, raw.get(section)) for section, kind in _NAMED_SECTIONS.items()]
+    named.append(("auth.keys", StaticKey, auth.get("keys") if isinstance(auth, dict) else None))
+    for section, kind, entries in named:
         if not isinstance(entries, dict):
             continue
         for name, value in entries.items():

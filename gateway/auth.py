@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0  # how often each gateway checks whether a key was created or revoked
 KEY_PREFIX = "tg-"  # every key tiergate makes starts with it: recognisable in a config or a leak scan
+OPEN_WARNING = (
+    '[auth] mode = "open": anyone who can reach this port may use every tier, model and region, '
+    'and read any request by id; set [auth] mode = "keys" to require API keys'
+)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -124,7 +128,4 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 def warn_if_open(settings: AuthSettings) -> None:
     """The start-up warning of an open gateway."""
     if settings.mode == "open":
-        log.warning(
-            '[auth] mode = "open": anyone who can reach this port may use every tier, model and region, '
-            'and read any request by id; set [auth] mode = "keys" to require API keys'
-        )
+        log.warning(OPEN_WARNING)

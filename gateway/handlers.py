@@ -148,6 +148,7 @@ async def cancel_request(request: web.Request) -> web.Response:
             stored = msgspec.structs.replace(stored, region=state.settings.gateway.region)
         stored = await state.queue.cancel(stored)
     if isinstance(stored, protocol.Failure) and stored.code == Cancelled.code:
+        request.app[CALLS].limits.cancelled(request_id)
         log.info("request cancelled", extra={"id": request_id, "tier": stored.tier, "reason": "DELETE"})
         return json_response({"id": request_id, "status": CANCELLED})
     outcome = "done" if isinstance(stored, protocol.Result) else "failed"

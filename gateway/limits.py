@@ -72,6 +72,13 @@ class Limits:
         if held is not None:
             self.release(held, reply)
 
+    def cancelled(self, request_id: str) -> None:
+        """A `wait: false` request cancelled by `DELETE`: its slot is free now if this gateway
+        holds it (else at its deadline, or when a worker answers it unrun)."""
+        held = self._held_async.pop(request_id, None)
+        if held is not None:
+            self.release(held, None)
+
     def sweep(self) -> None:
         """Forget the `wait: false` slots past their deadline: Redis has freed them already."""
         now_ms = self.clock.now_ms()

@@ -220,3 +220,15 @@ async def _status_is(answer: Any, status: int) -> bool:
 
 async def _equals(value: Any, expected: object) -> bool:
     return bool(await value == expected)
+
+
+async def test_a_key_listed_hashed_in_the_config_needs_no_redis_record(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    static = {"sha256": hash_key("tg-static-key"), "tenant": "ops", "models": ["sim-echo"]}
+    settings = make_settings(auth={"mode": "keys", "keys": {"ops-key": static}})
+    s: Stack = await stack(settings=settings, pools=ECHO)
+    status, body, _ = await post(s, "tg-static-key")
+    assert (status, body["output"]) == (200, "olleh")
+    status, body, _ = await post(s, "tg-static-key", model="sim-embed")
+    assert status == 403 and "sim-embed" in body["error"]["message"]
