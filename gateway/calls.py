@@ -28,6 +28,7 @@ from .limits import Limits
 from .metrics import GatewayMetrics
 from .results import StreamEvent
 from .routing import Route
+from .shares import Shares
 from .state import GatewayState
 from .tenant_store import Held, TenantStore
 
@@ -52,12 +53,16 @@ class Calls:
         self.metrics = metrics
         self.tracing = tracing  # None: tracing is off (core/tracing.py)
         self.limits = Limits(state.clock, tenants)  # tenants None: no key has limits (a unit test's calls)
+        self.shares = Shares(state.settings.auth.active_s)
 
     def admit(self, route: Route, model: str = "", grant: Grant = OPEN_GRANT, sensitivity: str = "") -> Admission:
-        """Admission of a routed request: 403 for what its key does not allow, then its tier's
-        admission; a refusal (429) is counted shed, then raised."""
+        """Admission of a routed request: 403 for what its key does not allow, then its tenant's
+        fair share of a busy tier (gateway/shares.py), then its tier's admission; a refusal (429)
+        is counted shed, then raised."""
         authorize(grant, route.tier, model, route.region, sensitivity)
+        capacity = self.state.capacity.get(route.stream)
         try:
+            self.shares.check(route.stream, route.tier, grant.tenant, grant.weight, capacity, _now_s())
             return self.state.admit(route)
         except QueueFull:
             self.metrics.refused(route.tier)
@@ -97,6 +102,7 @@ class Calls:
         request's span, continuing the trace of a `traceparent` among the request's `headers`,
         and the envelope carries the span's own."""
         call = Call(self, route, envelope, started, idempotency_key, grant)
+        self.shares.admitted(route.stream, grant.tenant, grant.weight, _now_s())
         if self.tracing is not None:
             parent = headers.get(TRACEPARENT_HEADER, "") if headers is not None else ""
             call._span, traceparent = self.tracing.request(parent, envelope)
@@ -107,6 +113,7 @@ class Calls:
         """The outcome of a `wait: false` request this gateway accepted (the reply reader's hook)."""
         self.metrics.async_reply(reply, tier)
         self.limits.async_reply(reply)
+        self.shares.async_ended(reply.id)
 
     async def hold(self, grant: Grant, envelope: protocol.Envelope, route: Route) -> Held | None:
         """Count a request against its key's limits (`Limits.hold`); one over a limit is refused
@@ -123,6 +130,7 @@ class Calls:
         for tier in self.state.waiters.sweep_async():
             self.metrics.async_expired(tier)
         self.limits.sweep()
+        self.shares.sweep(_now_s())
 
 
 CALLS: web.AppKey[Calls] = web.AppKey("calls", Calls)
@@ -240,8 +248,9 @@ class Call:
         try:
             request_id = await self._accept()
         except BaseException as exc:
-            self._end_span(exc)
+            self.close(exc)  # it was not queued: this counts nothing but frees its share
             raise
+        self.close()  # a replay's end; a request queued here was handed to `Calls.async_reply` already
         self._end_span(None)
         return request_id
 
@@ -271,6 +280,8 @@ class Call:
         # A DELETE in between finds no entry id and cancels through the workers' cancel channel only.
         state.queue.restate(key, protocol.encoder.encode(msgspec.structs.replace(accepted, entry_id=entry_id.decode())))
         self._open = False
+        until_s = _now_s() + route.deadline_ms / 1000.0
+        calls.shares.keep_async(envelope.id, route.stream, envelope.tenant, until_s)
         log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
         return envelope.id
 
@@ -289,6 +300,7 @@ class Call:
         if self._held is not None:
             self._calls.limits.release(self._held, self._reply)
             self._held = None
+        self._calls.shares.ended(self.route.stream, self.grant.tenant)
         enqueued = self._enqueued
         if enqueued is None:
             return
@@ -436,6 +448,10 @@ async def gather_results(calls: Sequence[Call]) -> list[protocol.Result]:
     if error is not None:
         raise error
     return [outcome for outcome in outcomes if isinstance(outcome, protocol.Result)]
+
+
+def _now_s() -> float:
+    return time.monotonic()
 
 
 def _elapsed_ms(started: float) -> float:
