@@ -1,8 +1,10 @@
 """Fair shares of a busy tier between tenants, at one gateway: pure arithmetic and an in-memory
-tally, no I/O. While more than one tenant is active on a request stream, each may hold at most
-its weighted, max-min fair share of the requests that keep the stream's workers busy; what one
-tenant leaves unused, the others may take. So a tenant flooding a tier is refused (429) before
-it builds the queue a lighter tenant's requests would wait behind, and still gets what is left.
+tally, no I/O. While more than one tenant is active on a request stream, a tenant admitted at
+less than its weighted share of the workers' capacity (a light one) is never held back; the
+others (heavy ones) share, by weight and max-min fairly, what the light ones leave of the
+requests in flight that keep the stream's workers busy. So a tenant flooding a tier is refused
+(429) before it builds the queue a lighter tenant's requests would wait behind, and still gets
+what is left of the capacity.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from core.errors import QueueFull
 from .admission import Capacity
 
 # Requests in flight that keep a stream's workers busy: their batch slots (capacity x service
-# time), with this much more so that a slot freed is filled again before the next batch starts.
-HEADROOM = 1.5
+# time), with this much more for the batch that waits to start and the requests on their way.
+HEADROOM = 2.5
+RATE_S = 1.0  # the time constant of each tenant's admitted rate (an exponentially decaying count)
 
 
 def budget(capacity: Capacity | None) -> int | None:
@@ -41,6 +44,13 @@ class _Stream:
     in_flight: dict[str, int] = field(default_factory=dict)  # tenant -> requests admitted, not yet ended
     seen_at: dict[str, float] = field(default_factory=dict)  # tenant -> when it was last admitted
     weights: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)  # tenant -> admitted a second, at seen_at
+
+    def rate(self, tenant: str, now_s: float) -> float:
+        """`tenant`'s admitted requests a second, decayed to `now_s`."""
+        if tenant not in self.rates:
+            return 0.0
+        return self.rates[tenant] * math.exp(-(now_s - self.seen_at[tenant]) / RATE_S)
 
 
 class Shares:
@@ -66,10 +76,15 @@ class Shares:
             if name == tenant or now_s - state.seen_at[name] <= self.active_s
         }
         weights[tenant] = weight
-        if len(weights) < 2:
+        if len(weights) < 2 or capacity is None:
             return
+        weight_sum = sum(weights.values())
+        heavy = {name: w for name, w in weights.items() if state.rate(name, now_s) >= capacity.per_s * w / weight_sum}
+        if tenant not in heavy:
+            return  # light: below its share of the capacity
+        room = total - sum(state.in_flight.get(name, 0) for name in weights if name not in heavy)
         held = state.in_flight.get(tenant, 0)
-        cap = fair_cap(tenant, state.in_flight, weights, total)
+        cap = fair_cap(tenant, state.in_flight, heavy, max(room, 0))
         if held + 1 > cap:
             raise QueueFull(
                 f"the {tier} tier is busy and tenant {tenant!r} holds its fair share of it "
@@ -82,6 +97,7 @@ class Shares:
             return
         state = self._streams.setdefault(stream, _Stream())
         state.in_flight[tenant] = state.in_flight.get(tenant, 0) + 1
+        state.rates[tenant] = state.rate(tenant, now_s) + 1.0 / RATE_S
         state.seen_at[tenant] = now_s
         state.weights[tenant] = weight
 
