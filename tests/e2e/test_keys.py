@@ -10,9 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 
 from core.settings import DEFAULT_CONFIG_PATH
 from gateway.auth import OPEN_WARNING
@@ -38,6 +40,16 @@ def status(url: str, body: dict[str, object], key: str | None = None) -> int:
         return int(exc.code)
 
 
+def before_the_last_20_s_of_a_minute(redis_url: str) -> None:
+    """Wait, on Redis's clock, until at least 20 s remain in the minute: a per-minute count that a
+    test reads must not roll over while it runs."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: int(client.time()[0]) % 60 < 40, timeout_s=30)
+    finally:
+        client.close()
+
+
 def wait_for(condition: object, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():  # type: ignore[operator]
@@ -47,7 +59,7 @@ def wait_for(condition: object, timeout_s: float = 10.0) -> None:
 
 def test_keys_through_the_command_line_open_and_close_two_gateways(tmp_path: Path, redis_url: str) -> None:
     config = tmp_path / "tiergate.toml"
-    config.write_text(DEFAULT_CONFIG_PATH.read_text() + '\n[auth]\nmode = "keys"\n')
+    config.write_text(DEFAULT_CONFIG_PATH.read_text().replace('[auth]\nmode = "open"', '[auth]\nmode = "keys"'))
     common = ("--config", str(config), "--redis-url", redis_url)
     created = tiergate("keys", "create", "--tenant", "acme", "--tiers", "interactive", "--rpm", "600", *common)
     assert created.returncode == 0, created.stderr
@@ -59,8 +71,16 @@ def test_keys_through_the_command_line_open_and_close_two_gateways(tmp_path: Pat
     assert key not in listed.stdout and key not in listed.stderr
     bad = tiergate("keys", "create", "--tenant", "acme", "--tiers", "fastest", *common)
     assert bad.returncode != 0 and "--tiers: unknown tier 'fastest'" in bad.stderr
+    limited = tiergate("keys", "create", "--tenant", "globex", "--rpm", "10", *common)
+    limited_key = json.loads(limited.stdout.strip().splitlines()[-1])["key"]
     gateways = [start("gateway", "--port", "0", *common) for _ in range(2)]
     try:
+        before_the_last_20_s_of_a_minute(redis_url)
+        counted = Counter(
+            status(f"{gateways[i % 2].url}/v1/infer", {"model": "sim-echo", "input": "x", "wait": False}, limited_key)
+            for i in range(25)
+        )
+        assert counted == {202: 10, 429: 15}  # one limit, shared by both processes
         body: dict[str, object] = {"model": "sim-echo", "input": "hi", "wait": False}
         for gw in gateways:
             infer = f"{gw.url}/v1/infer"
