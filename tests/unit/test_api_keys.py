@@ -156,3 +156,16 @@ def test_exempt_paths_are_exact_or_prefixes_ending_in_a_slash() -> None:
     auth = Authenticator(AuthSettings(exempt_paths=("/healthz", "/static/")), FakeStore())  # type: ignore[arg-type]
     assert auth.exempt("/healthz") and auth.exempt("/static/app.js")
     assert not auth.exempt("/healthz/x") and not auth.exempt("/v1/infer") and not auth.exempt("/static")
+
+
+def test_the_openapi_document_names_the_bearer_scheme_only_with_keys(make_settings: Callable[..., Settings]) -> None:
+    from gateway.openapi import document
+
+    keyed = document(make_settings(auth={"mode": "keys"}))
+    assert keyed["components"]["securitySchemes"] == {"apiKey": {"type": "http", "scheme": "bearer"}}
+    for path, method in (("/v1/infer", "post"), ("/v1/chat/completions", "post"), ("/v1/requests/{id}", "get")):
+        operation = keyed["paths"][path][method]
+        assert operation["security"] == [{"apiKey": []}] and "401" in operation["responses"]
+    assert "403" in keyed["paths"]["/v1/infer"]["post"]["responses"]
+    assert "security" not in keyed["paths"]["/healthz"]["get"]
+    assert "securitySchemes" not in document(make_settings())["components"]
