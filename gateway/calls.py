@@ -101,6 +101,8 @@ class Calls:
         to); `started` is `time.perf_counter()` at its arrival. With tracing on, it opens the
         request's span, continuing the trace of a `traceparent` among the request's `headers`,
         and the envelope carries the span's own."""
+        if idempotency_key is not None and grant.tenant:  # one tenant's keys never replay another's
+            idempotency_key = f"{grant.tenant}/{idempotency_key}"
         call = Call(self, route, envelope, started, idempotency_key, grant)
         self.shares.admitted(route.stream, grant.tenant, grant.weight, _now_s())
         if self.tracing is not None:

@@ -331,8 +331,15 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 @openai_errors
 async def models(request: web.Request) -> web.StreamResponse:
     settings = request.app[STATE].settings
+    allowed = grant_of(request).models  # empty: any
     served = sorted(
-        {m for pool in settings.pools.values() if pool.region == settings.gateway.region for m in pool.models}
+        {
+            m
+            for pool in settings.pools.values()
+            if pool.region == settings.gateway.region
+            for m in pool.models
+            if not allowed or m in allowed
+        }
     )
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "tiergate"} for name in served]
     return json_response({"object": "list", "data": data})

@@ -232,3 +232,22 @@ async def test_a_key_listed_hashed_in_the_config_needs_no_redis_record(
     assert (status, body["output"]) == (200, "olleh")
     status, body, _ = await post(s, "tg-static-key", model="sim-embed")
     assert status == 403 and "sim-embed" in body["error"]["message"]
+
+
+async def test_a_tenant_lists_only_its_models_and_never_replays_another_tenants_idempotency_key(
+    stack: StartStack, keyed: Settings
+) -> None:
+    s: Stack = await stack(settings=keyed, pools=ECHO)
+    echo_only, _ = await make_key(s.redis_url, keyed, "acme", models=("sim-echo",))
+    other, _ = await make_key(s.redis_url, keyed, "globex")
+    async with sdk(s, echo_only) as client:
+        assert [m.id for m in (await client.models.list()).data] == ["sim-echo"]
+    answers = []
+    for key, text in ((echo_only, "first"), (other, "second")):
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "same-key"}
+        body = {"model": "sim-echo", "input": text}
+        async with s.http.post(f"{s.url}/v1/infer", json=body, headers=headers) as response:
+            answers.append(
+                (response.status, (await response.json())["output"], "Idempotent-Replayed" in response.headers)
+            )
+    assert answers == [(200, "tsrif", False), (200, "dnoces", False)]
