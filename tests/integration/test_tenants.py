@@ -15,7 +15,7 @@ import pytest
 from core import protocol, redis_client
 from core.settings import Settings
 from gateway.auth import hash_key, new_key
-from gateway.tenant_store import TenantStore
+from gateway.tenant_store import Held, TenantStore
 from tests.integration.conftest import Stack, wait_until
 
 StartStack = Callable[..., Any]
@@ -251,3 +251,25 @@ async def test_a_tenant_lists_only_its_models_and_never_replays_another_tenants_
                 (response.status, (await response.json())["output"], "Idempotent-Replayed" in response.headers)
             )
     assert answers == [(200, "tsrif", False), (200, "dnoces", False)]
+
+
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
+async def test_key_records_and_limit_scripts_work_on_one_server_and_a_cluster(redis_url: str, keyed: Settings) -> None:
+    redis = await redis_client.connect(keyed.redis, redis_url)
+    store = TenantStore(redis)
+    try:
+        grant = protocol.Grant(key_id="key_c1", tenant="acme", rpm=2, max_concurrency=1)
+        await store.create(hash_key("tg-k"), protocol.KeyRecord(grant=grant))
+        assert await store.lookup(hash_key("tg-k")) == grant and await store.version() == 1
+        now_ms = int((await redis.time())[0]) * 1000
+        first, second, third = (Held("key_c1", f"r{i}", now_ms // 60_000, now_ms + 60_000) for i in range(3))
+        assert await store.acquire(grant, first, now_ms) is None
+        assert await store.acquire(grant, second, now_ms) == "max_concurrency"
+        await store.release(first, tokens=7)
+        assert await store.acquire(grant, second, now_ms) is None
+        await store.release(second, tokens=0)
+        assert await store.acquire(grant, third, now_ms) == "rpm"
+        assert await store.revoke("key_c1") and await store.lookup(hash_key("tg-k")) is None
+        assert await store.version() == 2 and not await store.revoke("key_c1")
+    finally:
+        await redis.aclose()
