@@ -25,6 +25,7 @@ from .tenant_store import TenantStore
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0  # how often each gateway checks whether a key was created or revoked
+CACHE_MAX = 10_000  # keys cached per gateway: past it the cache starts again (a flood of made-up keys)
 KEY_PREFIX = "tg-"  # every key tiergate makes starts with it: recognisable in a config or a leak scan
 OPEN_WARNING = (
     '[auth] mode = "open": anyone who can reach this port may use every tier, model and region, '
@@ -95,6 +96,8 @@ class Authenticator:
             now = time.monotonic()
             if cached is None or cached[1] <= now:
                 cached = (await self.store.lookup(sha), now + self.settings.key_cache_s)
+                if len(self._cache) >= CACHE_MAX:
+                    self._cache.clear()
                 self._cache[sha] = cached
             grant = cached[0]
         if grant is None:

@@ -66,9 +66,9 @@ class Shares:
         self, stream: str, tier: str, tenant: str, weight: float, capacity: Capacity | None, now_s: float
     ) -> None:
         """Raise `QueueFull` when `tenant` holds its fair share of `stream` and others are active."""
-        state = self._streams.get(stream)
-        total = budget(capacity)
-        if not tenant or state is None or total is None:
+        state = self._streams.get(stream) if tenant else None
+        total = budget(capacity) if state is not None else None
+        if state is None or total is None:
             return
         weights = {
             name: weight

@@ -169,3 +169,12 @@ def test_the_openapi_document_names_the_bearer_scheme_only_with_keys(make_settin
     assert "403" in keyed["paths"]["/v1/infer"]["post"]["responses"]
     assert "security" not in keyed["paths"]["/healthz"]["get"]
     assert "securitySchemes" not in document(make_settings())["components"]
+
+
+async def test_made_up_keys_cannot_grow_the_cache_without_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.auth.CACHE_MAX", 3)
+    auth = Authenticator(AuthSettings(), FakeStore())  # type: ignore[arg-type]
+    for i in range(10):
+        with pytest.raises(Unauthorized):
+            await auth.grant(f"tg-made-up-{i}")
+        assert len(auth._cache) <= 3
