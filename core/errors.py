@@ -6,6 +6,8 @@
     ├── RedisAccessError            Redis refuses this process: credentials, TLS (not an HTTP error)
     └── RequestError                anything a client is told about
         ├── InvalidRequest          400 invalid_request
+        ├── Unauthorized            401 unauthorized (no API key, or one unknown or revoked)
+        ├── Forbidden               403 forbidden (the key does not allow a tier, model, region or class)
         ├── NotFound                404 not_found
         │   └── ModelNotFound       404 model_not_found
         ├── Conflict                409 conflict
@@ -14,6 +16,7 @@
         ├── PayloadTooLarge         413 payload_too_large
         ├── TierNotServed           421 tier_not_served (a gateway dedicated to other tiers)
         ├── QueueFull               429 queue_full
+        │   └── RateLimited         429 rate_limited (an API key's requests, tokens or concurrency)
         ├── BackendUnavailable      503 redis_unavailable
         ├── DeadlineExceeded        504 deadline_exceeded
         └── WorkerFailed            500 worker_error (the worker reported a failure)
@@ -31,6 +34,8 @@ from typing import ClassVar
 # Every other module names a code through these constants, never as a string of its own.
 INTERNAL_ERROR = "internal_error"
 INVALID_REQUEST = "invalid_request"
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
 NOT_FOUND = "not_found"
 MODEL_NOT_FOUND = "model_not_found"
 CONFLICT = "conflict"
@@ -39,6 +44,7 @@ ALREADY_FINISHED = "already_finished"
 TIER_NOT_SERVED = "tier_not_served"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 QUEUE_FULL = "queue_full"
+RATE_LIMITED = "rate_limited"
 REDIS_UNAVAILABLE = "redis_unavailable"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 WORKER_ERROR = "worker_error"
@@ -87,6 +93,20 @@ class RequestError(TiergateError):
 class InvalidRequest(RequestError):
     status = 400
     code = INVALID_REQUEST
+
+
+class Unauthorized(RequestError):
+    """`[auth] mode = "keys"` and the request sent no API key, or one the gateway does not know."""
+
+    status = 401
+    code = UNAUTHORIZED
+
+
+class Forbidden(RequestError):
+    """The request's API key does not allow what it asked for; the message names it."""
+
+    status = 403
+    code = FORBIDDEN
 
 
 class NotFound(RequestError):
@@ -139,6 +159,13 @@ class QueueFull(RequestError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(QueueFull):
+    """An API key is over one of its limits (requests or tokens a minute, requests at once);
+    the message names the limit, `retry_after_s` says when it has room again."""
+
+    code = RATE_LIMITED
 
 
 class BackendUnavailable(RequestError):

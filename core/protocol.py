@@ -139,6 +139,30 @@ def loadtest_record_key(name: str) -> str:
     return f"{KEY_PREFIX}:{{rec.{name}}}:arrivals"
 
 
+def api_keys_key() -> str:
+    """Every API key created with `tiergate keys create` (a hash: the key's SHA-256 -> `KeyRecord`);
+    the key itself is never stored."""
+    return f"{KEY_PREFIX}:{{auth}}:keys"
+
+
+def api_keys_version_key() -> str:
+    """A counter raised by every key created or revoked: gateways poll it each second and forget
+    the keys they cached when it moves."""
+    return f"{KEY_PREFIX}:{{auth}}:version"
+
+
+def rate_key(key_id: str, limit: str, epoch_min: int) -> str:
+    """One API key's count of `limit` ("rpm": requests, "tpm": tokens) in the minute `epoch_min`
+    (a string counter that expires after the minute). One slot per key with `inflight_key`."""
+    return f"{KEY_PREFIX}:{{key.{key_id}}}:{limit}:{epoch_min}"
+
+
+def inflight_key(key_id: str) -> str:
+    """One API key's requests in flight (a sorted set: request id -> its deadline, ms), so that a
+    slot a dead gateway never released frees itself at the request's deadline."""
+    return f"{KEY_PREFIX}:{{key.{key_id}}}:inflight"
+
+
 # What XREAD/XREADGROUP answer (redis-py, bytes responses): [(stream, [(entry_id, fields)])].
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 StreamReply: TypeAlias = list[tuple[bytes, StreamEntries]]
@@ -243,6 +267,14 @@ class Grant(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
 
 
 OPEN_GRANT = Grant(key_id="", tenant="")
+
+
+class KeyRecord(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """An API key as `api_keys_key` stores it, under the SHA-256 of the key: its Grant and when
+    it was created (Redis's clock, ms)."""
+
+    grant: Grant
+    created_at_ms: int = 0
 
 
 class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
@@ -387,6 +419,7 @@ stored_decoder = msgspec.msgpack.Decoder(Stored)
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
+key_record_decoder = msgspec.msgpack.Decoder(KeyRecord)
 
 
 # ---------------------------------------------------------------- the load tester's messages

@@ -216,6 +216,48 @@ class OpenAISettings(_Frozen, frozen=True):
     service_tiers: dict[str, str] = msgspec.field(default_factory=_default_service_tiers)
 
 
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Sensitivity = Literal["public", "internal", "restricted"]
+
+
+class StaticKey(_Frozen, frozen=True):
+    """An API key given in the config (`[auth.keys.ID]`): the SHA-256 of the key (hex), and what
+    it allows, as `tiergate keys create` takes it (docs/tenants.md)."""
+
+    sha256: Sha256
+    tenant: Name
+    tiers: tuple[str, ...] = ()  # empty: any
+    models: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    max_sensitivity: Sensitivity = "restricted"
+    rpm: NonNegativeInt = 0  # 0: no limit
+    tpm: NonNegativeInt = 0
+    max_concurrency: NonNegativeInt = 0
+    weight: PositiveFloat = 1.0
+    region: str = ""
+    sensitivity: Literal["", "public", "internal", "restricted"] = ""
+
+    def grant(self, key_id: str) -> protocol.Grant:
+        fields = msgspec.structs.asdict(self)
+        del fields["sha256"]
+        return protocol.Grant(key_id=key_id, **fields)
+
+
+def _default_exempt() -> tuple[str, ...]:
+    return ("/healthz", "/readyz", "/metrics", "/dashboard", "/static/", "/v1/slo", "/openapi.json")
+
+
+class AuthSettings(_Frozen, frozen=True):
+    # "open": anyone who reaches the port may use everything; "keys": `Authorization: Bearer <key>`.
+    mode: Literal["open", "keys"] = "open"
+    # Paths (a prefix ending in "/", else the exact path) served without a key.
+    exempt_paths: tuple[str, ...] = msgspec.field(default_factory=_default_exempt)
+    key_cache_s: PositiveFloat = 10.0  # a gateway reuses a key it looked up this long (revocation: 1 s)
+    # Fair shares: a tenant counts as active in a tier this long after its last admitted request.
+    active_s: PositiveFloat = 5.0
+    keys: dict[str, StaticKey] = msgspec.field(default_factory=dict)
+
+
 class Settings(_Frozen, frozen=True):
     tiers: dict[str, TierSettings]
     processors: dict[str, ProcessorSettings]
@@ -229,6 +271,7 @@ class Settings(_Frozen, frozen=True):
     metrics: MetricsSettings = MetricsSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     tracing: TracingSettings = TracingSettings()
+    auth: AuthSettings = AuthSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -325,7 +368,7 @@ def parse_settings(raw: dict[str, Any], source: str = "<config>", environ: Mappi
     return settings
 
 
-_NAMED_SECTIONS: dict[str, type[_Frozen]] = {
+_NAMED_SECTIONS: dict[str, type[_Frozen]] = {  # and [auth.keys.*]
     "tiers": TierSettings,
     "processors": ProcessorSettings,
     "models": ModelSettings,
@@ -337,8 +380,10 @@ def _check_named_sections(raw: dict[str, Any]) -> list[str]:
     """Validate each named entry alone, so an error names its key (`$.pools.h100`), which
     msgspec's path for a dict value (`$.pools[...]`) would not."""
     problems: list[str] = []
-    for section, kind in _NAMED_SECTIONS.items():
-        entries = raw.get(section)
+    auth = raw.get("auth")
+    named = [(section, kind, raw.get(section)) for section, kind in _NAMED_SECTIONS.items()]
+    named.append(("auth.keys", StaticKey, auth.get("keys") if isinstance(auth, dict) else None))
+    for section, kind, entries in named:
         if not isinstance(entries, dict):
             continue
         for name, value in entries.items():
@@ -397,6 +442,7 @@ def validate(s: Settings) -> list[str]:
             f"restart_backoff_s ({s.supervisor.restart_backoff_s:g})"
         )
     problems += _check_routing(s)
+    problems += _check_keys(s)
     return problems
 
 
@@ -457,4 +503,13 @@ def _check_routing(s: Settings) -> list[str]:
             name in s.pools[p].models for p in s.pools_for(model.default_tier, s.gateway.region)
         ):
             problems.append(f"models.{name}: no pool serves it on its default tier {model.default_tier!r}")
+    return problems
+
+
+def _check_keys(s: Settings) -> list[str]:
+    """Static keys name known tiers and models."""
+    problems: list[str] = []
+    for name, key in s.auth.keys.items():
+        problems += [f"auth.keys.{name}.tiers: unknown tier {t!r}" for t in key.tiers if t not in s.tiers]
+        problems += [f"auth.keys.{name}.models: unknown model {m!r}" for m in key.models if m not in s.models]
     return problems

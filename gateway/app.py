@@ -31,12 +31,13 @@ from core.errors import (
     ListenError,
     QueueFull,
     RequestError,
+    Unauthorized,
 )
 from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.tracing import start as start_tracing
 
-from . import dashboard, handlers, metrics, openai_api, openapi
+from . import auth, dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
 from .calls import CALLS, Calls
 from .http_shared import json_response
@@ -45,6 +46,7 @@ from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
 from .routing import Router
 from .state import STATE, GatewayState
+from .tenant_store import TenantStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(exc.status, exc.code, exc.message, request.path)
         if isinstance(exc, QueueFull):
             response.headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = "Bearer"
         return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[STATE].settings.gateway.max_body_bytes
@@ -119,10 +123,10 @@ def build_app(
     settings: Settings, redis_url: str, gateway_id: str | None = None, tiers: Sequence[str] | None = None
 ) -> web.Application:
     """The gateway's aiohttp application; `tiers` restricts it to those tiers (`Router`)."""
-    app = web.Application(
-        client_max_size=settings.gateway.max_body_bytes,
-        middlewares=[error_middleware, body_timeout(settings.gateway.body_timeout_s)],
-    )
+    middlewares = [error_middleware, body_timeout(settings.gateway.body_timeout_s)]
+    if settings.auth.mode == "keys":
+        middlewares.append(auth.middleware)
+    app = web.Application(client_max_size=settings.gateway.max_body_bytes, middlewares=middlewares)
     app.router.add_post("/v1/infer", handlers.infer)
     app.router.add_get("/v1/requests/{id}", handlers.request_status)
     app.router.add_delete("/v1/requests/{id}", handlers.cancel_request)
@@ -164,8 +168,10 @@ def _lifecycle(
             clock=RedisClock(),
         )
         app[STATE] = state
+        tenants = TenantStore(redis)
+        app[auth.AUTH] = authenticator = auth.Authenticator(settings.auth, tenants)
         tracing = start_tracing(settings.tracing, "gateway", {"service.instance.id": gateway_id})
-        calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing)
+        calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing, tenants)
         reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
         stop = asyncio.Event()
         tasks = [
@@ -174,10 +180,13 @@ def _lifecycle(
             asyncio.create_task(every(SAMPLE_S, stop, _sampler(state, app[metrics.METRICS]))),
             asyncio.create_task(every(settings.metrics.queue_sample_interval_s, stop, calls.sweep)),
         ]
+        if settings.auth.mode == "keys":
+            tasks.append(asyncio.create_task(every(auth.REFRESH_S, stop, authenticator.refresh)))
         yield
         stop.set()
         await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
         waiters.fail_all(BackendUnavailable("the gateway is shutting down"))
+        await calls.limits.drain()
         await state.queue.close()
         await reader.close()
         await redis.aclose()
@@ -237,6 +246,7 @@ async def serve(
     """Run one gateway process until SIGTERM/SIGINT, then shut down gracefully; with `reuse_port`,
     one of several sharing `port`."""
     app = build_app(settings, redis_url, tiers=tiers)
+    auth.warn_if_open(settings.auth)
     gw = settings.gateway
     runner = web.AppRunner(
         app,

@@ -18,14 +18,19 @@ import msgspec
 from aiohttp import web
 
 from core import protocol
-from core.errors import DeadlineExceeded, QueueFull, RequestError, for_request, from_code
+from core.errors import DeadlineExceeded, QueueFull, RateLimited, RequestError, for_request, from_code
+from core.protocol import OPEN_GRANT, Grant
 from core.tracing import TRACEPARENT_HEADER, RequestSpan, Tracing
 
 from .admission import Admission
+from .auth import authorize
+from .limits import Limits
 from .metrics import GatewayMetrics
 from .results import StreamEvent
 from .routing import Route
+from .shares import Shares
 from .state import GatewayState
+from .tenant_store import Held, TenantStore
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +42,37 @@ class Calls:
     """The request path of one gateway process: admission, envelopes, calls, and the outcomes of
     requests accepted with `wait: false`, which arrive (or fail to) after their call returned."""
 
-    def __init__(self, state: GatewayState, metrics: GatewayMetrics, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        metrics: GatewayMetrics,
+        tracing: Tracing | None = None,
+        tenants: TenantStore | None = None,
+    ) -> None:
         self.state = state
         self.metrics = metrics
         self.tracing = tracing  # None: tracing is off (core/tracing.py)
+        self.limits = Limits(state.clock, tenants)  # tenants None: no key has limits (a unit test's calls)
+        self.shares = Shares(state.settings.auth.active_s)
 
-    def admit(self, route: Route) -> Admission:
-        """Admission of a routed request; a refusal (429) is counted shed, then raised."""
+    def admit(self, route: Route, model: str = "", grant: Grant = OPEN_GRANT, sensitivity: str = "") -> Admission:
+        """Admission of a routed request: 403 for what its key does not allow, then its tenant's
+        fair share of a busy tier (gateway/shares.py), then its tier's admission; a refusal (429)
+        is counted shed, then raised."""
+        authorize(grant, route.tier, model, route.region, sensitivity)
+        capacity = self.state.capacity.get(route.stream)
         try:
+            self.shares.check(route.stream, route.tier, grant.tenant, grant.weight, capacity, _now_s())
             return self.state.admit(route)
         except QueueFull:
             self.metrics.refused(route.tier)
             raise
 
-    def envelope(self, route: Route, model: str, text: str, **extra: Any) -> protocol.Envelope:
-        """A new request for `route`, addressed back to this gateway, its deadline from now."""
+    def envelope(
+        self, route: Route, model: str, text: str, grant: Grant = OPEN_GRANT, **extra: Any
+    ) -> protocol.Envelope:
+        """A new request for `route` from `grant`'s tenant, addressed back to this gateway, its
+        deadline from now."""
         now_ms = self.state.clock.now_ms()
         return protocol.Envelope(
             id=protocol.new_request_id(),
@@ -62,6 +83,8 @@ class Calls:
             reply_to=self.state.gateway_id,
             deadline_at_ms=int(now_ms) + route.deadline_ms,
             sent_at_ms=round(now_ms, 3),
+            tenant=grant.tenant,
+            key_id=grant.key_id,
             **extra,
         )
 
@@ -72,11 +95,16 @@ class Calls:
         started: float,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        grant: Grant = OPEN_GRANT,
     ) -> Call:
-        """The call that will own `envelope`; `started` is `time.perf_counter()` at its arrival.
-        With tracing on, it opens the request's span, continuing the trace of a `traceparent`
-        among the request's `headers`, and the envelope carries the span's own."""
-        call = Call(self, route, envelope, started, idempotency_key)
+        """The call that will own `envelope`, sent with `grant`'s key (whose limits it is held
+        to); `started` is `time.perf_counter()` at its arrival. With tracing on, it opens the
+        request's span, continuing the trace of a `traceparent` among the request's `headers`,
+        and the envelope carries the span's own."""
+        if idempotency_key is not None and grant.tenant:  # one tenant's keys never replay another's
+            idempotency_key = f"{grant.tenant}/{idempotency_key}"
+        call = Call(self, route, envelope, started, idempotency_key, grant)
+        self.shares.admitted(route.stream, grant.tenant, grant.weight, _now_s())
         if self.tracing is not None:
             parent = headers.get(TRACEPARENT_HEADER, "") if headers is not None else ""
             call._span, traceparent = self.tracing.request(parent, envelope)
@@ -86,11 +114,25 @@ class Calls:
     def async_reply(self, reply: protocol.Reply, tier: str) -> None:
         """The outcome of a `wait: false` request this gateway accepted (the reply reader's hook)."""
         self.metrics.async_reply(reply, tier)
+        self.limits.async_reply(reply)
+        self.shares.async_ended(reply.id)
+
+    async def hold(self, grant: Grant, envelope: protocol.Envelope, route: Route) -> Held | None:
+        """Count a request against its key's limits (`Limits.hold`); one over a limit is refused
+        (429 `rate_limited`), counted shed, and taken back out of its tier's projected backlog."""
+        try:
+            return await self.limits.hold(grant, envelope)
+        except RateLimited:
+            self.state.withdraw(route)
+            self.metrics.refused(route.tier)
+            raise
 
     async def sweep(self) -> None:
         """Forget `wait: false` requests past their deadline and grace with no reply, counting each."""
         for tier in self.state.waiters.sweep_async():
             self.metrics.async_expired(tier)
+        self.limits.sweep()
+        self.shares.sweep(_now_s())
 
 
 CALLS: web.AppKey[Calls] = web.AppKey("calls", Calls)
@@ -110,14 +152,22 @@ class Call:
     """
 
     __slots__ = (
-        "_calls", "_enqueued", "_events", "_key", "_open", "_reply", "_span",
-        "envelope", "replayed", "route", "started", "total_ms", "ttft_ms",
+        "_calls", "_enqueued", "_events", "_held", "_key", "_open", "_reply", "_span",
+        "envelope", "grant", "replayed", "route", "started", "total_ms", "ttft_ms",
     )  # fmt: skip
 
     def __init__(
-        self, calls: Calls, route: Route, envelope: protocol.Envelope, started: float, key: str | None
+        self,
+        calls: Calls,
+        route: Route,
+        envelope: protocol.Envelope,
+        started: float,
+        key: str | None,
+        grant: Grant = OPEN_GRANT,
     ) -> None:
         self._calls = calls
+        self.grant = grant
+        self._held: Held | None = None  # its slot under its key's limits, until it ends
         self.route = route
         self.envelope = envelope
         self.started = started
@@ -150,6 +200,11 @@ class Call:
 
     async def __aenter__(self) -> Call:
         """Queue a streaming request; iterating the call gives its events."""
+        try:
+            self._held = await self._calls.hold(self.grant, self.envelope, self.route)
+        except BaseException as exc:
+            self.close(exc)
+            raise
         self._events = self._calls.state.waiters.add_stream(self.id, self.route.deadline_ms / 1000.0)
         enqueued = self._submit()
         try:
@@ -195,8 +250,9 @@ class Call:
         try:
             request_id = await self._accept()
         except BaseException as exc:
-            self._end_span(exc)
+            self.close(exc)  # it was not queued: this counts nothing but frees its share
             raise
+        self.close()  # a replay's end; a request queued here was handed to `Calls.async_reply` already
         self._end_span(None)
         return request_id
 
@@ -206,6 +262,7 @@ class Call:
             return first_id
         calls, route, envelope = self._calls, self.route, self.envelope
         state = calls.state
+        held = await calls.hold(self.grant, envelope, route)
         accepted = self._queued(reply_to=state.gateway_id)
         key = protocol.accepted_key(envelope.id)
         record = (key, protocol.encoder.encode(accepted), state.settings.gateway.result_ttl_s)
@@ -214,13 +271,19 @@ class Call:
             entry_id = await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), record)
         except BaseException:
             state.waiters.take_async(envelope.id)  # not counted (docs/metrics.md, known limits)
+            if held is not None:
+                calls.limits.release(held, None)
             raise
+        if held is not None:
+            calls.limits.keep_async(held)
         # The stream entry id is Redis's answer to the XADD, so the record written with it cannot
         # hold it. It is written again with the id in the next tick's pipeline, alongside whatever
         # else that tick sends and never waited on: no round trip of its own on this request's path.
         # A DELETE in between finds no entry id and cancels through the workers' cancel channel only.
         state.queue.restate(key, protocol.encoder.encode(msgspec.structs.replace(accepted, entry_id=entry_id.decode())))
         self._open = False
+        until_s = _now_s() + route.deadline_ms / 1000.0
+        calls.shares.keep_async(envelope.id, route.stream, envelope.tenant, until_s)
         log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
         return envelope.id
 
@@ -236,6 +299,10 @@ class Call:
             return
         self._open = False
         self._end_span(exc)
+        if self._held is not None:
+            self._calls.limits.release(self._held, self._reply)
+            self._held = None
+        self._calls.shares.ended(self.route.stream, self.grant.tenant)
         enqueued = self._enqueued
         if enqueued is None:
             return
@@ -306,6 +373,7 @@ class Call:
         first_id = await self._claim()
         if first_id is not None:
             return await self._replay(first_id)
+        self._held = await self._calls.hold(self.grant, self.envelope, self.route)
         waiting = self._calls.state.waiters.add(self.id, self.route.deadline_ms / 1000.0)
         enqueued = self._submit()
         try:
@@ -364,6 +432,7 @@ class Call:
             region=route.region,
             reply_to=reply_to,
             lane=route.lane,
+            tenant=envelope.tenant,
         )
 
 
@@ -381,6 +450,10 @@ async def gather_results(calls: Sequence[Call]) -> list[protocol.Result]:
     if error is not None:
         raise error
     return [outcome for outcome in outcomes if isinstance(outcome, protocol.Result)]
+
+
+def _now_s() -> float:
+    return time.monotonic()
 
 
 def _elapsed_ms(started: float) -> float:

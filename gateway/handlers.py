@@ -20,7 +20,7 @@ from core import protocol
 from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
 from .calls import CALLS, Call
-from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, decode_json, idempotency_key, json_response
+from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, decode_json, grant_of, idempotency_key, json_response
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -87,9 +87,10 @@ async def infer(request: web.Request) -> web.Response:
     state, calls = request.app[STATE], request.app[CALLS]
     body = decode_body(await request.read())
     route = state.router.route(body.model, len(body.input), body.tier, body.region, body.deadline_ms)
-    admission = calls.admit(route)
-    envelope = calls.envelope(route, body.model, body.input)
-    call = calls.call(route, envelope, started, idempotency_key(request), request.headers)
+    grant = grant_of(request)
+    admission = calls.admit(route, body.model, grant)
+    envelope = calls.envelope(route, body.model, body.input, grant)
+    call = calls.call(route, envelope, started, idempotency_key(request), request.headers, grant)
     if body.wait:
         response = _answer(state, call, await call.result())
     else:
@@ -114,7 +115,7 @@ def _answer(state: GatewayState, call: Call, result: protocol.Result) -> web.Res
 async def request_status(request: web.Request) -> web.Response:
     state = request.app[STATE]
     request_id = request.match_info["id"]
-    stored = await state.queue.stored(request_id)
+    stored = await state.queue.stored(request_id, grant_of(request).tenant)
     if stored is None:
         raise NotFound(f"no request with id {request_id!r} (unknown, or its result expired)")
     if isinstance(stored, protocol.Accepted):
@@ -134,12 +135,12 @@ async def cancel_request(request: web.Request) -> web.Response:
     """`DELETE /v1/requests/{id}`: cancel a request sent with `"wait": false`, from any gateway.
 
     200 once it is cancelled (again: a second DELETE finds it cancelled); 409 when it already
-    has its answer; 404 when the id is unknown, expired, or a waited request's (those have no
-    stored state: closing their connection cancels them). Anyone who knows an id may cancel it.
+    has its answer; 404 when the id is unknown, expired, a waited request's (those have no
+    stored state: closing their connection cancels them), or, with API keys, another tenant's.
     """
     state = request.app[STATE]
     request_id = request.match_info["id"]
-    stored = await state.queue.stored(request_id)
+    stored = await state.queue.stored(request_id, grant_of(request).tenant)
     if stored is None:
         raise NotFound(f"no request with id {request_id!r} to cancel (unknown, waited on, or its result expired)")
     if isinstance(stored, protocol.Accepted):
@@ -147,6 +148,7 @@ async def cancel_request(request: web.Request) -> web.Response:
             stored = msgspec.structs.replace(stored, region=state.settings.gateway.region)
         stored = await state.queue.cancel(stored)
     if isinstance(stored, protocol.Failure) and stored.code == Cancelled.code:
+        request.app[CALLS].limits.cancelled(request_id)
         log.info("request cancelled", extra={"id": request_id, "tier": stored.tier, "reason": "DELETE"})
         return json_response({"id": request_id, "status": CANCELLED})
     outcome = "done" if isinstance(stored, protocol.Result) else "failed"

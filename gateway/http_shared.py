@@ -17,7 +17,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 QUEUE_INFO_HEADER = "X-Tiergate-Queue-Info"  # a client sends it (any value) to learn its queue position
 REPLAYED_HEADER = "Idempotent-Replayed"
 
-GRANT = "tiergate.grant"  # where an authenticated request keeps its key's `Grant`
+# Where an authenticated request keeps its key's `Grant` (a typed key: aiohttp warns on a string one).
+GRANT: web.RequestKey[Grant] = web.RequestKey("grant", Grant)
 
 _json = msgspec.json.Encoder()
 

@@ -27,7 +27,7 @@ from core.errors import InvalidRequest, QueueFull, RequestError
 
 from .admission import Admission
 from .calls import CALLS, Call, Calls, gather_results
-from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, idempotency_key, json_response
+from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, grant_of, idempotency_key, json_response
 from .openai_forward import (
     chat_generation,
     chat_message,
@@ -130,7 +130,7 @@ def _route(
     deadline_ms = client_deadline_ms(request, route.deadline_ms)
     if deadline_ms != route.deadline_ms:
         route = dataclasses.replace(route, deadline_ms=deadline_ms)
-    request[ADMISSION] = calls.admit(route)
+    request[ADMISSION] = calls.admit(route, model, grant_of(request))
     return route
 
 
@@ -222,10 +222,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     text = next((m.content for m in reversed(messages) if m.role == "user"), messages[-1].content)
     chars = sum(len(m.content) for m in messages)
     route = _route(request, calls, body.model, chars, body.service_tier, fields_used(generation, messages))
+    grant = grant_of(request)
     env = calls.envelope(
         route,
         body.model,
         text,
+        grant,
         stream=bool(body.stream),
         max_tokens=body.max_completion_tokens or body.max_tokens or 0,
         messages=messages,
@@ -234,9 +236,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     tier_name = _service_tier_name(state, body.service_tier, route.tier)
     if body.stream:
         info = StreamCall("chat", env.id, body.model, int(time.time()), body.include_usage, tier_name)
-        streaming = calls.call(route, env, started, None, request.headers)
+        streaming = calls.call(route, env, started, None, request.headers, grant)
         return await stream_reply(request, info, streaming, _early(request, route))
-    call = calls.call(route, env, started, idempotency_key(request), request.headers)
+    call = calls.call(route, env, started, idempotency_key(request), request.headers, grant)
     result = await call.result()
     total_ms = call.total_ms
     answer = {
@@ -260,12 +262,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     generation = completion_generation(body)
     route = _route(request, calls, body.model, len(prompt), body.service_tier, fields_used(generation))
     stream, max_tokens = bool(body.stream), body.max_tokens or 0
-    env = calls.envelope(route, body.model, prompt, stream=stream, max_tokens=max_tokens, generation=generation)
+    grant = grant_of(request)
+    env = calls.envelope(route, body.model, prompt, grant, stream=stream, max_tokens=max_tokens, generation=generation)
     if body.stream:
         info = StreamCall("completion", env.id, body.model, int(time.time()), body.include_usage, None)
-        streaming = calls.call(route, env, started, None, request.headers)
+        streaming = calls.call(route, env, started, None, request.headers, grant)
         return await stream_reply(request, info, streaming, _early(request, route))
-    call = calls.call(route, env, started, idempotency_key(request), request.headers)
+    call = calls.call(route, env, started, idempotency_key(request), request.headers, grant)
     result = await call.result()
     total_ms = call.total_ms
     answer = {
@@ -296,9 +299,15 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     routes = [_route(request, calls, body.model, len(text), None, fields_used(generation)) for text in texts]
     # Every input is its own request; all of them join the same tick's pipeline, and each one
     # answered counts with the latency of the whole answer.
+    grant = grant_of(request)
     inputs = [
         calls.call(
-            route, calls.envelope(route, body.model, text, generation=generation), started, None, request.headers
+            route,
+            calls.envelope(route, body.model, text, grant, generation=generation),
+            started,
+            None,
+            request.headers,
+            grant,
         )
         for route, text in zip(routes, texts, strict=True)
     ]
@@ -322,8 +331,15 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 @openai_errors
 async def models(request: web.Request) -> web.StreamResponse:
     settings = request.app[STATE].settings
+    allowed = grant_of(request).models  # empty: any
     served = sorted(
-        {m for pool in settings.pools.values() if pool.region == settings.gateway.region for m in pool.models}
+        {
+            m
+            for pool in settings.pools.values()
+            if pool.region == settings.gateway.region
+            for m in pool.models
+            if not allowed or m in allowed
+        }
     )
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "tiergate"} for name in served]
     return json_response({"object": "list", "data": data})

@@ -43,7 +43,9 @@ _STATUS_TEXT = {
     421: "this gateway serves only other tiers",
     408: "the body did not arrive within the body timeout",
     413: "the body exceeds max_body_bytes",
-    429: "the tier's queue is full; see Retry-After",
+    401: 'no API key, or one unknown or revoked ([auth] mode = "keys")',
+    403: "the API key does not allow this tier, model, region or data class",
+    429: "the tier's queue is full, or the API key is over a limit; see Retry-After",
     500: "a worker reported a failure",
     503: "Redis is unreachable",
     504: "no result within the request's deadline",
@@ -204,12 +206,28 @@ def document(settings: Settings, tiers: Sequence[str] | None = None) -> dict[str
     _routing(schemas, settings, list(tiers or settings.tiers))
     _unsupported(schemas, _supported(settings, tiers or list(settings.tiers)))
     schemas["Error"] = _ERROR
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": {"title": "tiergate", "version": "1", "description": "Tiered inference gateway over Redis Streams."},
         "paths": _paths(),
         "components": {"schemas": schemas},
     }
+    if settings.auth.mode == "keys":
+        _secure(doc, settings.auth.exempt_paths)
+    return doc
+
+
+def _secure(doc: dict[str, Any], exempt: Sequence[str]) -> None:
+    """With API keys: the Bearer scheme on every operation but those of `exempt` paths, each of
+    which may then answer 401, and 403 where it takes a request body."""
+    doc["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+    for path, item in doc["paths"].items():
+        if any(path.startswith(p) if p.endswith("/") else path == p for p in exempt):
+            continue
+        for method, operation in item.items():
+            if method in ("get", "post", "delete"):
+                operation["security"] = [{"apiKey": []}]
+                operation["responses"].update(_errors(401, 403) if method == "post" else _errors(401))
 
 
 def _native_paths() -> dict[str, Any]:

@@ -142,12 +142,18 @@ class RequestQueue:
         does not hold them, and admission must."""
         return sum(1 for item in self._pending if item.stream == stream)
 
-    async def stored(self, request_id: str) -> protocol.Stored | None:
+    async def stored(self, request_id: str, tenant: str = "") -> protocol.Stored | None:
+        """A request's answer, else its `Accepted` record, else None. With a `tenant` (a keyed
+        request), None too unless that tenant's `Accepted` record says it sent the request."""
         keys = (protocol.request_key(request_id), protocol.accepted_key(request_id))
         try:
             answer, accepted = await self.redis.mget(keys)
         except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"Redis is unreachable: {exc}") from exc
+        if tenant:
+            record = None if accepted is None else protocol.stored_decoder.decode(accepted)  # type: ignore[arg-type]
+            if not isinstance(record, protocol.Accepted) or record.tenant != tenant:
+                return None
         raw = answer or accepted  # the answer wins once there is one
         return None if raw is None else protocol.stored_decoder.decode(raw)  # type: ignore[arg-type]
 

@@ -42,6 +42,10 @@ class GatewayState:
         self.queue.lengths[route.stream] = backlog + 1
         return decision
 
+    def withdraw(self, route: Route) -> None:
+        """Take back a request admitted to `route` and then refused (over its key's limits)."""
+        self.queue.lengths[route.stream] = max(0.0, self.queue.lengths.get(route.stream, 0.0) - 1)
+
     def _backlog(self, stream: str, capacity: admission.Capacity | None) -> float:
         now = asyncio.get_running_loop().time()
         elapsed_s = now - self.queue.sampled_at.get(stream, now)

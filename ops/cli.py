@@ -1,4 +1,5 @@
-"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `config check`, `config init` and `deploy render`.
+"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `keys`, `config check`, `config init` and
+`deploy render`.
 
 Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
 (flag, then config/environment, then - for `up` only - a private embedded Redis) and run.
@@ -244,6 +245,12 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> None:
     raise SystemExit(asyncio.run(run(settings, url, args.dlq_command, args.tier, args.region, ids)))
 
 
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from .keys import run
+
+    raise SystemExit(asyncio.run(run(settings, _redis_url(args, settings), args)))
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway.routing import Router
 
@@ -369,6 +376,7 @@ def parser() -> argparse.ArgumentParser:
     # `loadtest` parses its own flags (loadtest.cli); listed here for `tiergate --help`.
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
     _dlq_parser(sub, common)
+    _keys_parser(sub, common)
     _config_parser(sub)
     _deploy_parser(sub)
     return p
@@ -385,6 +393,46 @@ def _dlq_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     replay = dlq_sub.choices["replay"]
     replay.add_argument("entry_ids", nargs="*", metavar="ENTRY", help="dead-letter entry ids (from `dlq list`)")
     replay.add_argument("--all", action="store_true", help="replay every dead letter (of --tier/--region)")
+
+
+def _keys_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    keys = sub.add_parser("keys", help="create, list or revoke tenants' API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; its last line is JSON with the key, shown only once")
+    listing = keys_sub.add_parser("list", help="list the keys: ids, tenants, what they allow, limits (never keys)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key: every gateway refuses it within a second")
+    for sp in (create, listing, revoke):
+        common(sp)
+    revoke.add_argument("key_id", metavar="ID", help="the key's id (from `keys create` or `keys list`)")
+    create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    for flag, what in (("--tiers", "tiers"), ("--models", "models"), ("--regions", "regions")):
+        create.add_argument(flag, default=None, help=f"the {what} it may use, comma-separated (default: any)")
+    create.add_argument(
+        "--max-sensitivity", default=None, help="the highest data class it may send (default: restricted)"
+    )
+    for flag, what in (
+        ("--rpm", "requests a minute"),
+        ("--tpm", "tokens a minute"),
+        ("--max-concurrency", "requests at once"),
+    ):
+        create.add_argument(flag, type=_non_negative, default=0, help=f"{what} (default: 0, no limit)")
+    create.add_argument("--weight", type=_weight, default=1.0, help="its share weight in a busy tier (default: 1)")
+    create.add_argument("--region", default=None, help="the region its requests get when they name none")
+    create.add_argument("--sensitivity", default=None, help="the data class its requests get when they name none")
+
+
+def _non_negative(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
+    return number
+
+
+def _weight(text: str) -> float:
+    number = float(text)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return number
 
 
 def _config_parser(sub: Any) -> None:
@@ -439,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
     try:
-        {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}[args.command](args, settings)
+        commands = {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq, "keys": cmd_keys}
+        commands[args.command](args, settings)
     except RedisAccessError as exc:  # retrying cannot help: say what is wrong, without a traceback
         raise SystemExit(f"tiergate {args.command}: {exc}") from None

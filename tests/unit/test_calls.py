@@ -15,6 +15,7 @@ import pytest
 from core import protocol
 from core.clock import RedisClock
 from core.errors import BackendUnavailable, DeadlineExceeded, QueueFull, WorkerFailed
+from core.protocol import OPEN_GRANT, Grant
 from core.settings import Settings
 from gateway.calls import Call, Calls, gather_results
 from gateway.metrics import GatewayMetrics
@@ -72,10 +73,12 @@ class Gateway:
     metrics: GatewayMetrics
     route: Route
 
-    def call(self, key: str | None = None, stream: bool = False, deadline_ms: int | None = None) -> Call:
+    def call(
+        self, key: str | None = None, stream: bool = False, deadline_ms: int | None = None, grant: Grant = OPEN_GRANT
+    ) -> Call:
         route = self.route if deadline_ms is None else dataclasses.replace(self.route, deadline_ms=deadline_ms)
-        envelope = self.calls.envelope(route, "sim-echo", "hello", stream=stream)
-        return self.calls.call(route, envelope, 0.0, key)
+        envelope = self.calls.envelope(route, "sim-echo", "hello", grant, stream=stream)
+        return self.calls.call(route, envelope, 0.0, key, grant=grant)
 
     def outcomes(self) -> dict[str, float]:
         """Counted requests by outcome (pool, outcome), the zeros left out."""
@@ -376,3 +379,46 @@ async def test_a_refusal_at_admission_is_counted_shed(gateway: Gateway) -> None:
     with pytest.raises(QueueFull):
         gateway.calls.admit(full)
     assert (gateway.outcomes(), gateway.in_flight()) == ({"none:shed": 1}, 0)
+
+
+ACME = Grant(key_id="k1", tenant="acme")
+
+
+async def test_every_way_a_tenants_call_ends_frees_its_place_in_the_tiers_share(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = gateway.route.stream
+    answered, failed, late = (gateway.call(grant=ACME, deadline_ms=60_000 if i < 2 else 1) for i in range(3))
+    gone = gateway.call(grant=ACME)
+    assert gateway.calls.shares.in_flight(stream, "acme") == 4
+    waiting = [asyncio.create_task(c.result()) for c in (answered, failed, late, gone)]
+    await settle()
+    gateway.reply(answered)
+    gateway.reply(failed, ok=False)
+    waiting[3].cancel()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["Result", "WorkerFailed", "DeadlineExceeded", "CancelledError"]
+    assert gateway.calls.shares.in_flight(stream, "acme") == 0
+    accepted, refused = gateway.call(grant=ACME), gateway.call(grant=ACME)
+    envelope = await accepted.accept()
+    assert gateway.calls.shares.in_flight(stream, "acme") == 2  # queued, and the one not yet sent
+    gateway.queue.fail = BackendUnavailable("Redis is unreachable")
+    with pytest.raises(BackendUnavailable):
+        await refused.accept()
+    assert gateway.calls.shares.in_flight(stream, "acme") == 1  # until its reply
+    gateway.calls.async_reply(result(envelope), "realtime")
+    assert gateway.calls.shares.in_flight(stream, "acme") == 0
+    gateway.queue.fail = None
+    stored = gateway.call(grant=ACME)
+    await stored.accept()
+    monkeypatch.setattr("gateway.calls.time.monotonic", lambda: 1e12)
+    await gateway.calls.sweep()  # no reply by its deadline
+    assert gateway.calls.shares.in_flight(stream, "acme") == 0
+
+
+async def test_a_tenants_envelope_and_record_say_whose_request_it_is(gateway: Gateway) -> None:
+    call = gateway.call(grant=ACME)
+    assert (call.envelope.tenant, call.envelope.key_id) == ("acme", "k1")
+    await call.accept()
+    ((_, _, record),) = gateway.queue.sent
+    assert record is not None and protocol.stored_decoder.decode(record[1]).tenant == "acme"  # type: ignore[union-attr]
