@@ -6,6 +6,7 @@
     ├── RedisAccessError            Redis refuses this process: credentials, TLS (not an HTTP error)
     └── RequestError                anything a client is told about
         ├── InvalidRequest          400 invalid_request
+        │   └── PlacementRefused    422 placement_refused (no pool of its region and data class)
         ├── NotFound                404 not_found
         │   └── ModelNotFound       404 model_not_found
         ├── Conflict                409 conflict
@@ -31,6 +32,7 @@ from typing import ClassVar
 # Every other module names a code through these constants, never as a string of its own.
 INTERNAL_ERROR = "internal_error"
 INVALID_REQUEST = "invalid_request"
+PLACEMENT_REFUSED = "placement_refused"
 NOT_FOUND = "not_found"
 MODEL_NOT_FOUND = "model_not_found"
 CONFLICT = "conflict"
@@ -87,6 +89,14 @@ class RequestError(TiergateError):
 class InvalidRequest(RequestError):
     status = 400
     code = INVALID_REQUEST
+
+
+class PlacementRefused(InvalidRequest):
+    """No pool may run the request: none serves its model on its tier in its data region, or
+    none there is cleared for its data class. It is refused, never sent elsewhere."""
+
+    status = 422
+    code = PLACEMENT_REFUSED
 
 
 class NotFound(RequestError):

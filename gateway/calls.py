@@ -50,9 +50,13 @@ class Calls:
             self.metrics.refused(route.tier)
             raise
 
-    def envelope(self, route: Route, model: str, text: str, **extra: Any) -> protocol.Envelope:
-        """A new request for `route`, addressed back to this gateway, its deadline from now."""
+    def envelope(
+        self, route: Route, model: str, text: str, grant: protocol.Grant = protocol.OPEN_GRANT, **extra: Any
+    ) -> protocol.Envelope:
+        """A new request for `route`, addressed back to this gateway, its deadline from now,
+        carrying who sent it (`grant`: tenant and key id) and its data class (the lowest: left out)."""
         now_ms = self.state.clock.now_ms()
+        data_class = "" if route.sensitivity == protocol.SENSITIVITY_CLASSES[0] else route.sensitivity
         return protocol.Envelope(
             id=protocol.new_request_id(),
             model=model,
@@ -62,6 +66,9 @@ class Calls:
             reply_to=self.state.gateway_id,
             deadline_at_ms=int(now_ms) + route.deadline_ms,
             sent_at_ms=round(now_ms, 3),
+            tenant=grant.tenant,
+            key_id=grant.key_id,
+            sensitivity=data_class,
             **extra,
         )
 

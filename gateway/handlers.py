@@ -20,7 +20,15 @@ from core import protocol
 from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
 from .calls import CALLS, Call
-from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, decode_json, idempotency_key, json_response
+from .http_shared import (
+    QUEUE_INFO_HEADER,
+    REPLAYED_HEADER,
+    decode_json,
+    grant_of,
+    idempotency_key,
+    json_response,
+    placement,
+)
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,7 @@ class InferBody(msgspec.Struct, forbid_unknown_fields=True):
     deadline_ms: Annotated[int, Meta(gt=0, le=3_600_000)] | None = None
     wait: bool = True
     region: Annotated[str, Meta(min_length=1)] | None = None
+    sensitivity: Annotated[str, Meta(min_length=1)] | None = None  # public, internal or restricted
 
 
 class Timings(msgspec.Struct):
@@ -86,9 +95,11 @@ async def infer(request: web.Request) -> web.Response:
     started = time.perf_counter()
     state, calls = request.app[STATE], request.app[CALLS]
     body = decode_body(await request.read())
-    route = state.router.route(body.model, len(body.input), body.tier, body.region, body.deadline_ms)
+    grant = grant_of(request)
+    region, data_class = placement(grant, body.region, body.sensitivity)
+    route = state.router.route(body.model, len(body.input), body.tier, region, body.deadline_ms, data_class)
     admission = calls.admit(route)
-    envelope = calls.envelope(route, body.model, body.input)
+    envelope = calls.envelope(route, body.model, body.input, grant)
     call = calls.call(route, envelope, started, idempotency_key(request), request.headers)
     if body.wait:
         response = _answer(state, call, await call.result())

@@ -1,0 +1,98 @@
+"""Data regions and classes in routing: a request's lane holds only the pools of its region
+cleared for its class, and one no pool may serve is refused naming the rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.errors import ConfigError, InvalidRequest, PlacementRefused
+from core.settings import Settings, parse_settings
+from gateway.routing import Router
+from tests.conftest import default_raw
+
+
+def sovereign_raw() -> dict[str, Any]:
+    """The default config plus an EU region: an h100 pool cleared for restricted data and a tpu
+    pool for internal, both interactive."""
+    raw = default_raw()
+    raw["pools"]["h100-interactive"]["clearance"] = "restricted"
+    raw["pools"]["h100-eu"] = {
+        "processor": "h100", "tiers": ["interactive"], "models": ["sim-echo"], "region": "eu",
+        "clearance": "restricted", "max_batch": 8,
+    }  # fmt: skip
+    raw["pools"]["tpu-eu"] = {
+        "processor": "tpu-v5e", "tiers": ["interactive"], "models": ["sim-echo"], "region": "eu",
+        "clearance": "internal", "max_batch": 8,
+    }  # fmt: skip
+    return raw
+
+
+def sovereign() -> Settings:
+    return parse_settings(sovereign_raw())
+
+
+def test_a_lane_holds_only_the_pools_of_its_region_cleared_for_its_class() -> None:
+    router = Router(sovereign())
+    public = router.route("sim-echo", 5, region="eu")
+    internal = router.route("sim-echo", 5, region="eu", sensitivity="internal")
+    restricted = router.route("sim-echo", 5, region="eu", sensitivity="restricted")
+    assert public.pools == internal.pools == ("h100-eu", "tpu-eu")
+    assert public.stream == internal.stream == "tg:{interactive.eu.h100-eu+tpu-eu}:requests"
+    assert restricted.pools == ("h100-eu",)
+    assert restricted.stream == "tg:{interactive.eu.h100-eu}:requests"
+    assert (public.sensitivity, restricted.sensitivity) == ("public", "restricted")
+    home = router.route("sim-echo", 5, sensitivity="restricted")
+    assert (home.region, home.pools) == ("default", ("h100-interactive",))
+
+
+def test_the_default_config_keeps_its_streams() -> None:
+    # Every pool at the default clearance: one lane per group of pools, named as before.
+    settings = parse_settings(default_raw())
+    names = [lane.name for lane in settings.lanes()]
+    assert names == [
+        "realtime.default.groq-realtime",
+        "interactive.default.h100-interactive+inferentia-mixed+tpu-interactive",
+        "batch.default.cerebras-batch+inferentia-mixed",
+    ]
+    lane = settings.lane_for("interactive", "default", "sim-echo")
+    assert lane is not None and ("sim-echo", "public") in lane.carries
+    assert settings.lane_for("interactive", "default", "sim-echo", "internal") is None
+
+
+def test_a_pool_cleared_for_more_reads_the_shared_lane_and_its_own() -> None:
+    settings = sovereign()
+    eu = [lane for lane in settings.lanes() if lane.region == "eu"]
+    assert {lane.pools: sorted({c for _, c in lane.carries}) for lane in eu} == {
+        ("h100-eu", "tpu-eu"): ["internal", "public"],
+        ("h100-eu",): ["restricted"],
+    }
+
+
+def test_a_request_no_pool_may_serve_is_refused_naming_the_rule() -> None:
+    router = Router(sovereign())
+    with pytest.raises(PlacementRefused) as refused:
+        router.route("sim-embed", 5, region="eu")
+    assert (refused.value.status, refused.value.code) == (422, "placement_refused")
+    assert refused.value.message == (
+        "no pool serves model 'sim-embed' on tier 'interactive' in region 'eu' (it is served in default); "
+        "a request runs only in its data region"
+    )
+    raw = sovereign_raw()
+    raw["pools"]["h100-eu"]["clearance"] = "internal"
+    with pytest.raises(
+        PlacementRefused, match="cleared for restricted data \\(the highest clearance there is internal\\)"
+    ):
+        Router(parse_settings(raw)).route("sim-echo", 5, region="eu", sensitivity="restricted")
+    with pytest.raises(
+        InvalidRequest, match="unknown sensitivity 'secret' \\(expected one of public, internal, restricted\\)"
+    ):
+        Router(sovereign()).route("sim-echo", 5, sensitivity="secret")
+
+
+def test_an_unknown_clearance_is_a_config_error() -> None:
+    raw = default_raw()
+    raw["pools"]["h100-interactive"]["clearance"] = "secret"
+    with pytest.raises(ConfigError, match=r"pools\.h100-interactive\.clearance"):
+        parse_settings(raw)
