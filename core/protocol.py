@@ -114,6 +114,12 @@ def parse_slo_member(name: bytes | str) -> tuple[str, str]:
     return tier, processor
 
 
+def audit_key() -> str:
+    """The audit stream: one `AuditEntry` per request a worker answered, saying where it ran;
+    bounded by `[audit]` maxlen and max_age_s. One slot: `tiergate audit tail` reads it in order."""
+    return f"{KEY_PREFIX}:{{audit}}:placements"
+
+
 def loadtest_agents_key() -> str:
     """Load-test agents waiting for a plan (a sorted set: agent id -> last seen, ms)."""
     return f"{KEY_PREFIX}:{{loadtest}}:agents"
@@ -371,6 +377,26 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", omit_defaults=True, frozen=True
     service_ms: float  # its mean time of one full batch
 
 
+class AuditEntry(msgspec.Struct, tag="audit", omit_defaults=True, frozen=True):
+    """Where one request ran, appended to `audit_key()` by the worker that answered it, in the
+    pipeline of its reply: who sent it, the region and data class it asked for, and the pool
+    (with that pool's region and clearance) and worker that took it."""
+
+    id: str
+    tier: str
+    model: str
+    region: str  # the request's data region
+    pool: str
+    pool_region: str
+    clearance: str  # the pool's
+    worker: str
+    at_ms: int  # Redis clock, when it was answered
+    outcome: str  # "done", or the failure code of its answer
+    tenant: str = ""
+    key_id: str = ""
+    sensitivity: str = ""  # its data class; empty: the lowest
+
+
 HEARTBEAT_S = 1.0
 HEARTBEAT_STALE_MS = 5_000  # a worker silent this long is presumed dead
 
@@ -387,6 +413,7 @@ stored_decoder = msgspec.msgpack.Decoder(Stored)
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
+audit_decoder = msgspec.msgpack.Decoder(AuditEntry)
 
 
 # ---------------------------------------------------------------- the load tester's messages

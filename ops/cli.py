@@ -1,4 +1,5 @@
-"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `config check`, `config init` and `deploy render`.
+"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `audit tail`, `config check`, `config init`
+and `deploy render`.
 
 Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
 (flag, then config/environment, then - for `up` only - a private embedded Redis) and run.
@@ -20,6 +21,7 @@ from core import tracing
 from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
+from . import audit
 from .embedded import CHOICES as EMBEDDED_CHOICES
 
 if TYPE_CHECKING:
@@ -242,6 +244,10 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> None:
     raise SystemExit(asyncio.run(run(settings, url, args.dlq_command, args.tier, args.region, ids)))
 
 
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
+    raise SystemExit(audit.main(args, settings, _redis_url(args, settings)))
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway.routing import Router
 
@@ -367,6 +373,7 @@ def parser() -> argparse.ArgumentParser:
     # `loadtest` parses its own flags (loadtest.cli); listed here for `tiergate --help`.
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
     _dlq_parser(sub, common)
+    audit.add_parser(sub, common)
     _config_parser(sub)
     _deploy_parser(sub)
     return p
@@ -437,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
     try:
-        {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}[args.command](args, settings)
+        commands = {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq, "audit": cmd_audit}
+        commands[args.command](args, settings)
     except RedisAccessError as exc:  # retrying cannot help: say what is wrong, without a traceback
         raise SystemExit(f"tiergate {args.command}: {exc}") from None

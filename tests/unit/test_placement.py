@@ -10,6 +10,7 @@ import pytest
 from core.errors import ConfigError, InvalidRequest, PlacementRefused
 from core.settings import Settings, parse_settings
 from gateway.routing import Router
+from ops.audit import since_ms
 from tests.conftest import default_raw
 
 
@@ -96,3 +97,13 @@ def test_an_unknown_clearance_is_a_config_error() -> None:
     raw["pools"]["h100-interactive"]["clearance"] = "secret"
     with pytest.raises(ConfigError, match=r"pools\.h100-interactive\.clearance"):
         parse_settings(raw)
+
+
+def test_audit_since_takes_a_duration_or_a_time() -> None:
+    now_ms = 1_800_000_000_000.0
+    assert since_ms("90s", now_ms) == now_ms - 90_000
+    assert since_ms("2h", now_ms) == now_ms - 7_200_000
+    assert since_ms("2026-01-31T12:00:00Z", now_ms) == 1_769_860_800_000
+    assert since_ms("2026-01-31T12:00:00", now_ms) == 1_769_860_800_000  # UTC unless it says otherwise
+    with pytest.raises(ValueError, match="--since 'yesterday' is neither a duration"):
+        since_ms("yesterday", now_ms)
