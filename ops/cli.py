@@ -262,6 +262,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for model in settings.models:
         for lane in (lane for lane in lanes if model in lane.models):
             pools = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in lane.pools)
+            classes = [c for m, c in lane.carries if m == model]
+            if classes != ["public"]:  # the data classes of this stream, where not only the lowest
+                pools += f"; data classes: {', '.join(classes)}"
             rows.append((model, lane.tier, lane.region, lane.stream, pools))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
