@@ -120,6 +120,31 @@ def audit_key() -> str:
     return f"{KEY_PREFIX}:{{audit}}:placements"
 
 
+def usage_hour_key(epoch_h: int) -> str:
+    """Usage counted in one hour (a hash of `usage_field`s), merged from every gateway."""
+    return f"{KEY_PREFIX}:{{usage}}:h:{epoch_h}"
+
+
+def usage_day_key(epoch_d: int) -> str:
+    """Usage counted in one UTC day (a hash of `usage_field`s), merged from every gateway."""
+    return f"{KEY_PREFIX}:{{usage}}:d:{epoch_d}"
+
+
+# A field of a usage hash is `<tenant>|<tier>|<model>|<stat>` (tenant "" with `[auth] mode = "open"`).
+USAGE_STATS = ("requests", "tokens", "energy_j", "cost")
+
+
+def usage_field(tenant: str, tier: str, model: str, stat: str) -> str:
+    return f"{tenant}{SLO_SEPARATOR}{tier}{SLO_SEPARATOR}{model}{SLO_SEPARATOR}{stat}"
+
+
+def parse_usage_field(name: bytes | str) -> tuple[str, str, str, str] | None:
+    """(tenant, tier, model, stat) of a usage hash field; None for a field of another shape. A
+    tenant name may hold the separator: the last three parts are tier, model and stat."""
+    parts = (name.decode() if isinstance(name, bytes) else name).rsplit(SLO_SEPARATOR, 3)
+    return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
+
 def loadtest_agents_key() -> str:
     """Load-test agents waiting for a plan (a sorted set: agent id -> last seen, ms)."""
     return f"{KEY_PREFIX}:{{loadtest}}:agents"
@@ -317,6 +342,7 @@ class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
     # JSON array: OpenAI `choices` as an upstream answered them, when they hold more than one
     # text (tool calls, several choices, log probabilities); `output` is the first one's text.
     choices: bytes = b""
+    tenant: str = ""  # who sent it (the envelope's), for usage per tenant
 
 
 class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True, frozen=True):

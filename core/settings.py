@@ -166,6 +166,16 @@ class AuditSettings(_Frozen, frozen=True):
     max_age_s: NonNegativeInt = 0  # entries older than this are trimmed too (XTRIM MINID ~); 0: no age bound
 
 
+class UsageSettings(_Frozen, frozen=True):
+    """Requests, tokens, energy and cost per tenant, tier and model (docs/sovereignty.md)."""
+
+    # Tenants that get their own `tenant` label in the gateway's Prometheus metrics; every other
+    # tenant's usage is counted under "other" (the tenant of an open gateway is "").
+    tenants: list[str] = msgspec.field(default_factory=list)
+    hourly_retention_h: PositiveInt = 192  # how long each hour's counts stay readable
+    daily_retention_d: PositiveInt = 400  # how long each day's counts stay readable
+
+
 class AccountingSettings(_Frozen, frozen=True):
     # An H100's sustained FLOPs per joule and price per PFLOP: the baseline the relative
     # figures of each processor scale.
@@ -241,6 +251,7 @@ class Settings(_Frozen, frozen=True):
     supervisor: SupervisorSettings = SupervisorSettings()
     tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()
+    usage: UsageSettings = UsageSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]

@@ -19,6 +19,7 @@ from msgspec import Meta
 from core import protocol
 from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
+from . import usage
 from .calls import CALLS, Call
 from .http_shared import (
     QUEUE_INFO_HEADER,
@@ -29,6 +30,7 @@ from .http_shared import (
     json_response,
     placement,
 )
+from .metrics import USAGE_STORE
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,24 @@ async def cancel_request(request: web.Request) -> web.Response:
         return json_response({"id": request_id, "status": CANCELLED})
     outcome = "done" if isinstance(stored, protocol.Result) else "failed"
     raise AlreadyFinished(f"request {request_id} already finished ({outcome}); there is nothing to cancel")
+
+
+async def usage_report(request: web.Request) -> web.Response:
+    """`GET /v1/usage?period=hour|day&from=&to=&tenant=`: requests, tokens, energy and cost per
+    period, tenant, tier and model. A key of a tenant sees only its own; a caller without a
+    tenant (an open gateway's) sees every tenant's."""
+    state = request.app[STATE]
+    now_s = int(state.clock.now_ms() // 1000)
+    query = usage.parse_query(dict(request.query), now_s, grant_of(request).tenant)
+    found = await request.app[USAGE_STORE].read(query.period, query.first, query.last)
+    size = usage.PERIOD_S[query.period]
+    body = {
+        "period": query.period,
+        "from": usage.iso(query.first * size),
+        "to": usage.iso((query.last + 1) * size),
+        "usage": usage.rows(query.period, found, query.tenant),
+    }
+    return json_response(body)
 
 
 async def healthz(request: web.Request) -> web.Response:

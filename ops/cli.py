@@ -1,4 +1,4 @@
-"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `audit tail`, `config check`, `config init`
+"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `audit tail`, `usage`, `config check`, `config init`
 and `deploy render`.
 
 Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
@@ -21,7 +21,7 @@ from core import tracing
 from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
-from . import audit
+from . import audit, usage
 from .embedded import CHOICES as EMBEDDED_CHOICES
 
 if TYPE_CHECKING:
@@ -248,6 +248,10 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
     raise SystemExit(audit.main(args, settings, _redis_url(args, settings)))
 
 
+def cmd_usage(args: argparse.Namespace, settings: Settings) -> None:
+    raise SystemExit(usage.main(args, settings, _redis_url(args, settings)))
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway.routing import Router
 
@@ -377,6 +381,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
     _dlq_parser(sub, common)
     audit.add_parser(sub, common)
+    usage.add_parser(sub, common)
     _config_parser(sub)
     _deploy_parser(sub)
     return p
@@ -447,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
     try:
-        commands = {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq, "audit": cmd_audit}
+        commands = {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq}
+        commands |= {"audit": cmd_audit, "usage": cmd_usage}
         commands[args.command](args, settings)
     except RedisAccessError as exc:  # retrying cannot help: say what is wrong, without a traceback
         raise SystemExit(f"tiergate {args.command}: {exc}") from None

@@ -178,6 +178,7 @@ class Executor:
             completion_tokens=done.completion_tokens,
             finish_reason=done.finish_reason if isinstance(done.output, str) else "",
             choices=done.choices,
+            tenant=env.tenant,
         )
 
     async def _run(
