@@ -86,10 +86,26 @@ class SLO(_Frozen, frozen=True):
     objective: Percent = 99.9
 
 
+class PlacementWeights(_Frozen, frozen=True):
+    """How much each figure of a pool counts when a tier's placement ranks its pools (lower wins)."""
+
+    latency: NonNegativeFloat = 0.0  # the processor's typical service time of one request
+    cost: NonNegativeFloat = 0.0  # its cost per FLOP
+    energy: NonNegativeFloat = 0.0  # its energy per FLOP (1 / energy_efficiency)
+
+
+PlacementPolicy = Literal["any", "fastest", "cheapest", "greenest"]
+
+
 class TierSettings(_Frozen, frozen=True):
     slo: SLO
     default_deadline_ms: PositiveInt
     max_queue: PositiveInt
+    # Which of several free pools eligible for a request takes it (core/placement.py): "any" (the
+    # first to read it), a named policy, or weights. The others hold off reading a stream for
+    # `placement_hold_ms` (default: a tenth of the SLO latency) per rank behind the preferred pool.
+    placement: PlacementPolicy | PlacementWeights = "any"
+    placement_hold_ms: NonNegativeFloat | None = None
 
 
 class LatencyModel(_Frozen, frozen=True):
