@@ -253,6 +253,7 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from core import placement
     from gateway.routing import Router
 
     path = args.path or args.config
@@ -265,7 +266,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     lanes = Router(settings).table()
     for model in settings.models:
         for lane in (lane for lane in lanes if model in lane.models):
-            pools = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in lane.pools)
+            ranked = placement.preference(settings, lane)  # preferred first; by name under "any"
+            pools = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in ranked)
             classes = [c for m, c in lane.carries if m == model]
             if classes != ["public"]:  # the data classes of this stream, where not only the lowest
                 pools += f"; data classes: {', '.join(classes)}"
