@@ -168,7 +168,8 @@ class WorkerFailed(RequestError):
 
 # Codes a worker may put in an ErrorReply, mapped back to the class the gateway raises.
 BY_CODE: dict[str, type[RequestError]] = {
-    cls.code: cls for cls in (InvalidRequest, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed, Cancelled)
+    cls.code: cls
+    for cls in (InvalidRequest, PlacementRefused, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed, Cancelled)
 }
 
 

@@ -7,11 +7,16 @@ from typing import Any
 
 import pytest
 
-from core.errors import ConfigError, InvalidRequest, PlacementRefused
+from core.clock import RedisClock
+from core.errors import ConfigError, InvalidRequest, PlacementRefused, from_code
+from core.protocol import Envelope, Failure
 from core.settings import Settings, parse_settings
 from gateway.routing import Router
 from ops.audit import since_ms
 from tests.conftest import default_raw
+from workers.backends import Completion
+from workers.consumer import Delivery
+from workers.executor import Executor
 
 
 def sovereign_raw() -> dict[str, Any]:
@@ -107,3 +112,36 @@ def test_audit_since_takes_a_duration_or_a_time() -> None:
     assert since_ms("2026-01-31T12:00:00", now_ms) == 1_769_860_800_000  # UTC unless it says otherwise
     with pytest.raises(ValueError, match="--since 'yesterday' is neither a duration"):
         since_ms("yesterday", now_ms)
+
+
+async def test_a_worker_never_runs_a_request_its_region_or_clearance_forbids() -> None:
+    # A gateway with another config may queue what this pool must not run: it is refused unrun.
+    settings = sovereign()
+    ran: list[str] = []
+
+    class Backend:
+        async def run(self, batch: list[Envelope], *_: object, **__: object) -> list[Completion]:
+            ran.extend(env.id for env in batch)
+            return [Completion(output=env.input[::-1], energy_j=0.0, cost=0.0) for env in batch]
+
+        async def close(self) -> None:
+            return None
+
+    clock = RedisClock()
+    executor = Executor(settings, "tpu-eu", "w1", Backend(), clock)  # eu, cleared for internal
+
+    def delivery(request_id: str, region: str, sensitivity: str) -> Delivery:
+        env = Envelope(
+            id=request_id, model="sim-echo", input="x", tier="interactive", region=region, reply_to="gw",
+            deadline_at_ms=int(clock.now_ms()) + 60_000, sensitivity=sensitivity,
+        )  # fmt: skip
+        return Delivery("tg:{interactive.eu.h100-eu+tpu-eu}:requests", b"1-0", env)
+
+    batch = [delivery("ok", "eu", "internal"), delivery("us", "default", ""), delivery("secret", "eu", "restricted")]
+    replies = {d.envelope.id: reply for d, reply in await executor.execute(batch)}
+    assert ran == ["ok"]
+    for request_id in ("us", "secret"):
+        failure = replies[request_id]
+        assert isinstance(failure, Failure) and failure.code == "placement_refused", failure
+        assert "pool tpu-eu (region 'eu', cleared for internal) may not run request" in failure.message
+    assert isinstance(from_code("placement_refused", "m"), PlacementRefused)
