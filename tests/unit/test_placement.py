@@ -145,3 +145,16 @@ async def test_a_worker_never_runs_a_request_its_region_or_clearance_forbids() -
         assert isinstance(failure, Failure) and failure.code == "placement_refused", failure
         assert "pool tpu-eu (region 'eu', cleared for internal) may not run request" in failure.message
     assert isinstance(from_code("placement_refused", "m"), PlacementRefused)
+
+
+def test_the_direct_load_driver_uses_the_lowest_class_lane() -> None:
+    import fakeredis
+
+    from loadtest.direct import DirectDriver
+
+    raw = default_raw()
+    raw["pools"]["tpu-interactive"]["clearance"] = "restricted"  # its own lane sorts after the shared one
+    driver = DirectDriver(fakeredis.FakeAsyncRedis(), parse_settings(raw))
+    assert driver.streams["interactive", "sim-echo"] == (
+        "tg:{interactive.default.h100-interactive+inferentia-mixed+tpu-interactive}:requests"
+    )
