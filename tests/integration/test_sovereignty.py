@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -213,3 +214,28 @@ async def test_audit_tail_prints_a_tenants_entries(sovereign_stack: Stack, redis
     assert [row["id"] for row in last_two] == [answer["id"] for _, answer in gamma]
     assert {row["tenant"] for row in last_two} == {"gamma"}
     assert {row["sensitivity"] for row in last_two} == {""}
+
+
+async def test_audit_tail_follows_new_entries(sovereign_stack: Stack, redis_url: str) -> None:
+    s = sovereign_stack
+    status, first = await infer_as(s, "beta", model="sim-echo", input="before")
+    assert status == 200
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops", "audit", "tail", "--redis-url", redis_url, "--tenant", "beta", "--since", "10m",
+        "--follow", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))["id"] == first["id"]
+        await infer_as(s, "gamma", model="sim-echo", input="another tenant's")
+        status, second = await infer_as(s, "beta", model="sim-echo", input="after")
+        assert status == 200
+        followed = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert (followed["id"], followed["tenant"], followed["pool"] in ("h100-eu", "tpu-eu")) == (
+            second["id"],
+            "beta",
+            True,
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
