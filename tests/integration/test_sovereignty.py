@@ -64,12 +64,20 @@ async def grants_by_header(
     return await handler(request)
 
 
+async def forget_streams(redis_url: str, settings: Settings) -> None:
+    """Delete the audit stream and every request stream of `settings`: entries an earlier test
+    left unread would otherwise be answered by this test's workers, and audited, meanwhile."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.delete(protocol.audit_key(), *(lane.stream for lane in settings.lanes()))
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
 async def sovereign_stack(redis_url: str) -> AsyncIterator[Stack]:
     settings = overloaded_eu()
-    client = aioredis.Redis.from_url(redis_url)
-    await client.delete(protocol.audit_key())
-    await client.aclose()
+    await forget_streams(redis_url, settings)
     app = build_app(settings, redis_url)
     app.middlewares.append(grants_by_header)
     server = TestServer(app, host="127.0.0.1")
