@@ -6,6 +6,7 @@
     ├── RedisAccessError            Redis refuses this process: credentials, TLS (not an HTTP error)
     └── RequestError                anything a client is told about
         ├── InvalidRequest          400 invalid_request
+        │   └── PlacementRefused    422 placement_refused (no pool of its region and data class)
         ├── Unauthorized            401 unauthorized (no API key, or one unknown or revoked)
         ├── Forbidden               403 forbidden (the key does not allow a tier, model, region or class)
         ├── NotFound                404 not_found
@@ -36,6 +37,7 @@ INTERNAL_ERROR = "internal_error"
 INVALID_REQUEST = "invalid_request"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
+PLACEMENT_REFUSED = "placement_refused"
 NOT_FOUND = "not_found"
 MODEL_NOT_FOUND = "model_not_found"
 CONFLICT = "conflict"
@@ -107,6 +109,14 @@ class Forbidden(RequestError):
 
     status = 403
     code = FORBIDDEN
+
+
+class PlacementRefused(InvalidRequest):
+    """No pool may run the request: none serves its model on its tier in its data region, or
+    none there is cleared for its data class. It is refused, never sent elsewhere."""
+
+    status = 422
+    code = PLACEMENT_REFUSED
 
 
 class NotFound(RequestError):
@@ -185,7 +195,8 @@ class WorkerFailed(RequestError):
 
 # Codes a worker may put in an ErrorReply, mapped back to the class the gateway raises.
 BY_CODE: dict[str, type[RequestError]] = {
-    cls.code: cls for cls in (InvalidRequest, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed, Cancelled)
+    cls.code: cls
+    for cls in (InvalidRequest, PlacementRefused, ModelNotFound, QueueFull, DeadlineExceeded, WorkerFailed, Cancelled)
 }
 
 

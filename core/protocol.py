@@ -114,6 +114,37 @@ def parse_slo_member(name: bytes | str) -> tuple[str, str]:
     return tier, processor
 
 
+def audit_key() -> str:
+    """The audit stream: one `AuditEntry` per request a worker answered, saying where it ran;
+    bounded by `[audit]` maxlen and max_age_s. One slot: `tiergate audit tail` reads it in order."""
+    return f"{KEY_PREFIX}:{{audit}}:placements"
+
+
+def usage_hour_key(epoch_h: int) -> str:
+    """Usage counted in one hour (a hash of `usage_field`s), merged from every gateway."""
+    return f"{KEY_PREFIX}:{{usage}}:h:{epoch_h}"
+
+
+def usage_day_key(epoch_d: int) -> str:
+    """Usage counted in one UTC day (a hash of `usage_field`s), merged from every gateway."""
+    return f"{KEY_PREFIX}:{{usage}}:d:{epoch_d}"
+
+
+# A field of a usage hash is `<tenant>|<tier>|<model>|<stat>` (tenant "" with `[auth] mode = "open"`).
+USAGE_STATS = ("requests", "tokens", "energy_j", "cost")
+
+
+def usage_field(tenant: str, tier: str, model: str, stat: str) -> str:
+    return f"{tenant}{SLO_SEPARATOR}{tier}{SLO_SEPARATOR}{model}{SLO_SEPARATOR}{stat}"
+
+
+def parse_usage_field(name: bytes | str) -> tuple[str, str, str, str] | None:
+    """(tenant, tier, model, stat) of a usage hash field; None for a field of another shape. A
+    tenant name may hold the separator: the last three parts are tier, model and stat."""
+    parts = (name.decode() if isinstance(name, bytes) else name).rsplit(SLO_SEPARATOR, 3)
+    return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
+
+
 def loadtest_agents_key() -> str:
     """Load-test agents waiting for a plan (a sorted set: agent id -> last seen, ms)."""
     return f"{KEY_PREFIX}:{{loadtest}}:agents"
@@ -343,6 +374,7 @@ class Result(msgspec.Struct, tag="result", omit_defaults=True, frozen=True):
     # JSON array: OpenAI `choices` as an upstream answered them, when they hold more than one
     # text (tool calls, several choices, log probabilities); `output` is the first one's text.
     choices: bytes = b""
+    tenant: str = ""  # who sent it (the envelope's), for usage per tenant
 
 
 class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True, frozen=True):
@@ -403,6 +435,26 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", omit_defaults=True, frozen=True
     service_ms: float  # its mean time of one full batch
 
 
+class AuditEntry(msgspec.Struct, tag="audit", omit_defaults=True, frozen=True):
+    """Where one request ran, appended to `audit_key()` by the worker that answered it, in the
+    pipeline of its reply: who sent it, the region and data class it asked for, and the pool
+    (with that pool's region and clearance) and worker that took it."""
+
+    id: str
+    tier: str
+    model: str
+    region: str  # the request's data region
+    pool: str
+    pool_region: str
+    clearance: str  # the pool's
+    worker: str
+    at_ms: int  # Redis clock, when it was answered
+    outcome: str  # "done", or the failure code of its answer
+    tenant: str = ""
+    key_id: str = ""
+    sensitivity: str = ""  # its data class; empty: the lowest
+
+
 HEARTBEAT_S = 1.0
 HEARTBEAT_STALE_MS = 5_000  # a worker silent this long is presumed dead
 
@@ -420,6 +472,7 @@ dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 key_record_decoder = msgspec.msgpack.Decoder(KeyRecord)
+audit_decoder = msgspec.msgpack.Decoder(AuditEntry)
 
 
 # ---------------------------------------------------------------- the load tester's messages

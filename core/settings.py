@@ -86,10 +86,26 @@ class SLO(_Frozen, frozen=True):
     objective: Percent = 99.9
 
 
+class PlacementWeights(_Frozen, frozen=True):
+    """How much each figure of a pool counts when a tier's placement ranks its pools (lower wins)."""
+
+    latency: NonNegativeFloat = 0.0  # the processor's typical service time of one request
+    cost: NonNegativeFloat = 0.0  # its cost per FLOP
+    energy: NonNegativeFloat = 0.0  # its energy per FLOP (1 / energy_efficiency)
+
+
+PlacementPolicy = Literal["any", "fastest", "cheapest", "greenest"]
+
+
 class TierSettings(_Frozen, frozen=True):
     slo: SLO
     default_deadline_ms: PositiveInt
     max_queue: PositiveInt
+    # Which of several free pools eligible for a request takes it (core/placement.py): "any" (the
+    # first to read it), a named policy, or weights. The others hold off reading a stream for
+    # `placement_hold_ms` (default: a tenth of the SLO latency) per rank behind the preferred pool.
+    placement: PlacementPolicy | PlacementWeights = "any"
+    placement_hold_ms: NonNegativeFloat | None = None
 
 
 class LatencyModel(_Frozen, frozen=True):
@@ -153,6 +169,27 @@ class PoolSettings(_Frozen, frozen=True):
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
+    # The highest data class (protocol.SENSITIVITY_CLASSES) this pool is cleared to run; a request
+    # of a higher class never reaches it (docs/sovereignty.md).
+    clearance: Literal["public", "internal", "restricted"] = "public"
+
+
+class AuditSettings(_Frozen, frozen=True):
+    """The audit stream: one entry per request a worker answers, saying where it ran."""
+
+    enabled: bool = True
+    maxlen: PositiveInt = 1_000_000  # approximate bound of the stream (XADD MAXLEN ~)
+    max_age_s: NonNegativeInt = 0  # entries older than this are trimmed too (XTRIM MINID ~); 0: no age bound
+
+
+class UsageSettings(_Frozen, frozen=True):
+    """Requests, tokens, energy and cost per tenant, tier and model (docs/sovereignty.md)."""
+
+    # Tenants that get their own `tenant` label in the gateway's Prometheus metrics; every other
+    # tenant's usage is counted under "other" (the tenant of an open gateway is "").
+    tenants: list[str] = msgspec.field(default_factory=list)
+    hourly_retention_h: PositiveInt = 192  # how long each hour's counts stay readable
+    daily_retention_d: PositiveInt = 400  # how long each day's counts stay readable
 
 
 class AccountingSettings(_Frozen, frozen=True):
@@ -272,6 +309,8 @@ class Settings(_Frozen, frozen=True):
     supervisor: SupervisorSettings = SupervisorSettings()
     tracing: TracingSettings = TracingSettings()
     auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
+    usage: UsageSettings = UsageSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -280,24 +319,49 @@ class Settings(_Frozen, frozen=True):
         return sorted({pool.region for pool in self.pools.values()})
 
     def lanes(self) -> list[Lane]:
-        """Every request stream of the config: for each tier and region, the models served there
-        grouped by the exact set of pools that serve them. A request goes to its model's lane, so
-        it reaches only pools that serve its model, and two pools of one tier may serve different
-        models. Strictest tier first, then region, then pools."""
+        """Every request stream of the config: for each tier and region, the (model, data class)
+        pairs served there grouped by the exact set of pools eligible for them: those serving the
+        model and cleared for the class. A request goes to its pair's lane, so it reaches only
+        pools that serve its model, in its region, cleared for its data; two pools of one tier may
+        serve different models or hold different clearances. With every pool at one clearance the
+        lanes are one per group of pools serving the same models, as without data classes.
+        Strictest tier first, then region, then pools."""
         lanes: list[Lane] = []
         for tier in sorted(self.tiers, key=tier_rank):
             for region in self.regions():
-                by_pools: dict[tuple[str, ...], list[str]] = {}
+                by_pools: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+                candidates = self.pools_for(tier, region)
                 for model in self.models:
-                    pools = tuple(sorted(p for p in self.pools_for(tier, region) if model in self.pools[p].models))
-                    if pools:
-                        by_pools.setdefault(pools, []).append(model)
-                lanes += [Lane(tier, region, pools, tuple(models)) for pools, models in sorted(by_pools.items())]
+                    for data_class in protocol.SENSITIVITY_CLASSES:
+                        pools = tuple(sorted(p for p in candidates if self._eligible(p, model, data_class)))
+                        if pools:
+                            by_pools.setdefault(pools, []).append((model, data_class))
+                lanes += [
+                    Lane(tier, region, pools, tuple(dict.fromkeys(m for m, _ in carries)), tuple(carries))
+                    for pools, carries in sorted(by_pools.items())
+                ]
         return lanes
 
-    def lane_for(self, tier: str, region: str, model: str) -> Lane | None:
-        """The lane a request for `model` on `tier` in `region` goes to; None when no pool serves it."""
-        return next((x for x in self.lanes() if (x.tier, x.region) == (tier, region) and model in x.models), None)
+    def _eligible(self, pool_name: str, model: str, data_class: str) -> bool:
+        pool = self.pools[pool_name]
+        return model in pool.models and clears(pool.clearance, data_class)
+
+    def lane_for(self, tier: str, region: str, model: str, sensitivity: str = "") -> Lane | None:
+        """The lane a request for `model` of data class `sensitivity` ("": the lowest) on `tier`
+        in `region` goes to; None when no pool may serve it."""
+        wanted = (model, sensitivity or protocol.SENSITIVITY_CLASSES[0])
+        return next((x for x in self.lanes() if (x.tier, x.region) == (tier, region) and wanted in x.carries), None)
+
+
+def clears(clearance: str, sensitivity: str) -> bool:
+    """Whether a pool cleared for `clearance` may run data of class `sensitivity` ("": the lowest)."""
+    return sensitivity_rank(sensitivity) <= sensitivity_rank(clearance)
+
+
+def sensitivity_rank(name: str) -> int:
+    """public 0 < internal 1 < restricted 2; "" is the lowest. An unknown name ranks above all."""
+    classes = protocol.SENSITIVITY_CLASSES
+    return classes.index(name or classes[0]) if (name or classes[0]) in classes else len(classes)
 
 
 @dataclass(slots=True, frozen=True)
@@ -308,6 +372,8 @@ class Lane:
     region: str
     pools: tuple[str, ...]  # sorted by name
     models: tuple[str, ...]
+    # The (model, data class) pairs it carries: its pools are exactly those eligible for each.
+    carries: tuple[tuple[str, str], ...] = ()
 
     @property
     def name(self) -> str:

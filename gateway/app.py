@@ -130,6 +130,7 @@ def build_app(
     app.router.add_post("/v1/infer", handlers.infer)
     app.router.add_get("/v1/requests/{id}", handlers.request_status)
     app.router.add_delete("/v1/requests/{id}", handlers.cancel_request)
+    app.router.add_get("/v1/usage", handlers.usage_report)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)

@@ -55,11 +55,11 @@ class Calls:
         self.limits = Limits(state.clock, tenants)  # tenants None: no key has limits (a unit test's calls)
         self.shares = Shares(state.settings.auth.active_s)
 
-    def admit(self, route: Route, model: str = "", grant: Grant = OPEN_GRANT, sensitivity: str = "") -> Admission:
-        """Admission of a routed request: 403 for what its key does not allow, then its tenant's
-        fair share of a busy tier (gateway/shares.py), then its tier's admission; a refusal (429)
-        is counted shed, then raised."""
-        authorize(grant, route.tier, model, route.region, sensitivity)
+    def admit(self, route: Route, model: str = "", grant: Grant = OPEN_GRANT) -> Admission:
+        """Admission of a routed request: 403 for what its key does not allow (tier, model, region,
+        data class), then its tenant's fair share of a busy tier (gateway/shares.py), then its
+        tier's admission; a refusal (429) is counted shed, then raised."""
+        authorize(grant, route.tier, model, route.region, route.sensitivity)
         capacity = self.state.capacity.get(route.stream)
         try:
             self.shares.check(route.stream, route.tier, grant.tenant, grant.weight, capacity, _now_s())
@@ -71,9 +71,10 @@ class Calls:
     def envelope(
         self, route: Route, model: str, text: str, grant: Grant = OPEN_GRANT, **extra: Any
     ) -> protocol.Envelope:
-        """A new request for `route` from `grant`'s tenant, addressed back to this gateway, its
-        deadline from now."""
+        """A new request for `route`, addressed back to this gateway, its deadline from now,
+        carrying who sent it (`grant`: tenant and key id) and its data class (the lowest: left out)."""
         now_ms = self.state.clock.now_ms()
+        data_class = "" if route.sensitivity == protocol.SENSITIVITY_CLASSES[0] else route.sensitivity
         return protocol.Envelope(
             id=protocol.new_request_id(),
             model=model,
@@ -85,6 +86,7 @@ class Calls:
             sent_at_ms=round(now_ms, 3),
             tenant=grant.tenant,
             key_id=grant.key_id,
+            sensitivity=data_class,
             **extra,
         )
 

@@ -19,8 +19,18 @@ from msgspec import Meta
 from core import protocol
 from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
+from . import usage
 from .calls import CALLS, Call
-from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, decode_json, grant_of, idempotency_key, json_response
+from .http_shared import (
+    QUEUE_INFO_HEADER,
+    REPLAYED_HEADER,
+    decode_json,
+    grant_of,
+    idempotency_key,
+    json_response,
+    placement,
+)
+from .metrics import USAGE_STORE
 from .state import STATE, GatewayState
 
 log = logging.getLogger(__name__)
@@ -33,6 +43,7 @@ class InferBody(msgspec.Struct, forbid_unknown_fields=True):
     deadline_ms: Annotated[int, Meta(gt=0, le=3_600_000)] | None = None
     wait: bool = True
     region: Annotated[str, Meta(min_length=1)] | None = None
+    sensitivity: Annotated[str, Meta(min_length=1)] | None = None  # public, internal or restricted
 
 
 class Timings(msgspec.Struct):
@@ -86,8 +97,9 @@ async def infer(request: web.Request) -> web.Response:
     started = time.perf_counter()
     state, calls = request.app[STATE], request.app[CALLS]
     body = decode_body(await request.read())
-    route = state.router.route(body.model, len(body.input), body.tier, body.region, body.deadline_ms)
     grant = grant_of(request)
+    region, data_class = placement(grant, body.region, body.sensitivity)
+    route = state.router.route(body.model, len(body.input), body.tier, region, body.deadline_ms, data_class)
     admission = calls.admit(route, body.model, grant)
     envelope = calls.envelope(route, body.model, body.input, grant)
     call = calls.call(route, envelope, started, idempotency_key(request), request.headers, grant)
@@ -153,6 +165,24 @@ async def cancel_request(request: web.Request) -> web.Response:
         return json_response({"id": request_id, "status": CANCELLED})
     outcome = "done" if isinstance(stored, protocol.Result) else "failed"
     raise AlreadyFinished(f"request {request_id} already finished ({outcome}); there is nothing to cancel")
+
+
+async def usage_report(request: web.Request) -> web.Response:
+    """`GET /v1/usage?period=hour|day&from=&to=&tenant=`: requests, tokens, energy and cost per
+    period, tenant, tier and model. A key of a tenant sees only its own; a caller without a
+    tenant (an open gateway's) sees every tenant's."""
+    state = request.app[STATE]
+    now_s = int(state.clock.now_ms() // 1000)
+    query = usage.parse_query(dict(request.query), now_s, grant_of(request).tenant)
+    found = await request.app[USAGE_STORE].read(query.period, query.first, query.last)
+    size = usage.PERIOD_S[query.period]
+    body = {
+        "period": query.period,
+        "from": usage.iso(query.first * size),
+        "to": usage.iso((query.last + 1) * size),
+        "usage": usage.rows(query.period, found, query.tenant),
+    }
+    return json_response(body)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -29,6 +29,12 @@ def grant_of(request: web.Request) -> Grant:
     return grant
 
 
+def placement(grant: Grant, region: str | None, sensitivity: str | None) -> tuple[str | None, str | None]:
+    """A request's data region and class: those it names, else its key's (None: the gateway's
+    region, the lowest class)."""
+    return region or grant.region or None, sensitivity or grant.sensitivity or None
+
+
 def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(body), status=status, content_type="application/json")
 

@@ -24,13 +24,16 @@ from core.errors import CANCELLED, DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT
 from core.settings import Settings
 
 from . import slo
-from .slo_store import SloStore
+from .slo_store import SloStore, UsageStore
 from .state import STATE
+from .usage import UsageCounts
 
 log = logging.getLogger(__name__)
 
 TIER_LABELS = ("tier", "pool", "processor")
-QUEUE_LABELS = ("tier", "region", "pools")  # one request stream: its tier, region and the pools reading it
+QUEUE_LABELS = ("tier", "region", "pools")
+USAGE_LABELS = ("tenant", "tier", "model")  # tenant: one of `[usage] tenants`, "" (open), else OTHER_TENANT
+OTHER_TENANT = "other"  # one request stream: its tier, region and the pools reading it
 UNKNOWN_POOL = "none"  # a request refused or timed out before any pool answered it
 # A cancelled request is counted, but is neither good nor bad for the SLO.
 OUTCOMES = ("ok", "shed", DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT_FOUND, WORKER_ERROR, CANCELLED)
@@ -87,17 +90,12 @@ class GatewayMetrics:
         self.energy = Counter("tiergate_energy_joules", "Energy spent on answered requests", TIER_LABELS, registry=r)
         self.cost = Counter("tiergate_cost_usd", "Cost of answered requests", TIER_LABELS, registry=r)
         self.in_flight = Gauge("tiergate_in_flight_requests", "Requests waiting for a reply", ["tier"], registry=r)
-        self.queue_depth = Gauge("tiergate_queue_depth", "Entries in the request stream", QUEUE_LABELS, registry=r)
-        self.group_lag = Gauge(
-            "tiergate_consumer_group_lag", "Entries not yet delivered to any worker", QUEUE_LABELS, registry=r
-        )
-        self.group_pending = Gauge(
-            "tiergate_consumer_group_pending", "Entries delivered, not yet acknowledged", QUEUE_LABELS, registry=r
-        )
+        self.queue_depth, self.group_lag, self.group_pending = _queue_gauges(r)
         self.queues: dict[str, dict[str, int]] = {}  # tier -> last sampled depth, lag, pending (all regions)
         # Every request stream of the config, whichever tiers this gateway serves: (tier, region, pools).
         self.queue_streams = {lane.stream: (lane.tier, lane.region, "+".join(lane.pools)) for lane in settings.lanes()}
         self.accumulator = slo.Accumulator()
+        self.usage = _TenantUsage(r, settings.usage.tenants)
         self.clock_ms: Callable[[], float] = _local_ms  # replaced by the gateway's Redis clock at start
         self._bound = {
             (tier, pool): self._bind(tier, pool, p.processor) for pool, p in settings.pools.items() for tier in p.tiers
@@ -162,10 +160,12 @@ class GatewayMetrics:
         (bound.slo_met if met else bound.slo_missed).inc()
         bound.energy.inc(result.energy_j)
         bound.cost.inc(result.cost)
+        epoch_s = int(self.clock_ms() // 1000)
         self.accumulator.result(
-            int(self.clock_ms() // 1000), result.tier, result.processor, total_ms, met,
+            epoch_s, result.tier, result.processor, total_ms, met,
             result.service_ms, result.batch_size, result.energy_j, result.cost,
         )  # fmt: skip
+        self.usage.count(epoch_s, result)  # per tenant: in Redis, and with bounded labels here
 
     def first_token(self, tier: str, pool: str, seconds: float) -> None:
         bound = self._bound.get((tier, pool))
@@ -215,12 +215,53 @@ class GatewayMetrics:
         self.queues = queues
 
 
+def _queue_gauges(r: CollectorRegistry) -> tuple[Gauge, Gauge, Gauge]:
+    """Depth, group lag and pending entries of each request stream."""
+    return (
+        Gauge("tiergate_queue_depth", "Entries in the request stream", QUEUE_LABELS, registry=r),
+        Gauge("tiergate_consumer_group_lag", "Entries not yet delivered to any worker", QUEUE_LABELS, registry=r),
+        Gauge("tiergate_consumer_group_pending", "Entries delivered, not yet acknowledged", QUEUE_LABELS, registry=r),
+    )
+
+
+class _TenantUsage:
+    """Usage counters labelled by tenant, tier and model. Only configured tenants (and an open
+    gateway's "") get a label of their own, the rest share OTHER_TENANT: the label set stays bounded."""
+
+    def __init__(self, registry: CollectorRegistry, tenants: list[str]) -> None:
+        r = registry
+        self.tenants = frozenset(tenants) | {""}
+        self.requests = Counter("tiergate_tenant_requests", "Answered requests", USAGE_LABELS, registry=r)
+        self.tokens = Counter("tiergate_tenant_tokens", "Tokens of answered requests", USAGE_LABELS, registry=r)
+        self.energy = Counter("tiergate_tenant_energy_joules", "Energy of answered requests", USAGE_LABELS, registry=r)
+        self.cost = Counter("tiergate_tenant_cost_usd", "Cost of answered requests", USAGE_LABELS, registry=r)
+        self._bound: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self.counts = UsageCounts()  # since the last flush to Redis
+
+    def count(self, epoch_s: int, result: protocol.Result) -> None:
+        """Usage of an answered request: counted for Redis (per hour), and in the counters."""
+        tokens = result.prompt_tokens + result.completion_tokens
+        self.counts.add(epoch_s, (result.tenant, result.tier, result.model), tokens, result.energy_j, result.cost)
+        labels = (result.tenant if result.tenant in self.tenants else OTHER_TENANT, result.tier, result.model)
+        bound = self._bound.get(labels)
+        if bound is None:
+            bound = self._bound[labels] = (
+                self.requests.labels(*labels), self.tokens.labels(*labels),
+                self.energy.labels(*labels), self.cost.labels(*labels),
+            )  # fmt: skip
+        bound[0].inc()
+        bound[1].inc(tokens)
+        bound[2].inc(result.energy_j)
+        bound[3].inc(result.cost)
+
+
 def _local_ms() -> float:
     return time.time() * 1000.0
 
 
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 SLO_STORE: web.AppKey[SloStore] = web.AppKey("slo_store", SloStore)
+USAGE_STORE: web.AppKey[UsageStore] = web.AppKey("usage_store", UsageStore)
 
 
 def install(app: web.Application, settings: Settings) -> None:
@@ -234,19 +275,21 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     metrics.clock_ms = state.clock.now_ms
     settle_s = 2 * metrics.settings.metrics.slo_flush_interval_s + 3.0  # a flush may be one interval late
     store = app[SLO_STORE] = SloStore(state.redis, state.gateway_id, settle_s)
+    retention = metrics.settings.usage
+    usage = app[USAGE_STORE] = UsageStore(state.redis, retention.hourly_retention_h, retention.daily_retention_d)
+    flush = _flusher(metrics, store, usage)
     stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(every(metrics.settings.metrics.slo_flush_interval_s, stop, _flusher(metrics, store))),
-    ]
+    tasks = [asyncio.create_task(every(metrics.settings.metrics.slo_flush_interval_s, stop, flush))]
     yield
     stop.set()
     await join(tasks, timeout_s=2.0)
     with contextlib.suppress(RedisError, OSError):
-        await store.flush(metrics.accumulator)
+        await flush()
 
 
-def _flusher(metrics: GatewayMetrics, store: SloStore) -> Callable[[], Awaitable[None]]:
+def _flusher(metrics: GatewayMetrics, store: SloStore, usage: UsageStore) -> Callable[[], Awaitable[None]]:
     async def flush() -> None:
         await store.flush(metrics.accumulator)
+        await usage.flush(metrics.usage.counts)
 
     return flush

@@ -27,7 +27,7 @@ from core.errors import InvalidRequest, QueueFull, RequestError
 
 from .admission import Admission
 from .calls import CALLS, Call, Calls, gather_results
-from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, grant_of, idempotency_key, json_response
+from .http_shared import QUEUE_INFO_HEADER, REPLAYED_HEADER, grant_of, idempotency_key, json_response, placement
 from .openai_forward import (
     chat_generation,
     chat_message,
@@ -46,6 +46,8 @@ SDK_TIMEOUT_HEADER = "X-Stainless-Read-Timeout"  # the official SDK's timeout, i
 ADMISSION: web.RequestKey[Admission] = web.RequestKey("admission", Admission)
 
 TIER_HEADER = "X-Tiergate-Tier"
+REGION_HEADER = "X-Tiergate-Region"  # the request's data region (default: its key's, else the gateway's)
+SENSITIVITY_HEADER = "X-Tiergate-Sensitivity"  # its data class (default: its key's, else public)
 PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
 # The service_tier values OpenAI's published response schema allows (openai-openapi 2.3.0); an
 # answer names its tier only with one of these, and otherwise leaves the field out.
@@ -125,7 +127,10 @@ def _route(
 ) -> Route:
     """Route, refuse what a pool that may receive it cannot do (before it is queued), admit."""
     settings = calls.state.settings
-    route = calls.state.router.route(model, chars, pick_tier(request, calls.state, service_tier))
+    headers = request.headers
+    region, data_class = placement(grant_of(request), headers.get(REGION_HEADER), headers.get(SENSITIVITY_HEADER))
+    tier = pick_tier(request, calls.state, service_tier)
+    route = calls.state.router.route(model, chars, tier, region, sensitivity=data_class)
     refuse_unsupported(settings, route.pools, used)
     deadline_ms = client_deadline_ms(request, route.deadline_ms)
     if deadline_ms != route.deadline_ms:

@@ -16,7 +16,8 @@ import msgspec
 from aiohttp import web
 
 from core import capabilities
-from core.settings import Settings
+from core.protocol import SENSITIVITY_CLASSES
+from core.settings import Settings, sensitivity_rank
 
 from .handlers import InferBody, ResultBody
 from .http_shared import json_response
@@ -41,6 +42,7 @@ _STATUS_TEXT = {
     404: "unknown model or request id",
     409: "the request already has its answer: too late to cancel",
     421: "this gateway serves only other tiers",
+    422: "no pool of the request's data region cleared for its data class may run it",
     408: "the body did not arrive within the body timeout",
     413: "the body exceeds max_body_bytes",
     401: 'no API key, or one unknown or revoked ([auth] mode = "keys")',
@@ -84,7 +86,7 @@ def _post(
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": REF.format(name=name)}}},
             },
-            "responses": {**ok, **(extra or {}), **_errors(400, 404, 408, 413, 421, 429, 500, 503, 504)},
+            "responses": {**ok, **(extra or {}), **_errors(400, 404, 408, 413, 421, 422, 429, 500, 503, 504)},
         }
     }
 
@@ -112,6 +114,14 @@ def _served(settings: Settings, tiers: Sequence[str]) -> list[str]:
     )  # fmt: skip
 
 
+def _cleared(settings: Settings, tiers: Sequence[str]) -> list[str]:
+    """The data classes some pool of this gateway's tiers is cleared for (lowest first)."""
+    highest = max(
+        (sensitivity_rank(p.clearance) for p in settings.pools.values() if set(p.tiers) & set(tiers)), default=0
+    )
+    return list(SENSITIVITY_CLASSES[: highest + 1])
+
+
 def _routing(schemas: dict[str, Any], settings: Settings, tiers: Sequence[str]) -> None:
     """Models, tiers and regions a request may name; another model is a 404, anything else a 400."""
     served = _served(settings, tiers)
@@ -119,6 +129,7 @@ def _routing(schemas: dict[str, Any], settings: Settings, tiers: Sequence[str]) 
     infer["model"] = {"enum": served}
     infer["tier"] = _nullable_enum(tiers)
     infer["region"] = _nullable_enum(settings.regions())
+    infer["sensitivity"] = _nullable_enum(_cleared(settings, tiers))
     embed = [m for m in served if settings.models[m].kind == "embed"]
     text = [m for m in served if m not in embed]
     service_tiers = [name for name, tier in settings.openai.service_tiers.items() if tier in tiers]

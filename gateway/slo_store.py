@@ -1,6 +1,7 @@
 """The Redis I/O of metrics and SLOs at the gateway: pushes this process's per-second SLO counts
 into shared per-second and per-minute hashes (one pipeline per flush, with TTLs), reads every
 gateway's counts back for `GET /v1/slo`, and samples tier stream depth and consumer-group lag.
+`UsageStore` does the same for usage per tenant: hourly and daily hashes, read by `GET /v1/usage`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from core.redis_client import AnyPipeline, Client
 
 from . import slo
 from .slo import Accumulator, Cell, Cells, Snapshot
+from .usage import DAY_S, HOUR_S, PERIOD_S, Counts, UsageCounts, UsageKey
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -176,3 +178,67 @@ def _tier_counts(
 
 def _totals(tiers: list[str], values: list[bytes | None]) -> dict[str, tuple[int, int]]:
     return {tier: (int(values[2 * i] or 0), int(values[2 * i + 1] or 0)) for i, tier in enumerate(tiers)}
+
+
+class UsageStore:
+    """Usage per tenant, tier and model in Redis: an hourly and a daily hash per period, each
+    gateway adding its counts (HINCRBY, HINCRBYFLOAT) and setting their retention (EXPIRE)."""
+
+    def __init__(self, redis: Client, hourly_retention_h: int, daily_retention_d: int) -> None:
+        self.redis = redis
+        self.hour_ttl_s = hourly_retention_h * HOUR_S
+        self.day_ttl_s = daily_retention_d * DAY_S
+
+    async def flush(self, counts: UsageCounts) -> None:
+        """Push what `counts` holds; on a Redis error it is put back for the next flush."""
+        hours = counts.drain()
+        if not hours:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for hour, cells in hours.items():
+            day = hour * HOUR_S // DAY_S
+            for key in (protocol.usage_hour_key(hour), protocol.usage_day_key(day)):
+                for usage_key, cell in cells.items():
+                    _add_usage(pipe, key, usage_key, cell)
+            pipe.expire(protocol.usage_hour_key(hour), self.hour_ttl_s)
+            pipe.expire(protocol.usage_day_key(day), self.day_ttl_s)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("usage counts not flushed, keeping them for the next try", extra={"error": str(exc)})
+            counts.restore(hours)
+
+    async def read(self, period: str, first: int, last: int) -> dict[int, dict[UsageKey, Counts]]:
+        """Every gateway's counts of the hours or days `first`..`last` (epoch hours or days)."""
+        key = protocol.usage_hour_key if PERIOD_S[period] == HOUR_S else protocol.usage_day_key
+        pipe = self.redis.pipeline(transaction=False)
+        for index in range(first, last + 1):
+            pipe.hgetall(key(index))
+        found: dict[int, dict[UsageKey, Counts]] = {}
+        for index, fields in zip(range(first, last + 1), await pipe.execute(), strict=True):
+            if fields:
+                found[index] = _usage_cells(fields)
+        return found
+
+
+def _add_usage(pipe: AnyPipeline, key: str, usage_key: UsageKey, cell: Counts) -> None:
+    pipe.hincrby(key, protocol.usage_field(*usage_key, "requests"), cell.requests)
+    pipe.hincrby(key, protocol.usage_field(*usage_key, "tokens"), cell.tokens)
+    pipe.hincrbyfloat(key, protocol.usage_field(*usage_key, "energy_j"), cell.energy_j)
+    pipe.hincrbyfloat(key, protocol.usage_field(*usage_key, "cost"), cell.cost)
+
+
+def _usage_cells(fields: dict[bytes, bytes]) -> dict[UsageKey, Counts]:
+    cells: dict[UsageKey, Counts] = {}
+    for name, raw in fields.items():
+        parsed = protocol.parse_usage_field(name)
+        if parsed is None or parsed[3] not in protocol.USAGE_STATS:
+            continue
+        cell = cells.setdefault(parsed[:3], Counts())
+        value = float(raw)
+        stat = parsed[3]
+        if stat in ("requests", "tokens"):
+            setattr(cell, stat, getattr(cell, stat) + int(value))
+        else:
+            setattr(cell, stat, getattr(cell, stat) + value)
+    return cells

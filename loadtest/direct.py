@@ -12,6 +12,7 @@ import secrets
 from core import protocol
 from core.clock import RedisClock
 from core.errors import DEADLINE_EXCEEDED, QUEUE_FULL, DeadlineExceeded, InvalidRequest, RequestError
+from core.protocol import SENSITIVITY_CLASSES
 from core.redis_client import Client
 from core.settings import Settings
 from gateway.queue import RequestQueue
@@ -30,12 +31,14 @@ class DirectDriver:
         self.redis = redis
         self.settings = settings
         self.region = settings.gateway.region
-        # (tier, model) -> the request stream of its lane in this region (what the gateway's router picks)
+        # (tier, model) -> the request stream of its lane in this region for the lowest data class
+        # (what the gateway's router picks for a request that names none)
         self.streams = {
             (lane.tier, model): lane.stream
             for lane in settings.lanes()
             if lane.region == self.region
-            for model in lane.models
+            for model, data_class in lane.carries
+            if data_class == SENSITIVITY_CLASSES[0]
         }
         self.deadline_ms = deadline_ms
         self.gateway_id = f"loadtest-{secrets.token_hex(4)}"

@@ -1,5 +1,5 @@
-"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `keys`, `config check`, `config init` and
-`deploy render`.
+"""The `tiergate` command: `up`, `gateway`, `worker`, `dlq`, `keys`, `audit tail`, `usage`, `config check`,
+`config init` and `deploy render`.
 
 Process entry points live here: they configure logging, choose uvloop, resolve the Redis URL
 (flag, then config/environment, then - for `up` only - a private embedded Redis) and run.
@@ -21,6 +21,7 @@ from core import redis_client, tracing
 from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
+from . import audit, usage
 from .embedded import CHOICES as EMBEDDED_CHOICES
 
 if TYPE_CHECKING:
@@ -251,7 +252,16 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
     raise SystemExit(asyncio.run(run(settings, _redis_url(args, settings), args)))
 
 
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
+    raise SystemExit(audit.main(args, settings, _redis_url(args, settings)))
+
+
+def cmd_usage(args: argparse.Namespace, settings: Settings) -> None:
+    raise SystemExit(usage.main(args, settings, _redis_url(args, settings)))
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from core import placement
     from gateway.routing import Router
 
     path = args.path or args.config
@@ -264,7 +274,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     lanes = Router(settings).table()
     for model in settings.models:
         for lane in (lane for lane in lanes if model in lane.models):
-            pools = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in lane.pools)
+            ranked = placement.preference(settings, lane)  # preferred first; by name under "any"
+            pools = ", ".join(f"{p} ({settings.pools[p].processor}, {settings.pools[p].mode})" for p in ranked)
+            classes = [c for m, c in lane.carries if m == model]
+            if classes != ["public"]:  # the data classes of this stream, where not only the lowest
+                pools += f"; data classes: {', '.join(classes)}"
             rows.append((model, lane.tier, lane.region, lane.stream, pools))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
@@ -377,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("loadtest", help="open-loop load tests with SLO reports (tiergate loadtest --help)", add_help=False)
     _dlq_parser(sub, common)
     _keys_parser(sub, common)
+    audit.add_parser(sub, common)
+    usage.add_parser(sub, common)
     _config_parser(sub)
     _deploy_parser(sub)
     return p
@@ -488,6 +504,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"tiergate: {exc}") from None
     try:
         commands = {"up": cmd_up, "gateway": cmd_gateway, "worker": cmd_worker, "dlq": cmd_dlq, "keys": cmd_keys}
+        commands |= {"audit": cmd_audit, "usage": cmd_usage}
         commands[args.command](args, settings)
     except RedisAccessError as exc:  # retrying cannot help: say what is wrong, without a traceback
         raise SystemExit(f"tiergate {args.command}: {exc}") from None

@@ -25,6 +25,8 @@ from core.protocol import Envelope, Failure, Reply
 from core.redis_client import AnyPipeline, Client
 from core.settings import Settings, tier_rank
 
+from .audit import AuditTrail
+
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.5  # how long one wait for a cancel message lasts: bounds how long a stop waits
@@ -72,6 +74,7 @@ class Consumer:
         self._reply_maxlen = settings.gateway.reply_stream_maxlen
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
+        self._audit = AuditTrail(settings, pool_name, name)
         # In a cluster the streams of different hash slots cannot share one XREADGROUP.
         self._slot_reads = redis_client.SlotReads(self._read_slot) if redis_client.is_cluster(redis) else None
 
@@ -122,7 +125,8 @@ class Consumer:
         return deliveries
 
     async def publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
-        """Send each reply to its gateway and its result key, then XACK and XDEL the entries.
+        """Send each reply to its gateway and its result key, append where it ran to the audit
+        stream, then XACK and XDEL the entries.
 
         The result key keeps the first answer a request got: an entry executed twice (its
         worker was presumed dead, then answered after all) never turns a result into a failure.
@@ -132,11 +136,25 @@ class Consumer:
         for delivery, reply in replies:
             self._reply(pipe, delivery.envelope.reply_to, reply)
             done.setdefault(delivery.stream, []).append(delivery.entry_id)
+        self._append_audit(pipe, replies)
         self._expire_replies(pipe, {delivery.envelope.reply_to for delivery, _ in replies})
         for stream, ids in done.items():
             pipe.xack(stream, protocol.GROUP, *ids)
             pipe.xdel(stream, *ids)
         await pipe.execute()
+
+    def _append_audit(self, pipe: AnyPipeline, replies: list[tuple[Delivery, Reply]]) -> None:
+        """Queue one audit entry per reply (approximate MAXLEN), and the trim by age if one is set."""
+        audit = self._audit
+        if not audit.enabled or not replies:
+            return
+        key = protocol.audit_key()
+        for delivery, reply in replies:
+            entry = protocol.encoder.encode(audit.entry(delivery.envelope, reply))
+            pipe.xadd(key, {protocol.PAYLOAD_FIELD: entry}, maxlen=audit.maxlen, approximate=True)
+        min_id = audit.min_id(max(reply.finished_at_ms for _, reply in replies))
+        if min_id is not None:
+            pipe.xtrim(key, minid=min_id, approximate=True)
 
     async def publish_chunks(self, chunks: list[tuple[Delivery, protocol.Chunk]]) -> None:
         """Send streaming output pieces to their gateways, in order, in one pipeline."""

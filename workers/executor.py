@@ -10,9 +10,9 @@ import logging
 import time
 
 from core.clock import RedisClock
-from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR
+from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, PLACEMENT_REFUSED, WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply, Result
-from core.settings import Settings
+from core.settings import Settings, clears
 from core.tracing import Tracing
 
 from .backends import Backend, Completion
@@ -43,6 +43,7 @@ class Executor:
         self.pool_name = pool_name
         self.processor = pool.processor
         self.models = frozenset(pool.models)
+        self.region, self.clearance = pool.region, pool.clearance
         self.worker = worker
         self.backend = backend
         self.clock = clock
@@ -74,6 +75,8 @@ class Executor:
             return self._failure(d, DEADLINE_EXCEEDED, message)
         if env.model not in self.models:
             return self._failure(d, MODEL_NOT_FOUND, f"pool {self.pool_name} does not serve model {env.model!r}")
+        if env.region != self.region or not clears(self.clearance, env.sensitivity):
+            return self._failure(d, PLACEMENT_REFUSED, self._misplaced(env))
         need_ms = self.expected_ms(env)
         if env.deadline_at_ms - now_ms < need_ms:
             left_ms = env.deadline_at_ms - now_ms
@@ -83,6 +86,16 @@ class Executor:
             )
             return self._failure(d, DEADLINE_EXCEEDED, message)
         return None
+
+    def _misplaced(self, env: Envelope) -> str:
+        """Why this pool refuses a request its region or clearance forbids (a config that differs
+        between the gateway that queued it and this worker): it never runs here."""
+        data_class = env.sensitivity or "public"
+        return (
+            f"pool {self.pool_name} (region {self.region!r}, cleared for {self.clearance}) may not run request "
+            f"{env.id} of region {env.region!r} and data class {data_class}; check that the gateways and workers "
+            "share one config"
+        )
 
     def expected_ms(self, env: Envelope) -> float:
         """The processor profile's service time for this request alone, token generation included."""
@@ -178,6 +191,7 @@ class Executor:
             completion_tokens=done.completion_tokens,
             finish_reason=done.finish_reason if isinstance(done.output, str) else "",
             choices=done.choices,
+            tenant=env.tenant,
         )
 
     async def _run(

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core import protocol, redis_client
+from core import placement, protocol, redis_client
 from core.background import every, join
 from core.clock import RedisClock, keep_synced
 from core.heap import freeze_startup_heap
@@ -32,6 +32,7 @@ from .capacity import CapacityMeter, expected_batch_ms
 from .consumer import Consumer, Delivery, stream_priorities
 from .executor import Executor
 from .metrics import WorkerMetrics
+from .placement import Holds
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ START_MARGIN_MS = 5.0
 FORGET_EVERY_S = 30.0
 PUBLISH_YIELDS = 3  # redis-py 8 writes a pipeline on the second event-loop pass after it starts
 GONE_MS = 60_000  # a consumer silent this long, with nothing pending, leaves its group
+
+
+def _block_ms(wait_s: float | None) -> int:
+    """How long a read may block: READ_BLOCK_MS, or less when a held stream is due sooner."""
+    return READ_BLOCK_MS if wait_s is None else max(1, min(READ_BLOCK_MS, int(wait_s * 1000)))
 
 
 def claim_idle_ms(settings: Settings, pool_name: str) -> int:
@@ -90,6 +96,7 @@ class WorkerProcess:
             pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
         )
         self.priority = stream_priorities(settings, pool_name)  # stream -> its tier's rank, strictest first
+        self.holds = Holds(placement.holds(settings, pool_name))  # streams where a preferred pool goes first
         self.tier_count = len(pool.tiers)
         latency = settings.processors[pool.processor].latency
         self.refill_ms = int(min(READ_BLOCK_MS, max(1.0, expected_batch_ms(latency, pool.max_batch))))
@@ -172,37 +179,42 @@ class WorkerProcess:
 
     async def _read_loop(self) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             await self.batcher.wait_for_room()
             rooms = self._rooms()
             open_streams = [stream for stream, room in rooms.items() if room > 0]
             every_stream = len(open_streams) == len(self.priority)
-            if not open_streams:
-                await self._batch_ends()
+            plan = self.holds.plan(open_streams, loop.time())
+            if not plan.streams:  # nothing open, or only streams a preferred pool may take first
+                await self._batch_ends(plan.wait_s)
                 continue
             try:
                 # Reading only some streams, never block: the others must be read again as soon
-                # as the batch running now ends.
-                block_ms = READ_BLOCK_MS if every_stream else None
-                deliveries = await self.consumer.read(max(rooms.values()), block_ms, open_streams)
+                # as the batch running now ends; nor while a held stream is read (workers.placement).
+                block_ms = _block_ms(plan.wait_s) if every_stream and plan.may_block else None
+                deliveries = await self.consumer.read(max(rooms.values()), block_ms, plan.streams)
                 backoff = 0.1
             except RedisError as exc:
                 log.warning("read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
+            self.holds.read(plan.streams, {d.stream for d in deliveries}, loop.time())
             await self._admit(deliveries)
             if not deliveries and not every_stream:
-                await self._batch_ends()
+                await self._batch_ends(plan.wait_s)
         with contextlib.suppress(RedisError, OSError):  # unread: reclaimed once this worker is gone
             await self._admit(await self.consumer.drain())  # reads still in flight (a cluster's)
         self.batcher.close()
 
-    async def _batch_ends(self) -> None:
-        """Wait until the batch running now ends (at most one batch's expected time)."""
+    async def _batch_ends(self, wait_s: float | None = None) -> None:
+        """Wait until the batch running now ends (at most one batch's expected time, and at most
+        `wait_s`, when a held stream is due to be read then)."""
         self.batch_done.clear()
+        limit_s = self.refill_ms / 1000.0 if wait_s is None else min(wait_s, self.refill_ms / 1000.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.batch_done.wait(), self.refill_ms / 1000.0)
+            await asyncio.wait_for(self.batch_done.wait(), limit_s)
 
     def _rooms(self) -> dict[str, int]:
         """How many entries to read from each stream now. A pool that serves several tiers reads

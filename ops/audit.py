@@ -1,0 +1,153 @@
+"""`tiergate audit tail`: where requests ran, from the audit stream the workers append to.
+
+An operator command with its own Redis I/O (XREVRANGE, XRANGE, XREAD on `protocol.audit_key()`):
+the last entries, or every entry since a time, optionally of one tenant, as JSON lines; with
+`--follow` it then prints new entries as they arrive until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import re
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+
+from core import protocol, redis_client
+from core.clock import RedisClock
+from core.redis_client import Client
+from core.settings import Settings
+
+PAGE = 1000
+FOLLOW_BLOCK_MS = 1000
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_json = msgspec.json.Encoder()
+
+Entry = tuple[str, protocol.AuditEntry]  # (stream entry id, entry)
+
+
+def since_ms(text: str, now_ms: float) -> int:
+    """`--since`: a duration back from now (`90s`, `15m`, `2h`, `1d`) or an ISO 8601 time (UTC
+    unless it names its offset); raises ValueError naming the accepted forms."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return int(now_ms - float(match.group(1)) * _UNIT_MS[match.group(2)])
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither a duration (90s, 15m, 2h, 1d) nor an ISO 8601 time (2026-01-31T12:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _decode(raw: protocol.StreamEntries, tenant: str | None) -> list[Entry]:
+    found: list[Entry] = []
+    for entry_id, fields in raw:
+        try:
+            entry = protocol.audit_decoder.decode(fields[protocol.PAYLOAD_FIELD])
+        except (msgspec.DecodeError, KeyError):
+            continue
+        if tenant is None or entry.tenant == tenant:
+            found.append((entry_id.decode(), entry))
+    return found
+
+
+async def last(redis: Client, count: int, tenant: str | None = None) -> list[Entry]:
+    """The last `count` entries (of `tenant`), oldest first, read backwards a page at a time."""
+    found: list[Entry] = []
+    upper = "+"
+    while len(found) < count:
+        raw: protocol.StreamEntries = await redis.xrevrange(protocol.audit_key(), max=upper, count=PAGE)  # type: ignore[assignment]
+        found += _decode(raw, tenant)
+        if len(raw) < PAGE:
+            break
+        upper = "(" + raw[-1][0].decode()
+    return list(reversed(found[:count]))
+
+
+async def since(redis: Client, start_ms: int, tenant: str | None = None) -> list[Entry]:
+    """Every entry from `start_ms` (Redis clock) on (of `tenant`), oldest first."""
+    found: list[Entry] = []
+    lower = f"{max(0, start_ms)}-0"
+    while True:
+        raw: protocol.StreamEntries = await redis.xrange(protocol.audit_key(), min=lower, count=PAGE)  # type: ignore[assignment]
+        found += _decode(raw, tenant)
+        if len(raw) < PAGE:
+            return found
+        lower = "(" + raw[-1][0].decode()
+
+
+async def follow(redis: Client, after_id: str, tenant: str | None = None) -> AsyncIterator[Entry]:
+    """Entries appended after `after_id` (of `tenant`), as they arrive; runs until cancelled."""
+    while True:
+        reply: protocol.StreamReply | None = await redis.xread(
+            {protocol.audit_key(): after_id}, count=PAGE, block=FOLLOW_BLOCK_MS
+        )  # type: ignore[assignment]
+        for _, raw in reply or ():
+            after_id = raw[-1][0].decode()
+            for item in _decode(raw, tenant):
+                yield item
+
+
+def line(entry_id: str, entry: protocol.AuditEntry) -> str:
+    """One JSON line: the entry's fields, its stream id, and its time in ISO 8601 (UTC)."""
+    at = datetime.datetime.fromtimestamp(entry.at_ms / 1000, tz=datetime.UTC)
+    fields = {"entry": entry_id, "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    fields.update(msgspec.structs.asdict(entry))
+    fields.setdefault("sensitivity", "")
+    return _json.encode(fields).decode()
+
+
+async def run(settings: Settings, redis_url: str, args: argparse.Namespace) -> int:
+    """`tiergate audit tail`: print the chosen entries, then follow with `--follow`."""
+    redis = await redis_client.connect(settings.redis, redis_url)
+    try:
+        if args.since is None:
+            entries = await last(redis, args.count, args.tenant)
+        else:
+            clock = RedisClock()
+            await clock.sync(redis)
+            try:
+                start_ms = since_ms(args.since, clock.now_ms())
+            except ValueError as exc:
+                print(f"tiergate audit tail: {exc}", file=sys.stderr)
+                return 2
+            entries = await since(redis, start_ms, args.tenant)
+        for entry_id, entry in entries:
+            print(line(entry_id, entry), flush=True)
+        if args.follow:
+            after = entries[-1][0] if entries else "$"
+            async for entry_id, entry in follow(redis, after, args.tenant):
+                print(line(entry_id, entry), flush=True)
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+
+
+def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    audit = sub.add_parser("audit", help="where requests ran: the audit stream of placements")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    tail = audit_sub.add_parser("tail", help="print audit entries as JSON lines, oldest first")
+    common(tail)
+    tail.add_argument("--tenant", default=None, help="only this tenant's requests")
+    tail.add_argument(
+        "--since", default=None, help="every entry since a duration ago (90s, 15m, 2h, 1d) or an ISO 8601 time"
+    )
+    tail.add_argument("--count", type=int, default=20, help="without --since: the last N entries (default: 20)")
+    tail.add_argument("--follow", action="store_true", help="then print new entries as they arrive (Ctrl-C stops)")
+
+
+def main(args: argparse.Namespace, settings: Settings, redis_url: str) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(settings, redis_url, args))
+    return 0
