@@ -107,10 +107,23 @@ def line(entry_id: str, entry: protocol.AuditEntry) -> str:
     return _json.encode(fields).decode()
 
 
+async def newest_id(redis: Client) -> str:
+    """The id of the stream's newest entry ("0-0" while it is empty)."""
+    raw: protocol.StreamEntries = await redis.xrevrange(protocol.audit_key(), count=1)  # type: ignore[assignment]
+    return raw[0][0].decode() if raw else "0-0"
+
+
+def _later(a: str, b: str) -> str:
+    return max(a, b, key=lambda entry_id: tuple(int(part) for part in entry_id.split("-")))
+
+
 async def run(settings: Settings, redis_url: str, args: argparse.Namespace) -> int:
     """`tiergate audit tail`: print the chosen entries, then follow with `--follow`."""
     redis = await redis_client.connect(settings.redis, redis_url)
     try:
+        # Following goes on from the stream's end as it was before the history was read (or from
+        # the last entry printed, if later): an entry appended in between is printed once.
+        start = await newest_id(redis) if args.follow else "0-0"
         if args.since is None:
             entries = await last(redis, args.count, args.tenant)
         else:
@@ -125,7 +138,7 @@ async def run(settings: Settings, redis_url: str, args: argparse.Namespace) -> i
         for entry_id, entry in entries:
             print(line(entry_id, entry), flush=True)
         if args.follow:
-            after = entries[-1][0] if entries else "$"
+            after = _later(start, entries[-1][0]) if entries else start
             async for entry_id, entry in follow(redis, after, args.tenant):
                 print(line(entry_id, entry), flush=True)
         return 0
