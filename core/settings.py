@@ -26,6 +26,10 @@ from .errors import ConfigError
 # `tiergate config init` writes a copy of it to edit. Packages are installed unzipped: a real file.
 DEFAULT_CONFIG_PATH = Path(str(resources.files("core").joinpath("default.toml")))
 TIER_NAMES = ("realtime", "interactive", "batch")
+# Only a pool that serves the batch tier alone may run no worker at all (KEDA scales it to zero,
+# ops/deploy/keda.py; /readyz does not wait for it): the first request of a stricter tier would
+# wait for a worker to start, far past its deadline.
+SCALE_TO_ZERO_TIERS = frozenset({"batch"})
 
 
 def tier_rank(tier: str) -> int:
@@ -153,6 +157,10 @@ class PoolSettings(_Frozen, frozen=True):
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
+
+    def scales_to_zero(self) -> bool:
+        """Whether the pool may run no worker at all (it serves only `SCALE_TO_ZERO_TIERS`)."""
+        return set(self.tiers) <= SCALE_TO_ZERO_TIERS
 
 
 class AccountingSettings(_Frozen, frozen=True):
