@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from . import protocol
+from .capabilities import LOCAL_MODELS
 from .errors import ConfigError
 
 # The default config ships inside this package (package data), so an installed wheel finds it;
@@ -128,6 +129,8 @@ class ModelSettings(_Frozen, frozen=True):
     params: PositiveInt  # parameter count, for FLOPs per token
     default_tier: str = "interactive"
     dimensions: PositiveInt = 16  # embed models only
+    # Backend "local": the model a worker process runs for it (core/capabilities.py: LOCAL_MODELS).
+    local: str = ""
 
 
 class UpstreamSettings(_Frozen, frozen=True):
@@ -152,8 +155,10 @@ class PoolSettings(_Frozen, frozen=True):
     max_wait_ms: NonNegativeFloat = 0.0
     # Share of the slots a lower tier is guaranteed while a stricter tier of this pool keeps it busy.
     min_share: Annotated[float, Meta(ge=0, le=1)] = 0.1
-    backend: Literal["simulated", "openai"] = "simulated"
+    backend: Literal["simulated", "openai", "local"] = "simulated"
     upstream: UpstreamSettings | None = None  # backend "openai" only
+    # Backend "local": CPU threads of each worker process's forward pass (replicas x threads <= cores).
+    threads: PositiveInt = 1
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
@@ -383,6 +388,7 @@ def validate(s: Settings) -> list[str]:
     for name, pool in s.pools.items():
         problems += [f"pools.{name}.{p}" for p in _check_pool(pool, s)]
         problems += [f"pools.{name}.{p}" for p in _check_upstream(pool)]
+        problems += [f"pools.{name}.{p}" for p in _check_local(pool, s)]
     problems += [
         f"gateway.tier_ports.{tier}: unknown tier (expected one of {', '.join(s.tiers)})"
         for tier in s.gateway.tier_ports
@@ -450,6 +456,27 @@ def _check_upstream(pool: PoolSettings) -> list[str]:
     if not pool.upstream.base_url.startswith(("http://", "https://")):
         return [f"upstream.base_url: {pool.upstream.base_url!r} is not an http:// or https:// URL"]
     return []
+
+
+def _check_local(pool: PoolSettings, s: Settings) -> list[str]:
+    """A local pool's models must each name a model the worker can run, of its kind and size."""
+    if pool.backend != "local":
+        return []
+    problems: list[str] = []
+    for name in pool.models:
+        model = s.models.get(name)
+        if model is None:
+            continue  # reported by _check_pool
+        known = LOCAL_MODELS.get(model.local)
+        if known is None:
+            choices = ", ".join(sorted(LOCAL_MODELS))
+            problems.append(f"models: model {name!r} names no local model (local = {model.local!r}; known: {choices})")
+        elif (model.kind, model.dimensions) != known:
+            problems.append(
+                f"models: model {name!r} runs {model.local}, which is kind = {known[0]!r} with "
+                f"dimensions = {known[1]} (the config says {model.kind!r}, {model.dimensions})"
+            )
+    return problems
 
 
 def _check_routing(s: Settings) -> list[str]:
