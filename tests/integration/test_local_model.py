@@ -11,10 +11,12 @@ from typing import Any
 import msgspec
 import numpy as np
 import openai
+import redis.asyncio as aioredis
 
 from core.settings import Settings, load_settings
 from tests.conftest import LOCAL_CONFIG
 from tests.integration.conftest import Stack, wait_until
+from workers.process import WorkerProcess
 
 StartStack = Any
 TEXTS = [
@@ -87,6 +89,26 @@ async def test_the_openai_sdk_embeds_a_list_of_inputs(stack: StartStack, local_m
     assert answer.model == "minilm" and answer.usage.prompt_tokens > len(TEXTS)
     assert min(cosines([d.embedding for d in answer.data], own(local_model, TEXTS))) > 0.9999
     assert min(cosines([d.embedding for d in floats.data], own(local_model, TEXTS[:2]))) > 0.9999
+
+
+async def test_the_model_loads_before_the_worker_joins_its_consumer_group(redis_url: str, local_model: Any) -> None:
+    settings = local_settings()
+    lane = settings.lane_for("interactive", "default", "minilm")
+    assert lane is not None
+    ready = asyncio.Event()
+    worker = WorkerProcess(settings, "minilm", redis_url, ready=lambda **_: ready.set())
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert getattr(worker.backend, "model", None) is local_model  # loaded, once per process
+        assert await client.exists(lane.stream) == 0  # and no group (nor stream) yet
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(ready.wait(), 10)
+        groups = await client.xinfo_groups(lane.stream)
+        assert [g["name"] for g in groups] == [b"workers"]
+        worker.stop()
+        await asyncio.wait_for(task, 15)
+    finally:
+        await client.aclose()
 
 
 async def test_readyz_waits_for_the_model_pools_worker(stack: StartStack, local_model: Any) -> None:
