@@ -1,6 +1,7 @@
 """A real model behind a worker (backend "local", config/local.toml): all-MiniLM-L6-v2's embeddings
 through the whole gateway equal the model's own, alone or sharing a batch, natively and through
-the official `openai` SDK. Skipped without the `tiergate[local]` extra, unless CI requires it.
+the official `openai` SDK; the model loads before the worker joins its group, and /readyz waits
+for it. Skipped without the `tiergate[local]` extra, unless CI requires it.
 """
 
 from __future__ import annotations
