@@ -2,16 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The extras installed into the virtual environment; CI adds `local` (torch's CPU build and a real
+# model, about 1.2 GB: `make test EXTRAS=dev,local`), whose tests skip without it.
+EXTRAS ?= dev
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(VENV)/.extras | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
+
+# Rewritten only when EXTRAS changes, so that a change installs again.
+$(VENV)/.extras: FORCE | $(BIN)/python
+	@echo '$(EXTRAS)' | cmp -s - $@ || echo '$(EXTRAS)' > $@
 
 up: $(VENV)/.installed
 	$(BIN)/tiergate up $(ARGS)

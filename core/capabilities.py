@@ -3,7 +3,8 @@ before queueing a request and the backends check again before running it, keyed 
 
 `fields_used` names what a request asks of the model beyond plain text generation (a field of
 its `Generation` set to a value that changes the answer, a content part that is not text, a tool
-call in its conversation), each with the JSON path it came from. Pure; no I/O.
+call in its conversation), each with the JSON path it came from. `LOCAL_MODELS` lists the models
+backend "local" can run. Pure; no I/O.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ SUPPORTS: dict[str, frozenset[str]] = {
     # Simulated models echo deterministically: they cut their output at `stop` and `max_tokens`,
     # and generate text only, one choice, without log probabilities.
     "simulated": SAMPLING | HINTS | {"stop", "max_tokens", "max_completion_tokens"},
+    # A model run in the worker process (workers/backends/local.py) embeds text; sampling settings
+    # and hints leave an embedding as it is.
+    "local": SAMPLING | HINTS,
+}
+
+# The models backend "local" can run (a model's `local` key), each with its kind and dimensions;
+# their weights ship in the `tiergate[local]` extra.
+LOCAL_MODELS: dict[str, tuple[str, int]] = {
+    "all-MiniLM-L6-v2": ("embed", 384),
 }
 
 # Values of an `extra` field that ask for nothing beyond plain text.

@@ -50,6 +50,7 @@ RATE_LIMITED = "rate_limited"
 REDIS_UNAVAILABLE = "redis_unavailable"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 WORKER_ERROR = "worker_error"
+NOT_READY = "not_ready"  # /readyz only: a pool of the config has no live worker yet
 
 
 class TiergateError(Exception):

@@ -20,12 +20,17 @@ import msgspec
 from msgspec import Meta
 
 from . import protocol
+from .capabilities import LOCAL_MODELS
 from .errors import ConfigError
 
 # The default config ships inside this package (package data), so an installed wheel finds it;
 # `tiergate config init` writes a copy of it to edit. Packages are installed unzipped: a real file.
 DEFAULT_CONFIG_PATH = Path(str(resources.files("core").joinpath("default.toml")))
 TIER_NAMES = ("realtime", "interactive", "batch")
+# Only a pool that serves the batch tier alone may run no worker at all (KEDA scales it to zero,
+# ops/deploy/keda.py; /readyz does not wait for it): the first request of a stricter tier would
+# wait for a worker to start, far past its deadline.
+SCALE_TO_ZERO_TIERS = frozenset({"batch"})
 
 
 def tier_rank(tier: str) -> int:
@@ -140,6 +145,8 @@ class ModelSettings(_Frozen, frozen=True):
     params: PositiveInt  # parameter count, for FLOPs per token
     default_tier: str = "interactive"
     dimensions: PositiveInt = 16  # embed models only
+    # Backend "local": the model a worker process runs for it (core/capabilities.py: LOCAL_MODELS).
+    local: str = ""
 
 
 class UpstreamSettings(_Frozen, frozen=True):
@@ -164,8 +171,10 @@ class PoolSettings(_Frozen, frozen=True):
     max_wait_ms: NonNegativeFloat = 0.0
     # Share of the slots a lower tier is guaranteed while a stricter tier of this pool keeps it busy.
     min_share: Annotated[float, Meta(ge=0, le=1)] = 0.1
-    backend: Literal["simulated", "openai"] = "simulated"
+    backend: Literal["simulated", "openai", "local"] = "simulated"
     upstream: UpstreamSettings | None = None  # backend "openai" only
+    # Backend "local": CPU threads of each worker process's forward pass (replicas x threads <= cores).
+    threads: PositiveInt = 1
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
@@ -190,6 +199,10 @@ class UsageSettings(_Frozen, frozen=True):
     tenants: list[str] = msgspec.field(default_factory=list)
     hourly_retention_h: PositiveInt = 192  # how long each hour's counts stay readable
     daily_retention_d: PositiveInt = 400  # how long each day's counts stay readable
+
+    def scales_to_zero(self) -> bool:
+        """Whether the pool may run no worker at all (it serves only `SCALE_TO_ZERO_TIERS`)."""
+        return set(self.tiers) <= SCALE_TO_ZERO_TIERS
 
 
 class AccountingSettings(_Frozen, frozen=True):
@@ -486,6 +499,7 @@ def validate(s: Settings) -> list[str]:
     for name, pool in s.pools.items():
         problems += [f"pools.{name}.{p}" for p in _check_pool(pool, s)]
         problems += [f"pools.{name}.{p}" for p in _check_upstream(pool)]
+        problems += [f"pools.{name}.{p}" for p in _check_local(pool, s)]
     problems += [
         f"gateway.tier_ports.{tier}: unknown tier (expected one of {', '.join(s.tiers)})"
         for tier in s.gateway.tier_ports
@@ -554,6 +568,27 @@ def _check_upstream(pool: PoolSettings) -> list[str]:
     if not pool.upstream.base_url.startswith(("http://", "https://")):
         return [f"upstream.base_url: {pool.upstream.base_url!r} is not an http:// or https:// URL"]
     return []
+
+
+def _check_local(pool: PoolSettings, s: Settings) -> list[str]:
+    """A local pool's models must each name a model the worker can run, of its kind and size."""
+    if pool.backend != "local":
+        return []
+    problems: list[str] = []
+    for name in pool.models:
+        model = s.models.get(name)
+        if model is None:
+            continue  # reported by _check_pool
+        known = LOCAL_MODELS.get(model.local)
+        if known is None:
+            choices = ", ".join(sorted(LOCAL_MODELS))
+            problems.append(f"models: model {name!r} names no local model (local = {model.local!r}; known: {choices})")
+        elif (model.kind, model.dimensions) != known:
+            problems.append(
+                f"models: model {name!r} runs {model.local}, which is kind = {known[0]!r} with "
+                f"dimensions = {known[1]} (the config says {model.kind!r}, {model.dimensions})"
+            )
+    return problems
 
 
 def _check_routing(s: Settings) -> list[str]:

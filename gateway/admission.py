@@ -4,12 +4,13 @@ A request is refused at once (429 with Retry-After) when its tier's queue is at 
 when the estimated wait (backlog / the live workers' capacity for this tier) plus the expected
 service time exceeds `DEADLINE_SHARE` of its deadline. With no live worker heartbeat the capacity
 is unknown and only the queue limit applies: requests queue for workers that are starting.
+The same heartbeats tell /readyz which pools have no live worker yet.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from core.errors import QueueFull
@@ -39,6 +40,12 @@ def capacity_from(beats: Iterable[Heartbeat], now_ms: float) -> Capacity | None:
     return Capacity(
         per_s=sum(b.capacity_per_s for b in live), service_ms=max(b.service_ms for b in live), workers=len(live)
     )
+
+
+def pools_without_workers(pools: Iterable[str], beats: Mapping[str, Iterable[Heartbeat]], now_ms: float) -> list[str]:
+    """Those of `pools` (sorted) that no worker has heartbeated for lately, on any stream."""
+    live = {b.pool for stream_beats in beats.values() for b in stream_beats if now_ms - b.at_ms < HEARTBEAT_STALE_MS}
+    return sorted(set(pools) - live)
 
 
 @dataclass(slots=True, frozen=True)

@@ -38,7 +38,7 @@ from core.settings import Settings
 from core.tracing import start as start_tracing
 
 from . import auth, dashboard, handlers, metrics, openai_api, openapi
-from .admission import capacity_from
+from .admission import capacity_from, pools_without_workers
 from .calls import CALLS, Calls
 from .http_shared import json_response
 from .openai_stream import error_body
@@ -202,6 +202,8 @@ def _sampler(state: GatewayState, gauges: metrics.GatewayMetrics) -> Callable[[]
     capacity for admission, and, every `queue_sample_interval_s`, every tier stream's group lag
     and pending entries for /metrics and the dashboard."""
     heartbeats = {lane.stream: protocol.heartbeat_key(lane.name) for lane in state.router.table()}
+    # /readyz waits for these: every pool it routes to, less those that may scale to zero.
+    pools = {p for lane in state.router.table() for p in lane.pools if not state.settings.pools[p].scales_to_zero()}
     groups_every_s = state.settings.metrics.queue_sample_interval_s
     groups_due = 0.0
 
@@ -212,6 +214,8 @@ def _sampler(state: GatewayState, gauges: metrics.GatewayMetrics) -> Callable[[]
         sampled = await state.queue.sample(heartbeats, groups)
         now_ms = state.clock.now_ms()
         state.capacity = {stream: capacity_from(beats, now_ms) for stream, beats in sampled.beats.items()}
+        if state.pools_waiting != []:  # ready once: a pool that loses its workers later does not
+            state.pools_waiting = pools_without_workers(pools, sampled.beats, now_ms)  # unready every tier
         if groups:
             groups_due = now + groups_every_s
             gauges.observe_queues(state.queue.lengths, sampled.groups)

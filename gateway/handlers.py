@@ -17,7 +17,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from core import protocol
-from core.errors import CANCELLED, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
+from core.errors import CANCELLED, NOT_READY, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
 from . import usage
 from .calls import CALLS, Call
@@ -190,9 +190,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 while Redis answers, once every pool this gateway routes to has had a live worker (a
+    fresh heartbeat at a queue sample: a worker heartbeats once its model is loaded; pools that
+    may scale to zero are not waited for), else 503."""
     state = request.app[STATE]
-    if await state.queue.ping():
-        return json_response({"status": "ready", "gateway": state.gateway_id})
-    return json_response(
-        {"status": "unavailable", "error": {"type": REDIS_UNAVAILABLE, "message": "Redis is unreachable"}}, status=503
-    )
+    if not await state.queue.ping():
+        error = {"type": REDIS_UNAVAILABLE, "message": "Redis is unreachable"}
+        return json_response({"status": "unavailable", "gateway": state.gateway_id, "error": error}, status=503)
+    waiting = state.pools_waiting
+    if waiting is None or waiting:
+        message = (
+            "the queues were not sampled yet"
+            if waiting is None
+            else f"no live worker yet in pool{'s' if len(waiting) > 1 else ''} {', '.join(waiting)}"
+        )
+        error = {"type": NOT_READY, "message": message}
+        return json_response({"status": "starting", "gateway": state.gateway_id, "error": error}, status=503)
+    return json_response({"status": "ready", "gateway": state.gateway_id})

@@ -301,7 +301,7 @@ def _paths() -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness: never touches Redis", "responses": {"200": _json(obj, "ok")}}},
         "/readyz": {
             "get": {
-                "summary": "Readiness: Redis answers",
+                "summary": "Readiness: Redis answers and every pool has a live worker",
                 "responses": {"200": _json(obj, "ready"), **_errors(503)},
             }
         },

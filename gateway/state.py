@@ -28,6 +28,9 @@ class GatewayState:
     waiters: Waiters
     clock: RedisClock
     capacity: dict[str, admission.Capacity | None] = field(default_factory=dict)  # per stream, sampled
+    # Pools /readyz waits for (gateway/app.py): without a live worker at the last sample, None
+    # before the first; once empty, it stays empty.
+    pools_waiting: list[str] | None = None
 
     def admit(self, route: Route) -> admission.Admission:
         """Admission for a routed request from the backlog as it is now, projected from the last

@@ -116,6 +116,17 @@ def _tiers(flag: str | None, settings: Settings) -> list[str] | None:
     return tiers
 
 
+def _require_extras(args: argparse.Namespace, settings: Settings) -> None:
+    """Here, not in each child: one clear line naming an extra the config needs and lacks."""
+    if settings.tracing.enabled:
+        tracing.require()
+    if args.command in ("up", "worker"):
+        from workers.backends import local
+
+        pools = [args.pool] if args.command == "worker" and args.pool in settings.pools else list(settings.pools)
+        local.require(settings, pools)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     if args.pool not in settings.pools:
         raise SystemExit(f"tiergate: unknown pool {args.pool!r} (configured: {', '.join(settings.pools)})")
@@ -498,8 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(args.log_level)
     try:
         settings = load_settings(args.config)
-        if settings.tracing.enabled:
-            tracing.require()  # here, not in each child: one clear line naming the extra
+        _require_extras(args, settings)
     except ConfigError as exc:
         raise SystemExit(f"tiergate: {exc}") from None
     try:

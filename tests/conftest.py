@@ -6,6 +6,9 @@ with TIERGATE_TEST_REQUIRE_REDIS=1 (as CI sets) it fails instead. TIERGATE_TEST_
 (`path`, `bundled` or `fakeredis`) chooses one; it is handed to the `tiergate up` that tests start
 as TIERGATE_EMBEDDED_REDIS. The same binary runs the Redis Cluster of `redis_cluster`.
 
+`local_model` is the real model of backend "local" (the `tiergate[local]` extra); its tests skip
+where the extra is not installed, unless TIERGATE_TEST_REQUIRE_LOCAL=1 (as CI sets): then they fail.
+
 The `tiergate` processes a test starts (tests/processes.py) have their stderr attached to the
 report of a test that fails, and a test whose processes printed a Python traceback fails, unless
 it is marked `expects_traceback`.
@@ -33,6 +36,8 @@ TEST_REDIS = os.environ.get("TIERGATE_TEST_REDIS_SERVER") or "auto"
 if TEST_REDIS != "auto":
     os.environ["TIERGATE_EMBEDDED_REDIS"] = TEST_REDIS
 REQUIRE_REDIS = os.environ.get("TIERGATE_TEST_REQUIRE_REDIS") == "1"
+REQUIRE_LOCAL = os.environ.get("TIERGATE_TEST_REQUIRE_LOCAL") == "1"
+LOCAL_CONFIG = REPO / "config" / "local.toml"
 
 
 def real_redis() -> bool:
@@ -74,6 +79,22 @@ def make_settings() -> Callable[..., Settings]:
         return parse_settings(raw)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def local_model() -> Any:
+    """all-MiniLM-L6-v2 as backend "local" loads it (once per process: the workers of in-process
+    stacks share it)."""
+    from core.errors import ConfigError
+    from workers.backends import local
+
+    try:
+        local.require(load_settings(LOCAL_CONFIG), ["minilm"])
+    except ConfigError as exc:
+        if REQUIRE_LOCAL:
+            pytest.fail(f"TIERGATE_TEST_REQUIRE_LOCAL=1, but {exc}")
+        pytest.skip(str(exc))
+    return local.load("all-MiniLM-L6-v2")
 
 
 @dataclass

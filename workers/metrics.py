@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from core.buckets import BATCH_SIZE_BUCKETS, latency_buckets_s
 from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR
@@ -68,9 +68,25 @@ class WorkerMetrics:
             )
             for tier in pool.tiers
         }
+        self._model_metrics(pool_labels)
         self._endpoint = MetricsEndpoint(self.registry)
         self.url = ""
         self.running = 0  # requests of the batch being executed
+
+    def _model_metrics(self, pool_labels: tuple[str, ...]) -> None:
+        """A model run in this process (backend local): its forward passes, against the process's
+        own CPU time (process_cpu_seconds_total), which also holds everything else a worker does."""
+        r = self.registry
+        self.model = Counter(
+            "tiergate_worker_model_seconds", "Wall time of the forward passes of a model run in this process",
+            pool_labels, registry=r,
+        ).labels(*self.labels)  # fmt: skip
+        self.model_cpu = Counter(
+            "tiergate_worker_model_cpu_seconds", "CPU time of the thread that runs those forward passes",
+            pool_labels, registry=r,
+        ).labels(*self.labels)  # fmt: skip
+        self._model_seen = (0.0, 0.0)
+        ProcessCollector(registry=r)
 
     def serve(self) -> str:
         """Start the /metrics HTTP server; returns its URL (with the real port)."""
@@ -82,6 +98,12 @@ class WorkerMetrics:
 
     def track_in_flight(self, count: Callable[[], float]) -> None:
         self.in_flight.set_function(count)
+
+    def observe_model(self, spent: tuple[float, float]) -> None:
+        """A `ModelClock`'s totals after a batch: wall and CPU seconds of its forward passes."""
+        self.model.inc(max(0.0, spent[0] - self._model_seen[0]))
+        self.model_cpu.inc(max(0.0, spent[1] - self._model_seen[1]))
+        self._model_seen = spent
 
     def observe(self, replies: Sequence[tuple[object, Reply]]) -> None:
         """Replies of one executed batch (its Results share the batch's size and service time),

@@ -25,7 +25,7 @@ from core.protocol import Reply, Result
 from core.settings import Settings
 from core.tracing import start as start_tracing
 
-from .backends import make_backend
+from .backends import ModelClock, make_backend
 from .batcher import Batcher
 from .cancels import CancelledIds
 from .capacity import CapacityMeter, expected_batch_ms
@@ -261,6 +261,8 @@ class WorkerProcess:
                 replies = await self.executor.execute(batch)
                 self.metrics.running = 0
                 self.metrics.observe(replies)
+                if isinstance(self.backend, ModelClock):
+                    self.metrics.observe_model(self.backend.model_seconds())
                 self.batch_done.set()
                 if publishing is not None:
                     await publishing

@@ -13,9 +13,6 @@ from core.settings import Settings
 from .common import dns_name
 
 MAX_SCALE = 10  # a pool scales up to this many times its configured replicas
-# Only a pool that serves the batch tier alone starts from zero: the first request of a stricter
-# tier would wait for a pod to start, far past its deadline.
-SCALE_TO_ZERO_TIERS = frozenset({"batch"})
 NOTES = (
     "One ScaledObject per pool, one redis-streams trigger per request stream the pool reads (its consumer",
     f"group is {GROUP!r}), scaled on the group's lag: entries no worker has read yet. Lag needs Redis 7 or",
@@ -66,7 +63,7 @@ def triggers(settings: Settings, pool: str) -> list[dict[str, Any]]:
 
 def scaled_object(settings: Settings, pool: str) -> dict[str, Any]:
     p = settings.pools[pool]
-    minimum = 0 if set(p.tiers) <= SCALE_TO_ZERO_TIERS else p.replicas
+    minimum = 0 if p.scales_to_zero() else p.replicas
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

@@ -175,6 +175,32 @@ async def test_redis_unreachable_is_503_and_healthz_stays_up(stack: StartStack) 
     assert await s.get("/healthz") == (200, {"status": "ok"})
 
 
+async def test_readyz_waits_until_every_pool_has_had_a_live_worker(stack: StartStack) -> None:
+    s: Stack = await stack(pools=[])
+
+    async def readyz_says(expected: str) -> bool:
+        status, body = await s.get("/readyz")
+        return status == 200 if expected == "ready" else body.get("error", {}).get("message") == expected
+
+    # cerebras-batch serves the batch tier alone: it may scale to zero, so readiness never waits for it.
+    await wait_until(
+        lambda: readyz_says(
+            "no live worker yet in pools groq-realtime, h100-interactive, inferentia-mixed, tpu-interactive"
+        )
+    )
+    await s.start_workers(["h100-interactive", "inferentia-mixed", "tpu-interactive"])
+    await wait_until(lambda: readyz_says("no live worker yet in pool groq-realtime"))
+    status, body = await s.get("/readyz")
+    assert (status, body["status"], body["error"]["type"]) == (503, "starting", "not_ready")
+    await s.start_workers(["groq-realtime"])
+    await wait_until(lambda: readyz_says("ready"))
+    # Ready once, it stays ready while Redis answers: losing a pool's workers does not take every tier away.
+    await s.stop_workers()  # they withdraw their heartbeats: the next sample finds no live worker
+    state = s.server.app[STATE]
+    await wait_until(lambda: state.capacity and all(capacity is None for capacity in state.capacity.values()))
+    assert (await s.get("/readyz"))[0] == 200
+
+
 async def test_undecodable_entry_is_dead_lettered_and_the_worker_keeps_serving(
     stack: StartStack, redis_url: str
 ) -> None:

@@ -5,13 +5,14 @@ a request it could not run gets a Completion with `error` set. With a `TokenSink
 each piece of output as it is made. `started_s` is the `time.perf_counter()` instant the caller
 measures the batch's service time from (None: when `run` is called). Each backend's `supports` is
 its row of the capability table (core/capabilities.py), which the gateway checks requests against
-before queueing them. `make_backend` builds the backend a pool's settings name.
+before queueing them. `make_backend` builds the backend a pool's settings name. A backend that
+runs a model in the worker process (local) is also a `ModelClock`: its forward passes' time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -47,6 +48,15 @@ class Backend(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class ModelClock(Protocol):
+    """A backend that runs a model in this process says how long its forward passes took."""
+
+    def model_seconds(self) -> tuple[float, float]:
+        """Wall and CPU seconds (of the thread that ran them) of every forward pass so far."""
+        ...
+
+
 def make_backend(settings: Settings, pool_name: str) -> Backend:
     pool = settings.pools[pool_name]
     if pool.backend == "simulated":
@@ -57,4 +67,8 @@ def make_backend(settings: Settings, pool_name: str) -> Backend:
         from .openai import OpenAIBackend
 
         return OpenAIBackend(settings, pool_name)
+    if pool.backend == "local":
+        from .local import LocalBackend
+
+        return LocalBackend(settings, pool_name)
     raise ValueError(f"pools.{pool_name}.backend: unknown backend {pool.backend!r}")
