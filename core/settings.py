@@ -182,6 +182,10 @@ class PoolSettings(_Frozen, frozen=True):
     # of a higher class never reaches it (docs/sovereignty.md).
     clearance: Literal["public", "internal", "restricted"] = "public"
 
+    def scales_to_zero(self) -> bool:
+        """Whether the pool may run no worker at all (it serves only `SCALE_TO_ZERO_TIERS`)."""
+        return set(self.tiers) <= SCALE_TO_ZERO_TIERS
+
 
 class AuditSettings(_Frozen, frozen=True):
     """The audit stream: one entry per request a worker answers, saying where it ran."""
@@ -199,10 +203,6 @@ class UsageSettings(_Frozen, frozen=True):
     tenants: list[str] = msgspec.field(default_factory=list)
     hourly_retention_h: PositiveInt = 192  # how long each hour's counts stay readable
     daily_retention_d: PositiveInt = 400  # how long each day's counts stay readable
-
-    def scales_to_zero(self) -> bool:
-        """Whether the pool may run no worker at all (it serves only `SCALE_TO_ZERO_TIERS`)."""
-        return set(self.tiers) <= SCALE_TO_ZERO_TIERS
 
 
 class AccountingSettings(_Frozen, frozen=True):
