@@ -207,6 +207,25 @@ class TracingSettings(_Frozen, frozen=True):
     sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
 
+class BatchSettings(_Frozen, frozen=True):
+    """The OpenAI Batch API (docs/batch.md): limits on its files, and how its runner feeds lines."""
+
+    max_file_bytes: PositiveInt = 104_857_600  # an uploaded file's size limit
+    max_lines: PositiveInt = 50_000  # lines of one batch's input file
+    max_line_bytes: PositiveInt = 1_048_576  # one line of an input file
+    # Where file contents are kept: "redis" (every gateway reads them; up to redis_max_file_bytes
+    # each), or "directory" (a directory every gateway shares, `directory`).
+    storage: Literal["redis", "directory"] = "redis"
+    redis_max_file_bytes: PositiveInt = 104_857_600
+    directory: str = ""
+    max_in_flight_per_batch: PositiveInt = 256  # lines of one batch queued or running at once
+    max_in_flight: PositiveInt = 1024  # lines of every batch one gateway runs, queued or running at once
+    lease_ttl_s: PositiveFloat = 10.0  # a runner silent this long loses its batch to another gateway
+    poll_interval_s: PositiveFloat = 1.0  # how often each gateway looks for a batch without a runner
+    retry_after_max_s: PositiveFloat = 5.0  # the longest wait after a 429 before a line is offered again
+    file_ttl_s: PositiveInt = 30 * 86_400  # how long files and batch records are kept
+
+
 def _default_service_tiers() -> dict[str, str]:
     return {"priority": "realtime", "default": "interactive", "flex": "batch"}
 
@@ -229,6 +248,7 @@ class Settings(_Frozen, frozen=True):
     metrics: MetricsSettings = MetricsSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     tracing: TracingSettings = TracingSettings()
+    batches: BatchSettings = BatchSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -396,6 +416,8 @@ def validate(s: Settings) -> list[str]:
             f"supervisor.restart_backoff_max_s: {s.supervisor.restart_backoff_max_s:g} is below "
             f"restart_backoff_s ({s.supervisor.restart_backoff_s:g})"
         )
+    if s.batches.storage == "directory" and not s.batches.directory:
+        problems.append('batches.directory: storage = "directory" needs the directory files are kept in')
     problems += _check_routing(s)
     return problems
 

@@ -36,8 +36,11 @@ from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.tracing import start as start_tracing
 
-from . import dashboard, handlers, metrics, openai_api, openapi
+from . import batch_api, dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from
+from .batch_lines import BATCH_TIER
+from .batch_runner import BatchRunner
+from .batch_store import BatchStore
 from .calls import CALLS, Calls
 from .http_shared import json_response
 from .openai_stream import error_body
@@ -56,7 +59,7 @@ GATEWAY_HEADER = "X-Tiergate-Gateway"  # on every answer: the id of the gateway 
 
 def error_response(status: int, code: str, message: str, path: str = "") -> web.Response:
     """The native error shape, or OpenAI's on the OpenAI-compatible paths."""
-    if path in openai_api.PATHS:
+    if path in openai_api.PATHS or path.startswith(batch_api.PREFIXES):
         return json_response(error_body(status, code, message), status=status)
     return json_response({"error": {"type": code, "message": message}}, status=status)
 
@@ -96,8 +99,10 @@ def body_timeout(timeout_s: float) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # A body that arrived with its headers (nearly all) is read at once: no timer needed.
-        if request.body_exists and not request.content.is_eof():
+        # A body that arrived with its headers (nearly all) is read at once: no timer needed. A
+        # file upload is read in parts by its handler, against its own limit and timer.
+        upload = request.path == batch_api.UPLOAD_PATH and request.method == "POST"
+        if request.body_exists and not upload and not request.content.is_eof():
             try:
                 async with asyncio.timeout(timeout_s):
                     await request.read()  # cached: the handler's own read() returns it
@@ -129,6 +134,7 @@ def build_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
+    batch_api.add_routes(app)
     openapi.add_routes(app, settings, tiers)
     gateway_id = gateway_id or new_gateway_id()
     app.on_response_prepare.append(_signed(gateway_id))
@@ -167,6 +173,8 @@ def _lifecycle(
         tracing = start_tracing(settings.tracing, "gateway", {"service.instance.id": gateway_id})
         calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing)
         reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
+        store = app[batch_api.STORE] = BatchStore(redis, settings.batches)
+        runner = BatchRunner(calls, store, app[metrics.METRICS].batch)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(reader.run(stop)),
@@ -174,8 +182,11 @@ def _lifecycle(
             asyncio.create_task(every(SAMPLE_S, stop, _sampler(state, app[metrics.METRICS]))),
             asyncio.create_task(every(settings.metrics.queue_sample_interval_s, stop, calls.sweep)),
         ]
+        if BATCH_TIER in state.router.tiers:  # a gateway serving the batch tier runs batches
+            tasks.append(asyncio.create_task(every(settings.batches.poll_interval_s, stop, runner.look)))
         yield
         stop.set()
+        await runner.close()
         await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
         waiters.fail_all(BackendUnavailable("the gateway is shutting down"))
         await state.queue.close()
