@@ -145,7 +145,7 @@ class BatchRunner:
                 if stop.is_set():
                     self.slots.release()
                     break
-                task = asyncio.create_task(self._line(record, line))
+                task = asyncio.create_task(self._line(record, line, stop))
                 started.add(task)
                 task.add_done_callback(self._freed(started, own))
             await asyncio.gather(*started)
@@ -189,9 +189,10 @@ class BatchRunner:
         await self.store.save(record)
         return record
 
-    async def _line(self, record: protocol.BatchRecord, line: Line) -> None:
-        """Run one line until it has an outcome (a 429 or Redis away: wait, offer it again), then
-        record it; a line recorded elsewhere first keeps that outcome."""
+    async def _line(self, record: protocol.BatchRecord, line: Line, stop: asyncio.Event) -> None:
+        """Run one line until it has an outcome (a 429 or Redis away: wait, offer it again, unless
+        the batch was stopped meanwhile), then record it; a line recorded elsewhere first keeps
+        that outcome."""
         while True:
             try:
                 outcome = await batch_lines.run(self.calls, record.endpoint, record.id, line)
@@ -200,6 +201,8 @@ class BatchRunner:
                 await asyncio.sleep(min(float(exc.retry_after_s), self.settings.retry_after_max_s))
             except BackendUnavailable:
                 await asyncio.sleep(RETRY_S)
+            if stop.is_set():
+                return  # never queued: it ends batch_cancelled or batch_expired
         while True:
             try:
                 if await self.store.record(record.id, line.custom_id, outcome):

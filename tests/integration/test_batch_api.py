@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -214,4 +215,26 @@ async def test_files_are_listed_read_deleted_and_limited(
         await aio.batches.create(input_file_id=small[1].id, endpoint=CHAT, completion_window="2d")  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="endpoint"):
         await aio.batches.create(input_file_id=small[1].id, endpoint="/v1/responses", completion_window="24h")  # type: ignore[arg-type]
+    await aio.close()
+
+
+async def test_batches_take_turns_and_files_may_live_in_a_directory(
+    stack: StartStack, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = settings_for_batches(
+        make_settings, max_in_flight=2, max_in_flight_per_batch=2, storage="directory", directory=str(tmp_path)
+    )
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    first, second = [
+        await run_batch(aio, jsonl([chat_line(f"{name}{i}", f"{name} {i}") for i in range(60)]))
+        for name in ("first", "second")
+    ]
+    ahead = await until(aio, first.id, lambda batch: batch.request_counts.completed >= 30)
+    behind = await aio.batches.retrieve(second.id)
+    assert ahead.status == "in_progress" and behind.request_counts.completed >= 20  # the two take turns
+    for batch in (first, second):
+        done = await until_status(aio, batch.id, "completed")
+        assert len(await lines_of(aio, done.output_file_id)) == 60
+    assert {path.name for path in tmp_path.iterdir()} >= {first.input_file_id, f"file-{first.id[6:]}-output"}
     await aio.close()
