@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,11 @@ async def test_a_batch_of_chat_lines_completes_with_every_answer_once(
         assert answer["choices"][0]["message"]["content"] == texts[line["custom_id"]][::-1]
     listed = await aio.batches.list(limit=5)
     assert [b.id for b in listed.data] == [batch.id]
+    async with s.http.get(f"{s.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'tiergate_batches_total{status="completed"} 1.0' in metrics
+    assert 'tiergate_batch_lines_total{outcome="completed"} 120.0' in metrics
+    assert "tiergate_batches_running 0.0" in metrics
     await aio.close()
 
 
@@ -236,5 +242,6 @@ async def test_batches_take_turns_and_files_may_live_in_a_directory(
     for batch in (first, second):
         done = await until_status(aio, batch.id, "completed")
         assert len(await lines_of(aio, done.output_file_id)) == 60
-    assert {path.name for path in tmp_path.iterdir()} >= {first.input_file_id, f"file-{first.id[6:]}-output"}
+    kept = set(await asyncio.to_thread(os.listdir, tmp_path))
+    assert kept >= {first.input_file_id, f"file-{first.id[6:]}-output"}
     await aio.close()
