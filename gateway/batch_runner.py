@@ -43,6 +43,24 @@ def window_s(window: str) -> int | None:
     return seconds if seconds <= MAX_WINDOW_S else None
 
 
+class Pace:
+    """At most `per_s` starts a second, spaced evenly (0: no bound); shared by every batch of a
+    gateway, so a batch's lines cannot take the CPU the stricter tiers' requests need."""
+
+    def __init__(self, per_s: float) -> None:
+        self.gap_s = 1.0 / per_s if per_s > 0 else 0.0
+        self.next_at = 0.0
+
+    async def wait(self) -> None:
+        if not self.gap_s:
+            return
+        now = asyncio.get_running_loop().time()
+        start_at = max(now, self.next_at)
+        self.next_at = start_at + self.gap_s
+        if start_at > now:
+            await asyncio.sleep(start_at - now)
+
+
 class BatchRunner:
     def __init__(self, calls: Calls, store: BatchStore, metrics: BatchMetrics) -> None:
         self.calls = calls
@@ -53,6 +71,7 @@ class BatchRunner:
         # One waiter per batch at a time, served first come first served: batches take turns.
         self.slots = asyncio.Semaphore(self.settings.max_in_flight)
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.pace = Pace(self.settings.max_lines_per_s)
 
     def now_s(self) -> int:
         return int(self.calls.state.clock.now_ms() / 1000)
@@ -113,7 +132,9 @@ class BatchRunner:
         record, _, cancel = found
         data = await self.store.content(record.input_file_id)
         state = self.calls.state
-        lines, errors = batch_lines.parse(state.settings, state.router, record.endpoint, data or b"")
+        # A thread, so that judging a large file leaves the event loop to the requests in flight.
+        parse = batch_lines.parse
+        lines, errors = await asyncio.to_thread(parse, state.settings, state.router, record.endpoint, data or b"")
         if data is None:
             errors = [protocol.BatchError("file_not_found", f"input file {record.input_file_id} no longer exists")]
         if record.status == VALIDATING:
@@ -142,6 +163,7 @@ class BatchRunner:
             for line in pending:
                 await own.acquire()
                 await self.slots.acquire()
+                await self.pace.wait()
                 if stop.is_set():
                     self.slots.release()
                     break
