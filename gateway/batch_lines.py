@@ -94,6 +94,10 @@ def _judge(settings: Settings, router: Router, endpoint: str, number: int, raw: 
     try:
         shape = _shape.decode(raw)
     except msgspec.ValidationError as exc:
+        try:  # a line that is not JSON at all may fail the shape's check first
+            msgspec.json.decode(raw)
+        except msgspec.DecodeError as bad:
+            raise _Bad("invalid_json", f"the line is not valid JSON: {bad}") from bad
         raise _Bad("invalid_request", str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise _Bad("invalid_json", f"the line is not valid JSON: {exc}") from exc

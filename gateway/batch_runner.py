@@ -125,9 +125,11 @@ class BatchRunner:
 
     async def _drive(self, batch_id: str) -> None:
         found = await self.store.batch(batch_id)
-        if found is None or found[0].status in TERMINAL:
-            if found is not None:
-                await self.store.finish(found[0], self.owner)
+        if found is None:  # its record expired: nothing left to run
+            await self.store.forget(batch_id, self.owner)
+            return
+        if found[0].status in TERMINAL:
+            await self.store.finish(found[0], self.owner)
             return
         record, _, cancel = found
         data = await self.store.content(record.input_file_id)

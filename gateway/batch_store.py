@@ -202,6 +202,12 @@ class BatchStore:
             await pipe.execute()
             await self._release(keys=[protocol.batch_lease_key(batch_id)], args=[owner])
 
+    async def forget(self, batch_id: str, owner: str) -> None:
+        """Drop a batch whose record is gone from the active ones."""
+        async with _redis("the batch was not forgotten"):
+            await self.redis.srem(protocol.batch_active_key(), batch_id)
+        await self.release(batch_id, owner)
+
     # ------------------------------------------------------------ the runner's lease
 
     async def acquire(self, batch_id: str, owner: str) -> bool:
