@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from msgspec import Meta
 
 from core import protocol
 from core.errors import InvalidRequest, NotFound, PayloadTooLarge
 
-from .batch_lines import ENDPOINTS
 from .batch_runner import CANCELLING, IN_PROGRESS, TERMINAL, VALIDATING, window_s
 from .batch_store import COMPLETED, FAILED, BatchStore
 from .http_shared import decode_json, grant_of, json_response
@@ -30,10 +30,19 @@ STORE: web.AppKey[BatchStore] = web.AppKey("batch_store", BatchStore)
 PAGE_DEFAULT, PAGE_MAX = 20, 100
 
 
+# `24h`, or a shorter window in hours, minutes or seconds (1h .. 24h, 1m .. 1440m, 1s .. 86400s).
+WINDOW_PATTERN = (
+    r"^(?:(?:[1-9]|1[0-9]|2[0-4])h|(?:[1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m"
+    r"|(?:[1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s)$"
+)
+
+
 class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of `POST /v1/batches` (gateway/openapi_batch.py publishes its schema)."""
+
     input_file_id: Annotated[str, Meta(min_length=1, max_length=128)]
-    endpoint: str
-    completion_window: str
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: Annotated[str, Meta(pattern=WINDOW_PATTERN)]
     metadata: Annotated[dict[str, str], Meta(max_length=16)] | None = None
 
 
@@ -107,15 +116,19 @@ async def _upload(request: web.Request) -> tuple[str, str, bytes]:
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("upload a file as multipart/form-data with the fields `file` and `purpose`")
     purpose, filename, data = "", "", None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "file":
-            filename = os.path.basename(part.filename or "upload.jsonl")
-            data = await _read_part(part, limit, settings.gateway.body_timeout_s)
-        elif part.name == "purpose":
-            purpose = (await _read_part(part, 64, settings.gateway.body_timeout_s)).decode(errors="replace")
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name not in ("file", "purpose"):
+                name = part.name if isinstance(part, BodyPartReader) else "a nested multipart"
+                raise InvalidRequest(f"unexpected field {name!r}; an upload has only `file` and `purpose`")
+            if part.name == "file":
+                filename = os.path.basename(part.filename or "upload.jsonl")
+                data = await _read_part(part, limit, settings.gateway.body_timeout_s)
+            else:
+                purpose = (await _read_part(part, 64, settings.gateway.body_timeout_s)).decode(errors="replace")
+    except (HttpProcessingError, ValueError, AssertionError) as exc:  # aiohttp's parser on a malformed body
+        raise InvalidRequest(f"the multipart body is malformed: {exc}") from exc
     if data is None:
         raise InvalidRequest("the upload has no `file` field - at `$.file`")
     if purpose != "batch":
@@ -209,10 +222,8 @@ async def _own_batch(request: web.Request) -> tuple[protocol.BatchRecord, dict[s
 @openai_errors
 async def create_batch(request: web.Request) -> web.StreamResponse:
     body: CreateBatch = decode_json(_create, await request.read())
-    if body.endpoint not in ENDPOINTS:
-        raise InvalidRequest(f"endpoint is {body.endpoint!r}; one of {', '.join(ENDPOINTS)} - at `$.endpoint`")
     seconds = window_s(body.completion_window)
-    if seconds is None:
+    if seconds is None:  # the pattern allows only windows it reads
         message = f"completion_window is {body.completion_window!r}; `24h`, or a shorter `90m` or `30s`"
         raise InvalidRequest(f"{message} - at `$.completion_window`")
     tenant, store = grant_of(request).tenant, request.app[STORE]

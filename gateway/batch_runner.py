@@ -36,7 +36,7 @@ RETRY_S = 0.2  # the wait before a line's outcome is recorded again after Redis 
 
 def window_s(window: str) -> int | None:
     """The seconds of a completion window (`24h`, or a shorter `90m`, `30s`); None when invalid."""
-    match = _WINDOW.match(window)
+    match = _WINDOW.fullmatch(window)  # not `$`: it would let a trailing newline through
     if match is None:
         return None
     seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
