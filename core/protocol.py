@@ -150,8 +150,13 @@ def file_data_key(file_id: str) -> str:
 
 
 def file_index_key(tenant: str) -> str:
-    """One tenant's files, newest last (a sorted set: file id -> created_at)."""
+    """One tenant's files, newest last (a sorted set: file id -> its place in `file_sequence_key`)."""
     return f"{KEY_PREFIX}:{{files.{tenant}}}:index"
+
+
+def file_sequence_key(tenant: str) -> str:
+    """The counter that orders one tenant's files in its index (its index's hash slot)."""
+    return f"{KEY_PREFIX}:{{files.{tenant}}}:seq"
 
 
 def batch_key(batch_id: str) -> str:
@@ -180,8 +185,13 @@ def batch_cancel_key(batch_id: str) -> str:
 
 
 def batch_index_key(tenant: str) -> str:
-    """One tenant's batches, newest last (a sorted set: batch id -> created_at)."""
+    """One tenant's batches, newest last (a sorted set: batch id -> its place in `batch_sequence_key`)."""
     return f"{KEY_PREFIX}:{{batches.{tenant}}}:index"
+
+
+def batch_sequence_key(tenant: str) -> str:
+    """The counter that orders one tenant's batches in its index (its index's hash slot)."""
+    return f"{KEY_PREFIX}:{{batches.{tenant}}}:seq"
 
 
 def batch_active_key() -> str:

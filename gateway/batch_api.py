@@ -146,7 +146,7 @@ async def create_file(request: web.Request) -> web.StreamResponse:
     record = protocol.FileRecord(
         f"file-{protocol.new_request_id()}", len(data), int(now_ms / 1000), filename, purpose, grant_of(request).tenant
     )
-    await request.app[STORE].put_file(record, data, now_ms)
+    await request.app[STORE].put_file(record, data)
     return json_response(_file_object(record))
 
 
@@ -245,7 +245,7 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
         metadata=body.metadata,
         tenant=tenant,
     )
-    await store.create(record, now_ms)
+    await store.create(record)
     return json_response(batch_object(record, {}, 0))
 
 

@@ -273,7 +273,7 @@ class BatchRunner:
             file_id = f"file-{record.id.removeprefix('batch_')}-{kind}"
             name = f"{record.id}_{kind}.jsonl"
             file = protocol.FileRecord(file_id, len(data), now, name, "batch_output", record.tenant)
-            await self.store.put_file(file, data, now * 1000.0)
+            await self.store.put_file(file, data)
             ids.append(file_id)
         return ids[0], ids[1]
 

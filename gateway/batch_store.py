@@ -37,6 +37,12 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# A new member of a tenant's index, placed after every earlier one whatever the gateways' clocks
+# say. KEYS: the index, its counter. ARGV: the member.
+_INDEX = """
+redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), ARGV[1])
+return 1
+"""
 COMPLETED, FAILED, CLOSED = "completed", "failed", "closed"
 
 
@@ -59,9 +65,8 @@ class BatchStore:
 
     # ------------------------------------------------------------ files
 
-    async def put_file(self, record: protocol.FileRecord, data: bytes, at_ms: float) -> None:
-        """Keep a file: its content first, then its record and its place in the tenant's list
-        (by `at_ms`, finer than its creation's whole seconds)."""
+    async def put_file(self, record: protocol.FileRecord, data: bytes) -> None:
+        """Keep a file: its content first, then its record and its place in the tenant's list."""
         if self.settings.storage == "directory":
             await asyncio.to_thread(_write, Path(self.settings.directory) / record.id, data)
         async with _redis("the file was not stored"):
@@ -69,7 +74,8 @@ class BatchStore:
             if self.settings.storage == "redis":
                 pipe.set(protocol.file_data_key(record.id), data, ex=self.ttl_s)
             pipe.set(protocol.file_key(record.id), protocol.encoder.encode(record), ex=self.ttl_s)
-            pipe.zadd(protocol.file_index_key(record.tenant), {record.id: at_ms})
+            keys = (protocol.file_index_key(record.tenant), protocol.file_sequence_key(record.tenant))
+            pipe.eval(_INDEX, 2, *keys, record.id)
             await pipe.execute()
 
     async def file(self, file_id: str) -> protocol.FileRecord | None:
@@ -116,12 +122,14 @@ class BatchStore:
 
     # ------------------------------------------------------------ batches
 
-    async def create(self, record: protocol.BatchRecord, at_ms: float) -> None:
-        """Store a new batch, listed by `at_ms`, and as active: a runner will take it up."""
+    async def create(self, record: protocol.BatchRecord) -> None:
+        """Store a new batch, listed after its tenant's earlier ones, and as active: a runner
+        will take it up."""
         async with _redis("the batch was not created"):
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(protocol.batch_key(record.id), protocol.encoder.encode(record), ex=self.ttl_s)
-            pipe.zadd(protocol.batch_index_key(record.tenant), {record.id: at_ms})
+            keys = (protocol.batch_index_key(record.tenant), protocol.batch_sequence_key(record.tenant))
+            pipe.eval(_INDEX, 2, *keys, record.id)
             pipe.sadd(protocol.batch_active_key(), record.id)
             await pipe.execute()
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -217,6 +218,16 @@ async def test_files_are_listed_read_deleted_and_limited(
     with pytest.raises(openai.APIStatusError, match="exceeds the limit of 2000 bytes") as too_big:
         await aio.files.create(file=("big.jsonl", b"x" * 2001), purpose="batch")
     assert too_big.value.status_code == 413
+    for fields, with_file, message in (
+        ({"purpose": "assistants"}, True, "purpose is 'assistants'"),
+        ({"purpose": "batch", "extra": "x"}, True, "unexpected field 'extra'"),
+        ({"purpose": "batch"}, False, "no `file` field"),
+    ):
+        form = aiohttp.FormData(fields, default_to_multipart=True)
+        if with_file:
+            form.add_field("file", b"{}\n", filename="in.jsonl")
+        async with s.http.post(f"{s.url}/v1/files", data=form) as response:
+            assert (response.status, message in (await response.json())["error"]["message"]) == (400, True)
     with pytest.raises(openai.BadRequestError, match="completion_window"):
         await aio.batches.create(input_file_id=small[1].id, endpoint=CHAT, completion_window="2d")  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="endpoint"):
