@@ -1,7 +1,8 @@
 """A batch survives the death of any process: the gateway running it SIGKILLed (a second gateway
-on the same Redis takes over its lease), and a worker SIGKILLed mid-batch (the other worker claims
-its entries). Real `tiergate gateway` and `tiergate worker` processes, the official `openai` SDK;
-each time every line is answered exactly once, with its own answer, in the output file.
+on the same Redis takes over its lease) or stopped with SIGTERM (it hands the lease back), and a
+worker SIGKILLed mid-batch (the other worker claims its entries). Real `tiergate gateway` and
+`tiergate worker` processes, the official `openai` SDK; each time every line is answered exactly
+once, with its own answer, in the output file.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def every_line_once(sdk: openai.OpenAI, batch: Any, texts: dict[str, str]) -> No
     assert sorted(said) == sorted((k, v[::-1]) for k, v in texts.items())  # each line once, its own answer
 
 
-def test_the_gateway_running_a_batch_is_killed_and_another_takes_it_over(stack: Callable[..., Proc]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_the_gateway_running_a_batch_stops_and_another_takes_it_over(stack: Callable[..., Proc], sig: int) -> None:
+    """SIGKILL: its lease expires; SIGTERM: it hands the lease back as it stops."""
     stack("worker", "--pool", "slow")
     gateways = [stack("gateway", "--port", "0") for _ in range(2)]
     sdk, batch_id, texts = submit(gateways[0].url)
@@ -115,8 +118,8 @@ def test_the_gateway_running_a_batch_is_killed_and_another_takes_it_over(stack: 
     holder = redis.Redis.from_url(stack.redis_url).get(protocol.batch_lease_key(batch_id))  # type: ignore[attr-defined]
     running = next(g for g in gateways if g.ready["gateway"].encode() == holder)
     survivor = next(g for g in gateways if g is not running)
-    os.kill(running.process.pid, signal.SIGKILL)
-    assert running.wait() == -signal.SIGKILL
+    os.kill(running.process.pid, sig)
+    assert running.wait() == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
     sdk = openai.OpenAI(base_url=f"{survivor.url}/v1", api_key="unused", max_retries=0, timeout=20)
     before = sdk.batches.retrieve(batch_id).request_counts.completed
     assert before < LINES  # killed mid-batch
