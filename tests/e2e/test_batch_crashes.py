@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import openai
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from core import protocol
 from ops.embedded import EmbeddedRedis
@@ -111,7 +113,7 @@ def every_line_once(sdk: openai.OpenAI, batch: Any, texts: dict[str, str]) -> No
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_the_gateway_running_a_batch_stops_and_another_takes_it_over(stack: Callable[..., Proc], sig: int) -> None:
     """SIGKILL: its lease expires; SIGTERM: it hands the lease back as it stops."""
-    stack("worker", "--pool", "slow")
+    worker = stack("worker", "--pool", "slow")
     gateways = [stack("gateway", "--port", "0") for _ in range(2)]
     sdk, batch_id, texts = submit(gateways[0].url)
     until(sdk, batch_id, lambda b: b.request_counts.completed >= 40)
@@ -125,6 +127,19 @@ def test_the_gateway_running_a_batch_stops_and_another_takes_it_over(stack: Call
     assert before < LINES  # killed mid-batch
     every_line_once(sdk, until(sdk, batch_id, lambda b: b.status in ("completed", "failed")), texts)
     survivor.logged("batch ended", batch=batch_id, status="completed")
+    assert ran(worker) == LINES  # a line sent again while its first copy was queued or running did not run twice
+
+
+def ran(worker: Proc) -> float:
+    """Batch-tier requests a worker answered, from its /metrics."""
+    with urllib.request.urlopen(worker.ready["metrics_url"], timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tiergate_worker_requests_total" and sample.labels.get("tier") == "batch"
+    )
 
 
 def holds_lines(redis_url: str, worker: Proc, timeout_s: float = 30) -> None:
