@@ -186,7 +186,7 @@ def _lifecycle(
             tasks.append(asyncio.create_task(every(settings.batches.poll_interval_s, stop, runner.look)))
         yield
         stop.set()
-        await runner.close()
+        await runner.close(settings.gateway.shutdown_grace_s)
         await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
         waiters.fail_all(BackendUnavailable("the gateway is shutting down"))
         await state.queue.close()

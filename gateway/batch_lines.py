@@ -15,11 +15,11 @@ import msgspec
 from msgspec import Meta
 
 from core import protocol
-from core.errors import BackendUnavailable, InvalidRequest, QueueFull, RequestError
+from core.errors import BackendUnavailable, DeadlineExceeded, InvalidRequest, QueueFull, RequestError
 from core.settings import Settings
 
 from . import openai_api
-from .calls import Calls, gather_results
+from .calls import Call, Calls, gather_results
 from .openai_forward import refuse_unsupported
 from .openai_schema import decode_chat, decode_completion, decode_embedding, message_text
 from .openai_stream import error_body
@@ -30,6 +30,7 @@ CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/
 ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
 MAX_ERRORS = 1000  # a refused batch names at most this many bad lines
 RETRY = (QueueFull, BackendUnavailable)  # a line refused with one of these is offered again later
+ATTEMPTS = 3  # idempotency keys a line goes through when it finds its first copies never queued
 
 
 class _Shape(msgspec.Struct):
@@ -128,23 +129,51 @@ def _decode(settings: Settings, endpoint: str, body: bytes) -> tuple[str, int, b
     return embedding.model, max(len(t) for t in texts), False
 
 
-def idempotency_key(batch_id: str, custom_id: str) -> str:
-    """One line's idempotency key: a line sent again (a runner taking over) never runs twice."""
-    return f"batch.{batch_id}.{hashlib.blake2b(custom_id.encode(), digest_size=12).hexdigest()}"
+def idempotency_key(batch_id: str, custom_id: str, attempt: int = 0) -> str:
+    """One line's idempotency key: a line sent again (a runner taking over) never runs twice.
+    `attempt` counts the first copies found never queued (`run`)."""
+    digest = hashlib.blake2b(custom_id.encode(), digest_size=12).hexdigest()
+    return f"batch.{batch_id}.{digest}" + (f".{attempt}" if attempt else "")
 
 
 async def run(calls: Calls, endpoint: str, batch_id: str, line: Line) -> protocol.LineOutcome:
     """Run one line on the batch tier and render its outcome as an output (or error) file line.
-    A refusal by admission, or Redis out of reach, is raised (`RETRY`): the line is offered again."""
-    key = idempotency_key(batch_id, line.custom_id)
+    A refusal by admission, or Redis out of reach, is raised (`RETRY`): the line is offered again.
+
+    A line sent again after its runner died waits for its first copy (the same idempotency key).
+    A first copy that was never queued (its runner died between claiming the key and queueing
+    it) leaves that wait without an answer until a deadline has passed, after which no worker
+    would run the copy anyway: the line is then sent under its next key."""
+    for attempt in range(ATTEMPTS):
+        try:
+            request_id, answer = await _answer(
+                calls, endpoint, line.body, idempotency_key(batch_id, line.custom_id, attempt)
+            )
+        except RETRY:
+            raise
+        except _Abandoned:
+            continue
+        except RequestError as exc:
+            body = error_body(exc.status, exc.code, exc.message)
+            return _outcome(line, exc.request_id, exc.status, body, failed=True)
+        return _outcome(line, request_id, 200, answer, failed=False)
+    error = DeadlineExceeded(f"no copy of this line was answered in {ATTEMPTS} tries")
+    return _outcome(line, "", error.status, error_body(error.status, error.code, error.message), failed=True)
+
+
+class _Abandoned(Exception):
+    """The copy of a line this one waited for was never queued."""
+
+
+async def _result(call: Call) -> protocol.Result:
+    """The call's Result; `_Abandoned` when it waited in vain for a first copy never queued (a
+    replay's own timeout carries no request id; a stored failure carries the first copy's)."""
     try:
-        request_id, answer = await _answer(calls, endpoint, line.body, key)
-    except RETRY:
+        return await call.result()
+    except DeadlineExceeded as exc:
+        if call.replayed and not exc.request_id:
+            raise _Abandoned from exc
         raise
-    except RequestError as exc:
-        body = error_body(exc.status, exc.code, exc.message)
-        return _outcome(line, exc.request_id, exc.status, body, failed=True)
-    return _outcome(line, request_id, 200, answer, failed=False)
 
 
 def expired(line: Line) -> protocol.LineOutcome:
@@ -187,15 +216,20 @@ async def _answer(calls: Calls, endpoint: str, body: bytes, key: str) -> tuple[s
     if endpoint == CHAT:
         chat = decode_chat(settings, body)
         call, tier_name = openai_api.chat_call(calls, chat, route_for, started, key, None)
-        result = await call.result()
+        result = await _result(call)
         return result.id, openai_api.chat_answer(chat, result, call.total_ms, tier_name)
     if endpoint == COMPLETIONS:
         completion, prompt = decode_completion(settings, body)
         call = openai_api.completion_call(calls, completion, prompt, route_for, started, key, None)
-        result = await call.result()
+        result = await _result(call)
         return result.id, openai_api.completion_answer(completion, result, call.total_ms)
     embedding, texts = decode_embedding(settings, body)
     keys: list[str | None] = [f"{key}.{i}" for i in range(len(texts))]
     inputs = openai_api.embedding_calls(calls, embedding, texts, route_for, started, keys, None)
-    results = await gather_results(inputs)
+    try:
+        results = await gather_results(inputs)
+    except DeadlineExceeded as exc:
+        if any(call.replayed for call in inputs) and not exc.request_id:
+            raise _Abandoned from exc
+        raise
     return results[0].id, openai_api.embedding_answer(embedding, results)

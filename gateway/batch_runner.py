@@ -72,6 +72,7 @@ class BatchRunner:
         self.slots = asyncio.Semaphore(self.settings.max_in_flight)
         self.running: dict[str, asyncio.Task[None]] = {}
         self.pace = Pace(self.settings.max_lines_per_s)
+        self.stopping = asyncio.Event()  # the gateway is shutting down: start no new line
 
     def now_s(self) -> int:
         return int(self.calls.state.clock.now_ms() / 1000)
@@ -81,6 +82,8 @@ class BatchRunner:
         away, the next step tries again."""
         with contextlib.suppress(BackendUnavailable):
             for batch_id in await self.store.active():
+                if self.stopping.is_set():
+                    return
                 if batch_id not in self.running and await self.store.acquire(batch_id, self.owner):
                     self._start(batch_id)
 
@@ -89,9 +92,14 @@ class BatchRunner:
         self.running[batch_id] = task
         task.add_done_callback(lambda _: self.running.pop(batch_id, None))
 
-    async def close(self) -> None:
-        """Stop every batch this gateway runs; their leases expire and another gateway goes on."""
+    async def close(self, grace_s: float) -> None:
+        """Stop every batch this gateway runs: start no new line, let the started ones finish and
+        record their outcomes for up to `grace_s`, then hand the batches back at once (another
+        gateway takes them up at its next look rather than after the leases' TTL)."""
+        self.stopping.set()
         held = dict(self.running)
+        if held:
+            await asyncio.wait(held.values(), timeout=grace_s)
         for task in held.values():
             task.cancel()
         await asyncio.gather(*held.values(), return_exceptions=True)
@@ -149,6 +157,8 @@ class BatchRunner:
             log.info("batch in progress", extra={"batch": batch_id, "lines": len(lines)})
         if record.status == IN_PROGRESS:
             record = await self._feed(record, lines)
+            if record.status == IN_PROGRESS and self.stopping.is_set():
+                return  # handed back unfinished: another gateway goes on with it
         await self._end(record, lines, _ending(record), ())
 
     async def _feed(self, record: protocol.BatchRecord, lines: list[Line]) -> protocol.BatchRecord:
@@ -166,7 +176,7 @@ class BatchRunner:
                 await own.acquire()
                 await self.slots.acquire()
                 await self.pace.wait()
-                if stop.is_set():
+                if stop.is_set() or self.stopping.is_set():
                     self.slots.release()
                     break
                 task = asyncio.create_task(self._line(record, line, stop))
@@ -225,7 +235,7 @@ class BatchRunner:
                 await asyncio.sleep(min(float(exc.retry_after_s), self.settings.retry_after_max_s))
             except BackendUnavailable:
                 await asyncio.sleep(RETRY_S)
-            if stop.is_set():
+            if stop.is_set() or self.stopping.is_set():
                 return  # never queued: it ends batch_cancelled or batch_expired
         while True:
             try:

@@ -14,8 +14,11 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+import redis
 
+from core import protocol
 from core.settings import Settings
+from gateway.batch_lines import idempotency_key
 from tests.integration.conftest import Stack
 from workers.models import embed
 
@@ -255,4 +258,29 @@ async def test_batches_take_turns_and_files_may_live_in_a_directory(
         assert len(await lines_of(aio, done.output_file_id)) == 60
     kept = set(await asyncio.to_thread(os.listdir, tmp_path))
     assert kept >= {first.input_file_id, f"file-{first.id[6:]}-output"}
+    await aio.close()
+
+
+async def test_a_line_whose_first_copy_was_never_queued_runs_under_its_next_key(
+    stack: StartStack, make_settings: Callable[..., Settings], redis_url: str
+) -> None:
+    """A runner that died between claiming a line's idempotency key and queueing it left the key
+    naming a request that never ran: the line waits for it one deadline, then runs anew."""
+    settings = make_settings(batches__poll_interval_s=0.5, tiers__batch__default_deadline_ms=1500)
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    texts = {f"k{i}": f"key {i}" for i in range(5)}
+    batch = await run_batch(aio, jsonl([chat_line(k, v) for k, v in texts.items()]))
+    held = redis.Redis.from_url(redis_url)
+    await asyncio.to_thread(held.set, protocol.idempotency_key(idempotency_key(batch.id, "k0")), "never-queued")
+    done = await until_status(aio, batch.id, "completed", "failed")
+    assert (done.status, done.request_counts.completed) == ("completed", 5)
+    output = {line["custom_id"]: line for line in await lines_of(aio, done.output_file_id)}
+    assert {k: v["response"]["body"]["choices"][0]["message"]["content"] for k, v in output.items()} == {
+        k: v[::-1] for k, v in texts.items()
+    }
+    assert output["k0"]["response"]["request_id"] != "never-queued"
+    next_key = protocol.idempotency_key(idempotency_key(batch.id, "k0", attempt=1))
+    assert await asyncio.to_thread(held.get, next_key) == output["k0"]["response"]["request_id"].encode()
+    held.close()
     await aio.close()
