@@ -120,7 +120,7 @@ async function pollBatches() {
     const rows = (await response.json()).data.map((b) => {
       const c = b.request_counts, done = c.completed + c.failed, share = c.total ? done / c.total : 0;
       const row = document.createElement("tr");
-      Object.assign(row.dataset, { batch: b.id, status: b.status, total: c.total, done: done, failed: c.failed });
+      Object.assign(row.dataset, { batchId: b.id, status: b.status, total: c.total, done: done, failed: c.failed });
       row.innerHTML = `<td>${b.id}</td><td>${b.endpoint}</td><td>${b.status}</td><td>${done} / ${c.total}</td>` +
         `<td>${c.failed}</td><td><span class="util"><b style="width:${(100 * share).toFixed(1)}%"></b></span>${pct(share, 1)}</td>`;
       return row;
