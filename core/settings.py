@@ -214,10 +214,15 @@ class BatchSettings(_Frozen, frozen=True):
     max_lines: PositiveInt = 50_000  # lines of one batch's input file
     max_line_bytes: PositiveInt = 1_048_576  # one line of an input file
     # Where file contents are kept: "redis" (every gateway reads them; up to redis_max_file_bytes
-    # each), or "directory" (a directory every gateway shares, `directory`).
-    storage: Literal["redis", "directory"] = "redis"
+    # each), "directory" (a directory every gateway shares, `directory`), or "s3" (an
+    # S3-compatible bucket, `s3_bucket`; the tiergate[s3] extra; credentials as boto3 finds them).
+    storage: Literal["redis", "directory", "s3"] = "redis"
     redis_max_file_bytes: PositiveInt = 104_857_600
     directory: str = ""
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS's own; else any S3-compatible server (MinIO, Ceph, ...)
+    s3_region: str = ""
+    s3_prefix: str = "tiergate/files/"  # file contents are kept under this prefix of the bucket
     max_in_flight_per_batch: PositiveInt = 256  # lines of one batch queued or running at once
     max_in_flight: PositiveInt = 1024  # lines of every batch one gateway runs, queued or running at once
     max_lines_per_s: NonNegativeFloat = 0.0  # lines one gateway starts a second, all batches together (0: no bound)
@@ -419,6 +424,8 @@ def validate(s: Settings) -> list[str]:
         )
     if s.batches.storage == "directory" and not s.batches.directory:
         problems.append('batches.directory: storage = "directory" needs the directory files are kept in')
+    if s.batches.storage == "s3" and not s.batches.s3_bucket:
+        problems.append('batches.s3_bucket: storage = "s3" needs the bucket files are kept in')
     problems += _check_routing(s)
     return problems
 

@@ -1,6 +1,6 @@
-"""The Batch API's Redis I/O: files (their records, and their content in Redis or a shared
-directory), batch records, each line's one recorded outcome, cancel requests and the runner's
-lease. Every key is named in `core/protocol.py`; one batch's keys share a hash tag, so its
+"""The Batch API's Redis I/O: files (their records, and their content in Redis, a shared
+directory or an S3-compatible bucket), batch records, each line's one recorded outcome, cancel
+requests and the runner's lease. Every key is named in `core/protocol.py`; one batch's keys share a hash tag, so its
 scripts run on Redis Cluster too. Redis errors come out as `BackendUnavailable`.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from core import protocol
-from core.errors import BackendUnavailable
+from core.errors import BackendUnavailable, ConfigError
 from core.redis_client import Client
 from core.settings import BatchSettings
 
@@ -62,6 +62,7 @@ class BatchStore:
         self._record = redis.register_script(_RECORD)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self.bucket = Bucket(settings) if settings.storage == "s3" else None
 
     # ------------------------------------------------------------ files
 
@@ -69,6 +70,8 @@ class BatchStore:
         """Keep a file: its content first, then its record and its place in the tenant's list."""
         if self.settings.storage == "directory":
             await asyncio.to_thread(_write, Path(self.settings.directory) / record.id, data)
+        elif self.bucket is not None:
+            await self.bucket.put(record.id, data)
         async with _redis("the file was not stored"):
             pipe = self.redis.pipeline(transaction=False)
             if self.settings.storage == "redis":
@@ -84,6 +87,8 @@ class BatchStore:
         return None if raw is None else protocol.file_decoder.decode(_bytes(raw))
 
     async def content(self, file_id: str) -> bytes | None:
+        if self.bucket is not None:
+            return await self.bucket.get(file_id)
         if self.settings.storage == "directory":
             path = Path(self.settings.directory) / file_id
             with contextlib.suppress(FileNotFoundError):
@@ -102,6 +107,8 @@ class BatchStore:
         if self.settings.storage == "directory":
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread((Path(self.settings.directory) / record.id).unlink)
+        elif self.bucket is not None:
+            await self.bucket.delete(record.id)
 
     async def list_files(self, tenant: str, after: str | None, limit: int) -> tuple[list[protocol.FileRecord], bool]:
         """A tenant's files, newest first, after the one named `after`; and whether more follow."""
@@ -231,6 +238,41 @@ class BatchStore:
     async def release(self, batch_id: str, owner: str) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self._release(keys=[protocol.batch_lease_key(batch_id)], args=[owner])
+
+
+class Bucket:
+    """File contents in an S3-compatible bucket (`storage = "s3"`), through boto3 (the
+    tiergate[s3] extra) in a thread; credentials as boto3 finds them (environment, profile, role)."""
+
+    def __init__(self, settings: BatchSettings) -> None:
+        try:
+            import boto3  # the tiergate[s3] extra, loaded only where it is used
+        except ImportError as exc:
+            raise ConfigError('batches.storage = "s3" needs boto3: pip install "tiergate[s3]"') from exc
+        options = {"endpoint_url": settings.s3_endpoint_url or None, "region_name": settings.s3_region or None}
+        self.client = boto3.client("s3", **options)
+        self.name, self.prefix = settings.s3_bucket, settings.s3_prefix
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(getattr(self.client, method), Bucket=self.name, **kwargs)
+        except Exception as exc:  # botocore's errors share no base class with a useful name
+            if type(exc).__name__ == "NoSuchKey":
+                return None
+            raise BackendUnavailable(f"the file bucket {self.name!r} did not answer: {exc}") from exc
+
+    async def put(self, file_id: str, data: bytes) -> None:
+        await self._call("put_object", Key=self.prefix + file_id, Body=data)
+
+    async def get(self, file_id: str) -> bytes | None:
+        found = await self._call("get_object", Key=self.prefix + file_id)
+        if found is None:
+            return None
+        data: bytes = await asyncio.to_thread(found["Body"].read)
+        return data
+
+    async def delete(self, file_id: str) -> None:
+        await self._call("delete_object", Key=self.prefix + file_id)
 
 
 def _text(value: Any) -> str:

@@ -7,11 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import boto3
+import botocore.exceptions
 import openai
 import pytest
 import redis
@@ -283,4 +289,63 @@ async def test_a_line_whose_first_copy_was_never_queued_runs_under_its_next_key(
     next_key = protocol.idempotency_key(idempotency_key(batch.id, "k0", attempt=1))
     assert await asyncio.to_thread(held.get, next_key) == output["k0"]["response"]["request_id"].encode()
     held.close()
+    await aio.close()
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3-compatible server on a free port, with a bucket `files`; skipped where it is missing."""
+    binary = shutil.which("moto_server")
+    if binary is None:
+        pytest.skip("moto_server (an S3-compatible test server) is not on PATH")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                boto3.client("s3", endpoint_url=url).create_bucket(Bucket="files")
+                break
+            except botocore.exceptions.EndpointConnectionError:
+                assert time.monotonic() < deadline, "moto_server did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def test_files_may_live_in_an_s3_bucket(
+    stack: StartStack, make_settings: Callable[..., Settings], s3_server: str
+) -> None:
+    settings = settings_for_batches(make_settings, storage="s3", s3_bucket="files", s3_endpoint_url=s3_server)
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    texts = {f"s{i}": f"bucket line {i}" for i in range(10)}
+    batch = await run_batch(aio, jsonl([chat_line(k, v) for k, v in texts.items()]))
+    done = await until_status(aio, batch.id, "completed", "failed")
+    output = await lines_of(aio, done.output_file_id)
+    assert {x["custom_id"]: x["response"]["body"]["choices"][0]["message"]["content"] for x in output} == {
+        k: v[::-1] for k, v in texts.items()
+    }
+    bucket = boto3.client("s3", endpoint_url=s3_server)
+    listed = await asyncio.to_thread(bucket.list_objects_v2, Bucket="files", Prefix="tiergate/files/")
+    assert {o["Key"] for o in listed["Contents"]} == {
+        f"tiergate/files/{batch.input_file_id}",
+        f"tiergate/files/{done.output_file_id}",
+    }
+    await aio.files.delete(batch.input_file_id)
+    listed = await asyncio.to_thread(bucket.list_objects_v2, Bucket="files", Prefix="tiergate/files/")
+    assert {o["Key"] for o in listed["Contents"]} == {f"tiergate/files/{done.output_file_id}"}
     await aio.close()
