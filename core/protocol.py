@@ -194,6 +194,66 @@ def inflight_key(key_id: str) -> str:
     return f"{KEY_PREFIX}:{{key.{key_id}}}:inflight"
 
 
+def file_key(file_id: str) -> str:
+    """A stored file's `FileRecord` (the OpenAI Files API); its content's hash slot."""
+    return f"{KEY_PREFIX}:{{file.{file_id}}}"
+
+
+def file_data_key(file_id: str) -> str:
+    """A stored file's content, where files are kept in Redis."""
+    return f"{KEY_PREFIX}:{{file.{file_id}}}:data"
+
+
+def file_index_key(tenant: str) -> str:
+    """One tenant's files, newest last (a sorted set: file id -> its place in `file_sequence_key`)."""
+    return f"{KEY_PREFIX}:{{files.{tenant}}}:index"
+
+
+def file_sequence_key(tenant: str) -> str:
+    """The counter that orders one tenant's files in its index (its index's hash slot)."""
+    return f"{KEY_PREFIX}:{{files.{tenant}}}:seq"
+
+
+def batch_key(batch_id: str) -> str:
+    """A batch's `BatchRecord`. Every key of one batch shares its hash tag, so one script may touch them."""
+    return f"{KEY_PREFIX}:{{batch.{batch_id}}}"
+
+
+def batch_outcomes_key(batch_id: str) -> str:
+    """A batch's recorded line outcomes (a hash: custom_id -> `LineOutcome`), each written once."""
+    return f"{KEY_PREFIX}:{{batch.{batch_id}}}:outcomes"
+
+
+def batch_counts_key(batch_id: str) -> str:
+    """A batch's counts of recorded outcomes (a hash: `completed`, `failed`), moved with them."""
+    return f"{KEY_PREFIX}:{{batch.{batch_id}}}:counts"
+
+
+def batch_lease_key(batch_id: str) -> str:
+    """The gateway running a batch (a string with a TTL, renewed while it runs)."""
+    return f"{KEY_PREFIX}:{{batch.{batch_id}}}:lease"
+
+
+def batch_cancel_key(batch_id: str) -> str:
+    """Set when a client cancels a batch: its runner stops feeding it."""
+    return f"{KEY_PREFIX}:{{batch.{batch_id}}}:cancel"
+
+
+def batch_index_key(tenant: str) -> str:
+    """One tenant's batches, newest last (a sorted set: batch id -> its place in `batch_sequence_key`)."""
+    return f"{KEY_PREFIX}:{{batches.{tenant}}}:index"
+
+
+def batch_sequence_key(tenant: str) -> str:
+    """The counter that orders one tenant's batches in its index (its index's hash slot)."""
+    return f"{KEY_PREFIX}:{{batches.{tenant}}}:seq"
+
+
+def batch_active_key() -> str:
+    """Batches not yet finished (a set): every gateway's runner looks here for one to take over."""
+    return f"{KEY_PREFIX}:{{batches}}:active"
+
+
 # What XREAD/XREADGROUP answer (redis-py, bytes responses): [(stream, [(entry_id, fields)])].
 StreamEntries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 StreamReply: TypeAlias = list[tuple[bytes, StreamEntries]]
@@ -473,6 +533,71 @@ heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 key_record_decoder = msgspec.msgpack.Decoder(KeyRecord)
 audit_decoder = msgspec.msgpack.Decoder(AuditEntry)
+
+
+# ---------------------------------------------------------------- the Batch API's records
+
+
+class FileRecord(msgspec.Struct, tag="file", omit_defaults=True, frozen=True):
+    """A file of the OpenAI Files API: an uploaded batch input, or a batch's output or errors."""
+
+    id: str
+    bytes: int
+    created_at: int  # Unix seconds
+    filename: str
+    purpose: str  # "batch", "batch_output"
+    tenant: str = ""
+
+
+class BatchError(msgspec.Struct, omit_defaults=True, frozen=True):
+    """One reason a batch's input was refused: the line (1-based) and what is wrong with it."""
+
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+
+class BatchRecord(msgspec.Struct, tag="batch", omit_defaults=True, frozen=True):
+    """A batch of the OpenAI Batch API as stored; its counts of done lines are kept apart
+    (`batch_counts_key`). Timestamps are Unix seconds, 0 until they happen."""
+
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str  # validating, in_progress, finalizing, completed, failed, expired, cancelled
+    created_at: int
+    expires_at: int
+    total: int = 0
+    in_progress_at: int = 0
+    finalizing_at: int = 0
+    completed_at: int = 0
+    failed_at: int = 0
+    expired_at: int = 0
+    cancelling_at: int = 0
+    cancelled_at: int = 0
+    output_file_id: str = ""
+    error_file_id: str = ""
+    errors: tuple[BatchError, ...] = ()
+    metadata: dict[str, str] | None = None
+    tenant: str = ""
+    # The key that created it, as it was then: its lines are sent with it (limits and rules
+    # included); None from an open gateway.
+    grant: Grant | None = None
+
+
+class LineOutcome(msgspec.Struct, tag="line", omit_defaults=True, frozen=True):
+    """The one recorded outcome of a batch line: its output line (JSON) and whether it failed."""
+
+    line: int  # 0-based position in the input file: the output files keep the input's order
+    failed: bool
+    json: bytes
+
+
+file_decoder = msgspec.msgpack.Decoder(FileRecord)
+batch_decoder = msgspec.msgpack.Decoder(BatchRecord)
+outcome_decoder = msgspec.msgpack.Decoder(LineOutcome)
 
 
 # ---------------------------------------------------------------- the load tester's messages

@@ -257,6 +257,31 @@ class TracingSettings(_Frozen, frozen=True):
     sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
 
 
+class BatchSettings(_Frozen, frozen=True):
+    """The OpenAI Batch API (docs/batch.md): limits on its files, and how its runner feeds lines."""
+
+    max_file_bytes: PositiveInt = 104_857_600  # an uploaded file's size limit
+    max_lines: PositiveInt = 50_000  # lines of one batch's input file
+    max_line_bytes: PositiveInt = 1_048_576  # one line of an input file
+    # Where file contents are kept: "redis" (every gateway reads them; up to redis_max_file_bytes
+    # each), "directory" (a directory every gateway shares, `directory`), or "s3" (an
+    # S3-compatible bucket, `s3_bucket`; the tiergate[s3] extra; credentials as boto3 finds them).
+    storage: Literal["redis", "directory", "s3"] = "redis"
+    redis_max_file_bytes: PositiveInt = 104_857_600
+    directory: str = ""
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS's own; else any S3-compatible server (MinIO, Ceph, ...)
+    s3_region: str = ""
+    s3_prefix: str = "tiergate/files/"  # file contents are kept under this prefix of the bucket
+    max_in_flight_per_batch: PositiveInt = 256  # lines of one batch queued or running at once
+    max_in_flight: PositiveInt = 1024  # lines of every batch one gateway runs, queued or running at once
+    max_lines_per_s: NonNegativeFloat = 0.0  # lines one gateway starts a second, all batches together (0: no bound)
+    lease_ttl_s: PositiveFloat = 10.0  # a runner silent this long loses its batch to another gateway
+    poll_interval_s: PositiveFloat = 1.0  # how often each gateway looks for a batch without a runner
+    retry_after_max_s: PositiveFloat = 5.0  # the longest wait after a 429 before a line is offered again
+    file_ttl_s: PositiveInt = 30 * 86_400  # how long files and batch records are kept
+
+
 def _default_service_tiers() -> dict[str, str]:
     return {"priority": "realtime", "default": "interactive", "flex": "batch"}
 
@@ -324,6 +349,7 @@ class Settings(_Frozen, frozen=True):
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
     usage: UsageSettings = UsageSettings()
+    batches: BatchSettings = BatchSettings()
 
     def pools_for(self, tier: str, region: str) -> list[str]:
         return [name for name, pool in self.pools.items() if tier in pool.tiers and pool.region == region]
@@ -521,6 +547,10 @@ def validate(s: Settings) -> list[str]:
             f"supervisor.restart_backoff_max_s: {s.supervisor.restart_backoff_max_s:g} is below "
             f"restart_backoff_s ({s.supervisor.restart_backoff_s:g})"
         )
+    if s.batches.storage == "directory" and not s.batches.directory:
+        problems.append('batches.directory: storage = "directory" needs the directory files are kept in')
+    if s.batches.storage == "s3" and not s.batches.s3_bucket:
+        problems.append('batches.s3_bucket: storage = "s3" needs the bucket files are kept in')
     problems += _check_routing(s)
     problems += _check_keys(s)
     return problems

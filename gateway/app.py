@@ -37,8 +37,11 @@ from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.tracing import start as start_tracing
 
-from . import auth, dashboard, handlers, metrics, openai_api, openapi
+from . import auth, batch_api, dashboard, handlers, metrics, openai_api, openapi
 from .admission import capacity_from, pools_without_workers
+from .batch_lines import BATCH_TIER
+from .batch_runner import BatchRunner
+from .batch_store import BatchStore
 from .calls import CALLS, Calls
 from .http_shared import json_response
 from .openai_stream import error_body
@@ -58,7 +61,7 @@ GATEWAY_HEADER = "X-Tiergate-Gateway"  # on every answer: the id of the gateway 
 
 def error_response(status: int, code: str, message: str, path: str = "") -> web.Response:
     """The native error shape, or OpenAI's on the OpenAI-compatible paths."""
-    if path in openai_api.PATHS:
+    if path in openai_api.PATHS or path.startswith(batch_api.PREFIXES):
         return json_response(error_body(status, code, message), status=status)
     return json_response({"error": {"type": code, "message": message}}, status=status)
 
@@ -100,8 +103,10 @@ def body_timeout(timeout_s: float) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # A body that arrived with its headers (nearly all) is read at once: no timer needed.
-        if request.body_exists and not request.content.is_eof():
+        # A body that arrived with its headers (nearly all) is read at once: no timer needed. A
+        # file upload is read in parts by its handler, against its own limit and timer.
+        upload = request.path == batch_api.UPLOAD_PATH and request.method == "POST"
+        if request.body_exists and not upload and not request.content.is_eof():
             try:
                 async with asyncio.timeout(timeout_s):
                     await request.read()  # cached: the handler's own read() returns it
@@ -134,6 +139,7 @@ def build_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     openai_api.add_routes(app)
+    batch_api.add_routes(app)
     openapi.add_routes(app, settings, tiers)
     gateway_id = gateway_id or new_gateway_id()
     app.on_response_prepare.append(_signed(gateway_id))
@@ -174,6 +180,8 @@ def _lifecycle(
         tracing = start_tracing(settings.tracing, "gateway", {"service.instance.id": gateway_id})
         calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing, tenants)
         reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
+        store = app[batch_api.STORE] = BatchStore(redis, settings.batches)
+        runner = BatchRunner(calls, store, app[metrics.METRICS].batch)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(reader.run(stop)),
@@ -183,8 +191,11 @@ def _lifecycle(
         ]
         if settings.auth.mode == "keys":
             tasks.append(asyncio.create_task(every(auth.REFRESH_S, stop, authenticator.refresh)))
+        if BATCH_TIER in state.router.tiers:  # a gateway serving the batch tier runs batches
+            tasks.append(asyncio.create_task(every(settings.batches.poll_interval_s, stop, runner.look)))
         yield
         stop.set()
+        await runner.close(settings.gateway.shutdown_grace_s)
         await join(tasks, timeout_s=READ_BLOCK_MS / 1000 + 1)
         waiters.fail_all(BackendUnavailable("the gateway is shutting down"))
         await calls.limits.drain()

@@ -24,6 +24,7 @@ from core.errors import CANCELLED, DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT
 from core.settings import Settings
 
 from . import slo
+from .batch_metrics import BatchMetrics
 from .slo_store import SloStore, UsageStore
 from .state import STATE
 from .usage import UsageCounts
@@ -94,7 +95,7 @@ class GatewayMetrics:
         self.queues: dict[str, dict[str, int]] = {}  # tier -> last sampled depth, lag, pending (all regions)
         # Every request stream of the config, whichever tiers this gateway serves: (tier, region, pools).
         self.queue_streams = {lane.stream: (lane.tier, lane.region, "+".join(lane.pools)) for lane in settings.lanes()}
-        self.accumulator = slo.Accumulator()
+        self.accumulator, self.batch = slo.Accumulator(), BatchMetrics(r)
         self.usage = _TenantUsage(r, settings.usage.tenants)
         self.clock_ms: Callable[[], float] = _local_ms  # replaced by the gateway's Redis clock at start
         self._bound = {

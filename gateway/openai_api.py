@@ -15,7 +15,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -24,6 +24,7 @@ from aiohttp import web
 from core import protocol
 from core.capabilities import fields_used
 from core.errors import InvalidRequest, QueueFull, RequestError
+from core.protocol import Grant
 
 from .admission import Admission
 from .calls import CALLS, Call, Calls, gather_results
@@ -35,7 +36,14 @@ from .openai_forward import (
     embedding_generation,
     refuse_unsupported,
 )
-from .openai_schema import decode_chat, decode_completion, decode_embedding
+from .openai_schema import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    decode_chat,
+    decode_completion,
+    decode_embedding,
+)
 from .openai_stream import StreamCall, error_body, stream_reply, usage
 from .routing import Route
 from .state import STATE, GatewayState
@@ -53,6 +61,7 @@ PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", 
 # answer names its tier only with one of these, and otherwise leaves the field out.
 ANSWER_SERVICE_TIERS = frozenset({"scale", "default"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Headers = Mapping[str, str] | None
 
 
 _PARAM = re.compile(r" - at `?\$\.?([^`]*)`?$")
@@ -217,17 +226,30 @@ def _complete(choice: dict[str, Any], position: int, result: protocol.Result) ->
     choice.setdefault("logprobs", None)
 
 
-@openai_errors
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    state, calls = request.app[STATE], request.app[CALLS]
-    body = decode_chat(state.settings, await request.read())
+# How a request of this dialect gets its route: (model, input characters, service_tier, fields
+# used) -> an admitted Route. The handlers route by the HTTP request's headers; a batch line
+# (gateway/batch_lines.py) by its batch's tier.
+RouteFor = Callable[[str, int, "str | None", dict[str, str]], Route]
+
+
+def _http_route(request: web.Request, calls: Calls) -> RouteFor:
+    def route_for(model: str, chars: int, service_tier: str | None, used: dict[str, str]) -> Route:
+        return _route(request, calls, model, chars, service_tier, used)
+
+    return route_for
+
+
+def chat_call(
+    calls: Calls, body: ChatRequest, route_for: RouteFor, started: float, key: str | None, headers: Headers,
+    grant: Grant,
+) -> tuple[Call, str | None]:  # fmt: skip
+    """The call of a decoded chat request sent with `grant`'s key, and the `service_tier` its
+    answer names."""
     messages = tuple(chat_message(m) for m in body.messages)
     generation = chat_generation(body)
     text = next((m.content for m in reversed(messages) if m.role == "user"), messages[-1].content)
     chars = sum(len(m.content) for m in messages)
-    route = _route(request, calls, body.model, chars, body.service_tier, fields_used(generation, messages))
-    grant = grant_of(request)
+    route = route_for(body.model, chars, body.service_tier, fields_used(generation, messages))
     env = calls.envelope(
         route,
         body.model,
@@ -238,15 +260,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages=messages,
         generation=generation,
     )
-    tier_name = _service_tier_name(state, body.service_tier, route.tier)
-    if body.stream:
-        info = StreamCall("chat", env.id, body.model, int(time.time()), body.include_usage, tier_name)
-        streaming = calls.call(route, env, started, None, request.headers, grant)
-        return await stream_reply(request, info, streaming, _early(request, route))
-    call = calls.call(route, env, started, idempotency_key(request), request.headers, grant)
-    result = await call.result()
-    total_ms = call.total_ms
-    answer = {
+    call = calls.call(route, env, started, key, headers, grant)
+    return call, _service_tier_name(calls.state, body.service_tier, route.tier)
+
+
+def chat_answer(body: ChatRequest, result: protocol.Result, total_ms: float, tier_name: str | None) -> dict[str, Any]:
+    """The body of a chat completion's answer."""
+    return {
         "id": f"chatcmpl-{result.id}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -256,27 +276,38 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         **({"service_tier": tier_name} if tier_name else {}),
         "tiergate": _tiergate(result, total_ms),
     }
-    return _with_headers(json_response(answer), result, call)
 
 
 @openai_errors
-async def completions(request: web.Request) -> web.StreamResponse:
+async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    calls = request.app[CALLS]
-    body, prompt = decode_completion(calls.state.settings, await request.read())
-    generation = completion_generation(body)
-    route = _route(request, calls, body.model, len(prompt), body.service_tier, fields_used(generation))
-    stream, max_tokens = bool(body.stream), body.max_tokens or 0
-    grant = grant_of(request)
-    env = calls.envelope(route, body.model, prompt, grant, stream=stream, max_tokens=max_tokens, generation=generation)
+    state, calls = request.app[STATE], request.app[CALLS]
+    body = decode_chat(state.settings, await request.read())
+    key = None if body.stream else idempotency_key(request)
+    route_for, grant = _http_route(request, calls), grant_of(request)
+    call, tier_name = chat_call(calls, body, route_for, started, key, request.headers, grant)
     if body.stream:
-        info = StreamCall("completion", env.id, body.model, int(time.time()), body.include_usage, None)
-        streaming = calls.call(route, env, started, None, request.headers, grant)
-        return await stream_reply(request, info, streaming, _early(request, route))
-    call = calls.call(route, env, started, idempotency_key(request), request.headers, grant)
+        info = StreamCall("chat", call.id, body.model, int(time.time()), body.include_usage, tier_name)
+        return await stream_reply(request, info, call, _early(request, call.route))
     result = await call.result()
-    total_ms = call.total_ms
-    answer = {
+    return _with_headers(json_response(chat_answer(body, result, call.total_ms, tier_name)), result, call)
+
+
+def completion_call(
+    calls: Calls, body: CompletionRequest, prompt: str, route_for: RouteFor, started: float, key: str | None,
+    headers: Headers, grant: Grant,
+) -> Call:  # fmt: skip
+    """The call of a decoded text completion request sent with `grant`'s key."""
+    generation = completion_generation(body)
+    route = route_for(body.model, len(prompt), body.service_tier, fields_used(generation))
+    stream, max_tokens = bool(body.stream), body.max_tokens or 0
+    env = calls.envelope(route, body.model, prompt, grant, stream=stream, max_tokens=max_tokens, generation=generation)
+    return calls.call(route, env, started, key, headers, grant)
+
+
+def completion_answer(body: CompletionRequest, result: protocol.Result, total_ms: float) -> dict[str, Any]:
+    """The body of a text completion's answer."""
+    return {
         "id": f"cmpl-{result.id}",
         "object": "text_completion",
         "created": int(time.time()),
@@ -285,7 +316,21 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "usage": usage(result),
         "tiergate": _tiergate(result, total_ms),
     }
-    return _with_headers(json_response(answer), result, call)
+
+
+@openai_errors
+async def completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    calls = request.app[CALLS]
+    body, prompt = decode_completion(calls.state.settings, await request.read())
+    key = None if body.stream else idempotency_key(request)
+    route_for, grant = _http_route(request, calls), grant_of(request)
+    call = completion_call(calls, body, prompt, route_for, started, key, request.headers, grant)
+    if body.stream:
+        info = StreamCall("completion", call.id, body.model, int(time.time()), body.include_usage, None)
+        return await stream_reply(request, info, call, _early(request, call.route))
+    result = await call.result()
+    return _with_headers(json_response(completion_answer(body, result, call.total_ms)), result, call)
 
 
 def _vector(values: str | list[float], encoding: str | None) -> list[float] | str:
@@ -295,31 +340,26 @@ def _vector(values: str | list[float], encoding: str | None) -> list[float] | st
     return vector
 
 
-@openai_errors
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    calls = request.app[CALLS]
-    body, texts = decode_embedding(calls.state.settings, await request.read())
+def embedding_calls(
+    calls: Calls, body: EmbeddingRequest, texts: list[str], route_for: RouteFor, started: float,
+    keys: list[str | None], headers: Headers, grant: Grant,
+) -> list[Call]:  # fmt: skip
+    """The calls of a decoded embeddings request sent with `grant`'s key: every input is its own
+    request (`keys`: the idempotency key of each, or None)."""
     generation = embedding_generation(body)
-    routes = [_route(request, calls, body.model, len(text), None, fields_used(generation)) for text in texts]
-    # Every input is its own request; all of them join the same tick's pipeline, and each one
-    # answered counts with the latency of the whole answer.
-    grant = grant_of(request)
-    inputs = [
+    routes = [route_for(body.model, len(text), None, fields_used(generation)) for text in texts]
+    return [
         calls.call(
-            route,
-            calls.envelope(route, body.model, text, grant, generation=generation),
-            started,
-            None,
-            request.headers,
-            grant,
+            route, calls.envelope(route, body.model, text, grant, generation=generation), started, key, headers, grant
         )
-        for route, text in zip(routes, texts, strict=True)
+        for route, text, key in zip(routes, texts, keys, strict=True)
     ]
-    results = await gather_results(inputs)
-    total_ms = inputs[0].total_ms
+
+
+def embedding_answer(body: EmbeddingRequest, results: list[protocol.Result]) -> dict[str, Any]:
+    """The body of an embeddings answer."""
     prompt_tokens = sum(r.prompt_tokens for r in results)
-    answer = {
+    return {
         "object": "list",
         "data": [
             {"object": "embedding", "index": i, "embedding": _vector(r.output, body.encoding_format)}
@@ -328,8 +368,21 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         "model": body.model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
-    response = json_response(answer)
-    response.headers.update(_timing_headers(results, total_ms))
+
+
+@openai_errors
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    calls = request.app[CALLS]
+    body, texts = decode_embedding(calls.state.settings, await request.read())
+    keys: list[str | None] = [None] * len(texts)
+    # All of them join the same tick's pipeline, and each one answered counts with the latency of
+    # the whole answer.
+    route_for, grant = _http_route(request, calls), grant_of(request)
+    inputs = embedding_calls(calls, body, texts, route_for, started, keys, request.headers, grant)
+    results = await gather_results(inputs)
+    response = json_response(embedding_answer(body, results))
+    response.headers.update(_timing_headers(results, inputs[0].total_ms))
     return response
 
 

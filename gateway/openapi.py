@@ -19,6 +19,7 @@ from core import capabilities
 from core.protocol import SENSITIVITY_CLASSES
 from core.settings import Settings, sensitivity_rank
 
+from . import openapi_batch
 from .handlers import InferBody, ResultBody
 from .http_shared import json_response
 from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -217,10 +218,11 @@ def document(settings: Settings, tiers: Sequence[str] | None = None) -> dict[str
     _routing(schemas, settings, list(tiers or settings.tiers))
     _unsupported(schemas, _supported(settings, tiers or list(settings.tiers)))
     schemas["Error"] = _ERROR
+    schemas.update(openapi_batch.schemas())
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "tiergate", "version": "1", "description": "Tiered inference gateway over Redis Streams."},
-        "paths": _paths(),
+        "paths": {**_paths(), **openapi_batch.paths()},
         "components": {"schemas": schemas},
     }
     if settings.auth.mode == "keys":

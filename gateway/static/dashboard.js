@@ -112,7 +112,27 @@ function renderProcessors(processors) {
   }
 }
 
+async function pollBatches() {
+  const body = document.querySelector("#batches tbody");
+  try {
+    const response = await fetch("/v1/batches?limit=10", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const rows = (await response.json()).data.map((b) => {
+      const c = b.request_counts, done = c.completed + c.failed, share = c.total ? done / c.total : 0;
+      const row = document.createElement("tr");
+      Object.assign(row.dataset, { batchId: b.id, status: b.status, total: c.total, done: done, failed: c.failed });
+      row.innerHTML = `<td>${b.id}</td><td>${b.endpoint}</td><td>${b.status}</td><td>${done} / ${c.total}</td>` +
+        `<td>${c.failed}</td><td><span class="util"><b style="width:${(100 * share).toFixed(1)}%"></b></span>${pct(share, 1)}</td>`;
+      return row;
+    });
+    body.replaceChildren(...rows);
+  } catch (error) {
+    body.replaceChildren();
+  }
+}
+
 async function poll() {
+  pollBatches();
   const status = document.getElementById("status");
   try {
     const response = await fetch("/v1/slo", { cache: "no-store" });

@@ -101,14 +101,17 @@ def test_worker_modules_do_not_import_the_http_server() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_only_two_gateway_modules_talk_to_redis() -> None:
+def test_only_the_store_modules_of_the_gateway_talk_to_redis() -> None:
     """The gateway's Redis I/O lives in `queue.py` (the request path), `slo_store.py` (the SLO
-    counters) and `tenant_store.py` (API keys and their limits); `app.py` creates and closes the
-    client and `state.py` holds it. Any other module may catch Redis's errors, never hold a client."""
+    counters), `tenant_store.py` (API keys and their limits) and `batch_store.py` (the Batch API's
+    files, batch records, line outcomes and leases, which the request path has no part in); `app.py`
+    creates and closes the client and `state.py` holds it. Any other module may catch Redis's errors,
+    never hold a client."""
     allowed = {
         "gateway.queue",
         "gateway.slo_store",
         "gateway.tenant_store",  # API key records and each key's limit counters (Lua scripts)
+        "gateway.batch_store",  # the Batch API's files, batch records, line outcomes and leases
         "gateway.app",
         "gateway.state",
     }

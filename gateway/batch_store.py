@@ -1,0 +1,290 @@
+"""The Batch API's Redis I/O: files (their records, and their content in Redis, a shared
+directory or an S3-compatible bucket), batch records, each line's one recorded outcome, cancel
+requests and the runner's lease. Every key is named in `core/protocol.py`; one batch's keys share a hash tag, so its
+scripts run on Redis Cluster too. Redis errors come out as `BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from core import protocol
+from core.errors import BackendUnavailable, ConfigError
+from core.redis_client import Client
+from core.settings import BatchSettings
+
+# A line's outcome is recorded once: not after the batch was closed (finalizing), and never over
+# an earlier outcome; only a new one is counted. KEYS: outcomes, counts. ARGV: custom_id, outcome,
+# the count to increment ("completed" or "failed").
+_RECORD = """
+if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then return 0 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+return 1
+"""
+# The lease holder's renewal (ARGV: owner, ttl in ms) and release (ARGV: owner).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# A new member of a tenant's index, placed after every earlier one whatever the gateways' clocks
+# say. KEYS: the index, its counter. ARGV: the member.
+_INDEX = """
+redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), ARGV[1])
+return 1
+"""
+COMPLETED, FAILED, CLOSED = "completed", "failed", "closed"
+
+
+@contextlib.asynccontextmanager
+async def _redis(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise BackendUnavailable(f"Redis is unreachable, {what}: {exc}") from exc
+
+
+class BatchStore:
+    def __init__(self, redis: Client, settings: BatchSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.ttl_s = settings.file_ttl_s
+        self._record = redis.register_script(_RECORD)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self.bucket = Bucket(settings) if settings.storage == "s3" else None
+
+    # ------------------------------------------------------------ files
+
+    async def put_file(self, record: protocol.FileRecord, data: bytes) -> None:
+        """Keep a file: its content first, then its record and its place in the tenant's list."""
+        if self.settings.storage == "directory":
+            await asyncio.to_thread(_write, Path(self.settings.directory) / record.id, data)
+        elif self.bucket is not None:
+            await self.bucket.put(record.id, data)
+        async with _redis("the file was not stored"):
+            pipe = self.redis.pipeline(transaction=False)
+            if self.settings.storage == "redis":
+                pipe.set(protocol.file_data_key(record.id), data, ex=self.ttl_s)
+            pipe.set(protocol.file_key(record.id), protocol.encoder.encode(record), ex=self.ttl_s)
+            keys = (protocol.file_index_key(record.tenant), protocol.file_sequence_key(record.tenant))
+            pipe.eval(_INDEX, 2, *keys, record.id)
+            await pipe.execute()
+
+    async def file(self, file_id: str) -> protocol.FileRecord | None:
+        async with _redis("the file was not read"):
+            raw = await self.redis.get(protocol.file_key(file_id))
+        return None if raw is None else protocol.file_decoder.decode(_bytes(raw))
+
+    async def content(self, file_id: str) -> bytes | None:
+        if self.bucket is not None:
+            return await self.bucket.get(file_id)
+        if self.settings.storage == "directory":
+            path = Path(self.settings.directory) / file_id
+            with contextlib.suppress(FileNotFoundError):
+                return await asyncio.to_thread(path.read_bytes)
+            return None
+        async with _redis("the file was not read"):
+            data = await self.redis.get(protocol.file_data_key(file_id))
+        return None if data is None else _bytes(data)
+
+    async def delete_file(self, record: protocol.FileRecord) -> None:
+        async with _redis("the file was not deleted"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(protocol.file_key(record.id), protocol.file_data_key(record.id))
+            pipe.zrem(protocol.file_index_key(record.tenant), record.id)
+            await pipe.execute()
+        if self.settings.storage == "directory":
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread((Path(self.settings.directory) / record.id).unlink)
+        elif self.bucket is not None:
+            await self.bucket.delete(record.id)
+
+    async def list_files(self, tenant: str, after: str | None, limit: int) -> tuple[list[protocol.FileRecord], bool]:
+        """A tenant's files, newest first, after the one named `after`; and whether more follow."""
+        ids, more = await self._page(protocol.file_index_key(tenant), after, limit)
+        async with _redis("the files were not read"):
+            raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
+        return [protocol.file_decoder.decode(_bytes(raw)) for raw in raws if raw is not None], more
+
+    async def _page(self, index: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        async with _redis("the list was not read"):
+            start = 0
+            if after:
+                rank: Any = await self.redis.zrevrank(index, after)
+                start = 0 if rank is None else int(rank) + 1
+            raw: list[Any] = await self.redis.zrevrange(index, start, start + limit)
+        ids = [_text(item) for item in raw]
+        return ids[:limit], len(ids) > limit
+
+    # ------------------------------------------------------------ batches
+
+    async def create(self, record: protocol.BatchRecord) -> None:
+        """Store a new batch, listed after its tenant's earlier ones, and as active: a runner
+        will take it up."""
+        async with _redis("the batch was not created"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(protocol.batch_key(record.id), protocol.encoder.encode(record), ex=self.ttl_s)
+            keys = (protocol.batch_index_key(record.tenant), protocol.batch_sequence_key(record.tenant))
+            pipe.eval(_INDEX, 2, *keys, record.id)
+            pipe.sadd(protocol.batch_active_key(), record.id)
+            await pipe.execute()
+
+    async def batch(self, batch_id: str) -> tuple[protocol.BatchRecord, dict[str, int], int] | None:
+        """A batch's record, its counts of recorded outcomes, and when a cancel was asked for (0: never)."""
+        async with _redis("the batch was not read"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(protocol.batch_key(batch_id))
+            pipe.hgetall(protocol.batch_counts_key(batch_id))
+            pipe.get(protocol.batch_cancel_key(batch_id))
+            raw, counts, cancel = await pipe.execute()
+        if raw is None:
+            return None
+        cancel_at = int(cancel) if cancel is not None else 0
+        return protocol.batch_decoder.decode(raw), {_text(k): int(v) for k, v in counts.items()}, cancel_at
+
+    async def list_batches(self, tenant: str, after: str | None, limit: int) -> tuple[list[Any], bool]:
+        """A tenant's batches as `batch` gives each, newest first, after `after`; whether more follow."""
+        ids, more = await self._page(protocol.batch_index_key(tenant), after, limit)
+        found = await asyncio.gather(*(self.batch(i) for i in ids))
+        return [item for item in found if item is not None], more
+
+    async def save(self, record: protocol.BatchRecord) -> None:
+        async with _redis("the batch was not saved"):
+            await self.redis.set(protocol.batch_key(record.id), protocol.encoder.encode(record), ex=self.ttl_s)
+
+    async def request_cancel(self, batch_id: str, at_s: int) -> None:
+        """Ask a batch's runner to stop feeding it; the first ask's time stays."""
+        async with _redis("the batch was not cancelled"):
+            await self.redis.set(protocol.batch_cancel_key(batch_id), at_s, ex=self.ttl_s, nx=True)
+
+    async def active(self) -> list[str]:
+        async with _redis("the active batches were not read"):
+            members = await self.redis.smembers(protocol.batch_active_key())
+        return sorted(_text(member) for member in members)
+
+    # ------------------------------------------------------------ lines
+
+    async def recorded(self, batch_id: str) -> set[str]:
+        """The custom_ids of a batch whose outcome is recorded."""
+        async with _redis("the batch's outcomes were not read"):
+            keys = await self.redis.hkeys(protocol.batch_outcomes_key(batch_id))
+        return {_text(key) for key in keys}
+
+    async def record(self, batch_id: str, custom_id: str, outcome: protocol.LineOutcome) -> bool:
+        """Record a line's outcome unless it has one (or the batch is closed); whether it was new."""
+        keys = [protocol.batch_outcomes_key(batch_id), protocol.batch_counts_key(batch_id)]
+        args: list[bytes | str] = [custom_id, protocol.encoder.encode(outcome), FAILED if outcome.failed else COMPLETED]
+        async with _redis("the line's outcome was not recorded"):
+            return bool(await self._record(keys=keys, args=args))
+
+    async def record_many(self, batch_id: str, outcomes: list[tuple[str, protocol.LineOutcome]]) -> None:
+        """Record outcomes of lines (custom_id, outcome) that have none, in pipelines of 1,000."""
+        keys = [protocol.batch_outcomes_key(batch_id), protocol.batch_counts_key(batch_id)]
+        for start in range(0, len(outcomes), 1000):
+            async with _redis("the lines' outcomes were not recorded"):
+                pipe = self.redis.pipeline(transaction=False)
+                for custom_id, outcome in outcomes[start : start + 1000]:
+                    pipe.eval(_RECORD, 2, *keys, custom_id, protocol.encoder.encode(outcome), FAILED)
+                await pipe.execute()
+
+    async def close(self, batch_id: str) -> list[protocol.LineOutcome]:
+        """Close a batch to new outcomes and read the ones it holds (in input order)."""
+        async with _redis("the batch's outcomes were not read"):
+            await self.redis.hset(protocol.batch_counts_key(batch_id), CLOSED, 1)
+            raws = await self.redis.hvals(protocol.batch_outcomes_key(batch_id))
+        return sorted((protocol.outcome_decoder.decode(_bytes(raw)) for raw in raws), key=lambda o: o.line)
+
+    async def finish(self, record: protocol.BatchRecord, owner: str) -> None:
+        """Store a batch's final record and drop what running it needed."""
+        batch_id = record.id
+        async with _redis("the batch was not finished"):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(protocol.batch_key(batch_id), protocol.encoder.encode(record), ex=self.ttl_s)
+            pipe.expire(protocol.batch_counts_key(batch_id), self.ttl_s)
+            pipe.delete(protocol.batch_outcomes_key(batch_id), protocol.batch_cancel_key(batch_id))
+            pipe.srem(protocol.batch_active_key(), batch_id)
+            await pipe.execute()
+            await self._release(keys=[protocol.batch_lease_key(batch_id)], args=[owner])
+
+    async def forget(self, batch_id: str, owner: str) -> None:
+        """Drop a batch whose record is gone from the active ones."""
+        async with _redis("the batch was not forgotten"):
+            await self.redis.srem(protocol.batch_active_key(), batch_id)
+        await self.release(batch_id, owner)
+
+    # ------------------------------------------------------------ the runner's lease
+
+    async def acquire(self, batch_id: str, owner: str) -> bool:
+        ttl_ms = int(self.settings.lease_ttl_s * 1000)
+        async with _redis("the lease was not taken"):
+            return bool(await self.redis.set(protocol.batch_lease_key(batch_id), owner, nx=True, px=ttl_ms))
+
+    async def renew(self, batch_id: str, owner: str) -> bool:
+        ttl_ms = int(self.settings.lease_ttl_s * 1000)
+        async with _redis("the lease was not renewed"):
+            return bool(await self._renew(keys=[protocol.batch_lease_key(batch_id)], args=[owner, ttl_ms]))
+
+    async def release(self, batch_id: str, owner: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._release(keys=[protocol.batch_lease_key(batch_id)], args=[owner])
+
+
+class Bucket:
+    """File contents in an S3-compatible bucket (`storage = "s3"`), through boto3 (the
+    tiergate[s3] extra) in a thread; credentials as boto3 finds them (environment, profile, role)."""
+
+    def __init__(self, settings: BatchSettings) -> None:
+        try:
+            import boto3  # the tiergate[s3] extra, loaded only where it is used
+        except ImportError as exc:
+            raise ConfigError('batches.storage = "s3" needs boto3: pip install "tiergate[s3]"') from exc
+        options = {"endpoint_url": settings.s3_endpoint_url or None, "region_name": settings.s3_region or None}
+        self.client = boto3.client("s3", **options)
+        self.name, self.prefix = settings.s3_bucket, settings.s3_prefix
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(getattr(self.client, method), Bucket=self.name, **kwargs)
+        except Exception as exc:  # botocore's errors share no base class with a useful name
+            if type(exc).__name__ == "NoSuchKey":
+                return None
+            raise BackendUnavailable(f"the file bucket {self.name!r} did not answer: {exc}") from exc
+
+    async def put(self, file_id: str, data: bytes) -> None:
+        await self._call("put_object", Key=self.prefix + file_id, Body=data)
+
+    async def get(self, file_id: str) -> bytes | None:
+        found = await self._call("get_object", Key=self.prefix + file_id)
+        if found is None:
+            return None
+        data: bytes = await asyncio.to_thread(found["Body"].read)
+        return data
+
+    async def delete(self, file_id: str) -> None:
+        await self._call("delete_object", Key=self.prefix + file_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all: to a temporary name, then renamed."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
