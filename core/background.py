@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
+
+from .errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+# Redis out of reach, in redis-py's words, the socket's or tiergate's own: the next step retries.
+UNREACHABLE = (RedisError, OSError, BackendUnavailable)
 
 
 async def join(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
@@ -24,10 +32,24 @@ async def join(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
 
 
 async def every(interval_s: float, stop: asyncio.Event, step: Callable[[], Awaitable[object]]) -> None:
-    """Run `step` now and every `interval_s` until `stop` is set; a step that fails with a Redis
-    or socket error is skipped (the next one retries), anything else propagates."""
+    """Run `step` now and every `interval_s` until `stop` is set. A step that fails is skipped and
+    the next one runs on time: one that cannot reach Redis quietly (a warning when it starts to
+    fail), any other failure logged with its traceback, so that one bad step never ends the loop
+    a process depends on (sampling, heartbeats, flushing, a batch's lease)."""
+    failing = False
     while not stop.is_set():
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await step()
+            failing = False
+        except UNREACHABLE as exc:
+            if not failing:
+                log.warning("background step failed, retrying", extra={"step": _name(step), "error": str(exc)})
+            failing = True
+        except Exception:
+            log.exception("background step raised", extra={"step": _name(step)})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
+
+
+def _name(step: Callable[[], Awaitable[object]]) -> str:
+    return getattr(step, "__qualname__", repr(step))
