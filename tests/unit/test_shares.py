@@ -115,3 +115,26 @@ def test_an_accepted_request_stays_in_flight_until_its_reply_or_its_deadline() -
     assert shares.in_flight(STREAM, "a") == 1
     shares.sweep(now_s=25.0)
     assert shares.in_flight(STREAM, "a") == 0
+
+
+def test_a_flood_that_starts_is_held_once_it_holds_the_budget_not_a_second_later() -> None:
+    # 400 a second over two tenants: by its rate alone, a would count as heavy only after 200
+    # requests; holding the whole budget (50) makes it heavy at once.
+    shares = Shares(active_s=5.0)
+
+    def flood_at(tenant: str, count: int) -> int:
+        return sum(_admit(shares, tenant, CAPACITY) for _ in range(count))
+
+    assert flood_at("b", 2) == 2
+    assert flood_at("a", 500) == 50
+    assert flood_at("b", 3) == 3  # b stays light: never held back
+    assert flood_at("a", 10) == 0  # a is held to 50 less what b holds, and holds 50
+
+
+def _admit(shares: Shares, tenant: str, capacity: Capacity) -> bool:
+    try:
+        shares.check(STREAM, "interactive", tenant, 1.0, capacity, 1.0)
+    except QueueFull:
+        return False
+    shares.admitted(STREAM, tenant, 1.0, 1.0)
+    return True
