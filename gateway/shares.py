@@ -19,8 +19,11 @@ from core.errors import QueueFull
 from .admission import Capacity
 
 # Requests in flight that keep a stream's workers busy: their batch slots (capacity x service
-# time), with this much more for the batch that waits to start and the requests on their way.
-HEADROOM = 2.5
+# time) twice, for the batch running and the one that waits to start (the requests on their way
+# and the replies not yet back among them). More only queues: workers take a tier's entries
+# tenant by tenant, but only those they hold; a partial next batch lets a light tenant's request
+# join it rather than wait for one that is already full (docs/benchmarks.md, "Fair shares").
+HEADROOM = 2.0
 RATE_S = 1.0  # the time constant of each tenant's admitted rate (an exponentially decaying count)
 
 
