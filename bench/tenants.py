@@ -158,7 +158,7 @@ async def run(args: argparse.Namespace) -> None:
         key_a, key_b = (new_key(args.config, ready["redis"], tenant) for tenant in ("tenant-a", "tenant-b"))
         key_b2 = new_key(args.config, ready["redis"], "tenant-b")
         light = {"name": "B", "url": ready["url"], "rate": 0.2 * cap, "seconds": args.seconds, "delay_s": 0.0}
-        flood = {**light, "name": "A", "rate": 5 * cap, "seconds": args.seconds - 1, "delay_s": 1.0}
+        flood = {**light, "name": "A", "rate": args.flood * cap, "seconds": args.seconds - 1, "delay_s": 1.0}
         phases = []
         for n in range(args.rounds):
             phases.append((n + 1, "B alone", [{**light, "key": key_b, "seed": 1 + 2 * n}]))
@@ -173,7 +173,7 @@ async def run(args: argparse.Namespace) -> None:
             phases.append(
                 (0, "B + A, one tenant", [{**light, "key": key_b, "seed": 1}, {**flood, "key": key_b2, "seed": 2}])
             )
-        offered = f"B offers {0.2 * cap:.0f}/s, A {5 * cap:.0f}/s"
+        offered = f"B offers {0.2 * cap:.0f}/s, A {args.flood * cap:.0f}/s"
         print(f"interactive capacity {cap:.0f}/s; {offered}; {args.seconds:g} s a phase, {args.rounds} rounds")
         print(HEADER)
         print("|" + "---|" * (HEADER.count("|") - 1))
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path(__file__).with_name("tenants.toml"))
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of each phase")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of B alone, then B beside A")
+    parser.add_argument("--flood", type=float, default=5.0, help="A's offered rate, in multiples of the capacity")
     parser.add_argument(
         "--no-one-tenant", dest="one_tenant", action="store_false", help="skip the phase of A sent as tenant B"
     )
