@@ -263,7 +263,8 @@ class WorkerProcess:
         now_ms = self.clock.now_ms()
         doomed = []
         for d in deliveries:
-            self.tenants_seen.setdefault(d.stream, {})[d.envelope.tenant] = now
+            if self.priority[d.stream] < self.tier_count - 1:  # a stricter tier: may be read ahead
+                self.tenants_seen.setdefault(d.stream, {})[d.envelope.tenant] = now
             expected_ms = self.executor.expected_ms(d.envelope)
             if d.envelope.deadline_at_ms - now_ms < expected_ms:
                 doomed.append(d)
