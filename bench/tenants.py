@@ -47,6 +47,7 @@ def capacity_per_s(settings: Settings) -> float:
 async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     rng, rows, tasks = random.Random(spec["seed"]), [], []
     queued: list[float] = []
+    refusals: set[str] = set()  # the 429s' messages
     steady: list[float] = []  # latencies (200s) of the requests sent from STEADY_FROM_S on
     headers = {"Authorization": f"Bearer {spec['key']}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
@@ -60,6 +61,8 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
                     ok = response.status == 200 and answer["output"] == body["input"][::-1]
                     if ok:
                         queued.append(answer["timings"]["queue_ms"])
+                    elif response.status == 429:
+                        refusals.add(answer["error"]["message"])
                     status = response.status if ok or response.status != 200 else 0
             except aiohttp.ClientError:
                 status = -1
@@ -74,7 +77,8 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
             tasks.append(asyncio.create_task(send(n)))
             n += 1
         await asyncio.gather(*tasks)
-    return {**summary(rows, spec["seconds"]), "queue_ms": sorted(queued), "steady_ms": sorted(steady)}
+    summed = summary(rows, spec["seconds"])
+    return {**summed, "queue_ms": sorted(queued), "steady_ms": sorted(steady), "refusals": sorted(refusals)}
 
 
 def summary(rows: list[tuple[int, float]], seconds: float) -> dict[str, Any]:
@@ -184,6 +188,8 @@ async def run(args: argparse.Namespace) -> None:
             for spec, r in zip(specs, results, strict=True):
                 print_row(n, name, spec["name"], r, machine)
             per_round.setdefault(n, {})[name] = results[0]
+            if name != "B + A, one tenant" and results[0]["refusals"]:
+                print(f"B refused in {name!r}: {results[0]['refusals'][:3]}")
         print_ratios(per_round)
     finally:
         await redis.aclose()
