@@ -1,7 +1,7 @@
 """Fair shares of a busy tier between tenants, at one gateway: pure arithmetic and an in-memory
 tally, no I/O. While more than one tenant is active on a request stream, a tenant admitted at
-less than its weighted share of the workers' capacity and holding less than twice the requests
-in flight that keep them busy (a light one) is never held back; the others (heavy ones) share, by weight and
+less than its weighted share of the workers' capacity and holding less than all the requests in
+flight that keep them busy (a light one) is never held back; the others (heavy ones) share, by weight and
 max-min fairly, what the light ones leave of the requests in flight that keep the stream's
 workers busy. So a tenant flooding a tier is refused
 (429) before it builds the queue a lighter tenant's requests would wait behind, and still gets
@@ -51,11 +51,10 @@ class _Stream:
     rates: dict[str, float] = field(default_factory=dict)  # tenant -> admitted a second, at seen_at
 
     def heavy(self, tenant: str, share: float, per_s: float, total: int, now_s: float) -> bool:
-        """Whether `tenant` is admitted at its `share` of the capacity or more, or holds twice the
-        in-flight budget: a flood that starts is held as soon as it has filled the queue the
-        workers need, not only once its rate has grown past its share (which takes a second's
-        requests). Twice: a light tenant's burst, or a pause of the gateway, may fill the budget."""
-        return self.rate(tenant, now_s) >= per_s * share or self.in_flight.get(tenant, 0) >= 2 * total
+        """Whether `tenant` is admitted at its `share` of the capacity or more, or holds the whole
+        in-flight budget: a flood that starts is held as soon as it fills the queue the workers
+        need, not only once its rate has grown past its share (which takes a second's requests)."""
+        return self.rate(tenant, now_s) >= per_s * share or self.in_flight.get(tenant, 0) >= total
 
     def rate(self, tenant: str, now_s: float) -> float:
         """`tenant`'s admitted requests a second, decayed to `now_s`."""
