@@ -1,11 +1,10 @@
 """Fair shares of a busy tier between tenants, at one gateway: pure arithmetic and an in-memory
 tally, no I/O. While more than one tenant is active on a request stream, a tenant admitted at
 less than its weighted share of the workers' capacity and holding less than all the requests in
-flight that keep them busy (a light one) is never held back; the others (heavy ones) share, by weight and
-max-min fairly, what the light ones leave of the requests in flight that keep the stream's
-workers busy. So a tenant flooding a tier is refused
-(429) before it builds the queue a lighter tenant's requests would wait behind, and still gets
-what is left of the capacity.
+flight that keep them busy (a light one) is never held back; the others (heavy ones) share, by
+weight and max-min fairly, what the light ones leave of the requests in flight that keep the
+stream's workers busy. So a tenant flooding a tier is refused (429) before it builds the queue a
+lighter tenant's requests would wait behind, and still gets what is left of the capacity.
 """
 
 from __future__ import annotations
