@@ -392,6 +392,9 @@ class Envelope(msgspec.Struct, tag="request", omit_defaults=True, frozen=True):
     tenant: str = ""
     key_id: str = ""
     sensitivity: str = ""
+    # The tenant's weight in its tier's share (`Grant.weight`) when it is not 1; 0: 1. Workers take
+    # a tier's buffered entries tenant by tenant, by these weights (workers/batcher.py).
+    weight: float = 0.0
 
 
 class Accepted(msgspec.Struct, tag="accepted", omit_defaults=True, frozen=True):

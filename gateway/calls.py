@@ -87,6 +87,7 @@ class Calls:
             tenant=grant.tenant,
             key_id=grant.key_id,
             sensitivity=data_class,
+            weight=grant.weight if grant.tenant and grant.weight != 1.0 else 0.0,
             **extra,
         )
 

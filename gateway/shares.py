@@ -1,10 +1,10 @@
 """Fair shares of a busy tier between tenants, at one gateway: pure arithmetic and an in-memory
 tally, no I/O. While more than one tenant is active on a request stream, a tenant admitted at
-less than its weighted share of the workers' capacity (a light one) is never held back; the
-others (heavy ones) share, by weight and max-min fairly, what the light ones leave of the
-requests in flight that keep the stream's workers busy. So a tenant flooding a tier is refused
-(429) before it builds the queue a lighter tenant's requests would wait behind, and still gets
-what is left of the capacity.
+less than its weighted share of the workers' capacity and holding less than all the requests in
+flight that keep them busy (a light one) is never held back; the others (heavy ones) share, by
+weight and max-min fairly, what the light ones leave of the requests in flight that keep the
+stream's workers busy. So a tenant flooding a tier is refused (429) before it builds the queue a
+lighter tenant's requests would wait behind, and still gets what is left of the capacity.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from core.errors import QueueFull
 from .admission import Capacity
 
 # Requests in flight that keep a stream's workers busy: their batch slots (capacity x service
-# time), with this much more for the batch that waits to start and the requests on their way.
-HEADROOM = 2.5
+# time) twice, for the batch running and the one that waits to start (the requests on their way
+# and the replies not yet back among them). More only queues: workers take a tier's entries
+# tenant by tenant, but only those they hold; a partial next batch lets a light tenant's request
+# join it rather than wait for one that is already full (docs/benchmarks.md, "Fair shares").
+HEADROOM = 2.0
 RATE_S = 1.0  # the time constant of each tenant's admitted rate (an exponentially decaying count)
 
 
@@ -45,6 +48,12 @@ class _Stream:
     seen_at: dict[str, float] = field(default_factory=dict)  # tenant -> when it was last admitted
     weights: dict[str, float] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)  # tenant -> admitted a second, at seen_at
+
+    def heavy(self, tenant: str, share: float, per_s: float, total: int, now_s: float) -> bool:
+        """Whether `tenant` is admitted at its `share` of the capacity or more, or holds the whole
+        in-flight budget: a flood that starts is held as soon as it fills the queue the workers
+        need, not only once its rate has grown past its share (which takes a second's requests)."""
+        return self.rate(tenant, now_s) >= per_s * share or self.in_flight.get(tenant, 0) >= total
 
     def rate(self, tenant: str, now_s: float) -> float:
         """`tenant`'s admitted requests a second, decayed to `now_s`."""
@@ -79,7 +88,9 @@ class Shares:
         if len(weights) < 2 or capacity is None:
             return
         weight_sum = sum(weights.values())
-        heavy = {name: w for name, w in weights.items() if state.rate(name, now_s) >= capacity.per_s * w / weight_sum}
+        heavy = {
+            name: w for name, w in weights.items() if state.heavy(name, w / weight_sum, capacity.per_s, total, now_s)
+        }
         if tenant not in heavy:
             return  # light: below its share of the capacity
         room = total - sum(state.in_flight.get(name, 0) for name in weights if name not in heavy)

@@ -5,7 +5,10 @@ A batch closes as soon as `max_batch` items wait, or at the earliest of: `max_wa
 oldest waiting item arrived, and the latest moment some waiting item can still start and meet
 its deadline (`start_by`). Items of a stricter tier (a lower priority number) go first, but each
 lower tier is guaranteed `min_share` of the items handed out while it has work waiting, so it is
-never starved outright. With max_batch = 1 items are handed out one at a time.
+never starved outright. Within a tier, items are handed out tenant by tenant (deficit round robin
+weighted by each item's tenant weight, `share`), first come, first served within a tenant: a light
+tenant's item waits behind at most one turn of each other tenant, not behind a flooder's backlog.
+With max_batch = 1 items are handed out one at a time.
 """
 
 from __future__ import annotations
@@ -13,23 +16,74 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
+
+# An item's tenant and its weight in a tier (a weight of 0 or less counts as 1).
+Share = Callable[[T], tuple[str, float]]
 
 
 class _Waiting(NamedTuple, Generic[T]):
     arrived_at: float  # loop time
     start_by: float  # loop time by which it must start to meet its deadline (inf: none)
     item: T
+    tenant: str = ""
+    weight: float = 1.0
+
+
+class RoundRobin:
+    """Deficit round robin over tenants, one item at a time: a tenant's turn earns it its weight
+    (over the smallest weight waiting, so at least one item) and it takes items while its deficit
+    lasts. A tenant with nothing waiting leaves the ring and its deficit (no saving up while
+    idle); one that comes back joins at the end of the ring."""
+
+    def __init__(self) -> None:
+        self._ring: deque[str] = deque()
+        self._deficit: dict[str, float] = {}
+        self._earned = False  # the tenant at the head of the ring has had its quantum this turn
+
+    def pick(self, waiting: Mapping[str, float]) -> str:
+        """The tenant whose item goes next, of `waiting` (tenant -> weight; not empty)."""
+        for tenant in [t for t in self._ring if t not in waiting]:
+            if tenant == self._ring[0]:
+                self._earned = False
+            self._ring.remove(tenant)
+            del self._deficit[tenant]
+        for tenant in waiting:
+            if tenant not in self._deficit:
+                self._ring.append(tenant)
+                self._deficit[tenant] = 0.0
+        smallest = min(waiting.values())
+        while True:
+            head = self._ring[0]
+            if self._deficit[head] >= 1.0:
+                self._deficit[head] -= 1.0
+                return head
+            if self._earned:
+                self._ring.rotate(-1)
+                self._earned = False
+            else:
+                self._deficit[head] += waiting[head] / smallest
+                self._earned = True
 
 
 class Batcher(Generic[T]):
-    def __init__(self, max_batch: int, max_wait_s: float, priorities: int = 1, min_share: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        priorities: int = 1,
+        min_share: float = 0.0,
+        share: Share[T] | None = None,
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.min_share = min_share
+        self._share = share
         self._queues: list[deque[_Waiting[T]]] = [deque() for _ in range(priorities)]
+        self._turns = [RoundRobin() for _ in range(priorities)]
         self._credit = [0.0] * priorities  # lower tiers' earned claim on the next slots
         self._arrived = asyncio.Event()
         self._freed = asyncio.Event()
@@ -47,7 +101,9 @@ class Batcher(Generic[T]):
         return max(self.room_for(p) for p in range(len(self._queues)))
 
     def put(self, item: T, priority: int = 0, start_by: float = math.inf) -> None:
-        self._queues[priority].append(_Waiting(asyncio.get_running_loop().time(), start_by, item))
+        tenant, weight = self._share(item) if self._share is not None else ("", 1.0)
+        waiting = _Waiting(asyncio.get_running_loop().time(), start_by, item, tenant, weight if weight > 0 else 1.0)
+        self._queues[priority].append(waiting)
         self._arrived.set()
 
     def close(self) -> None:
@@ -93,14 +149,29 @@ class Batcher(Generic[T]):
         for priority in range(len(self._queues) - 1, 0, -1):
             queue = self._queues[priority]
             while self._credit[priority] >= 1.0 and queue and len(batch) < count:
-                batch.append(queue.popleft().item)
+                batch.append(self._pop(priority))
                 self._credit[priority] -= 1.0
         for priority, queue in enumerate(self._queues):
             while queue and len(batch) < count:
-                batch.append(queue.popleft().item)
+                batch.append(self._pop(priority))
                 if priority:
                     self._credit[priority] = max(0.0, self._credit[priority] - 1.0)
         return batch
+
+    def _pop(self, priority: int) -> T:
+        """The next item of a tier: the first of the tenant whose turn it is."""
+        queue = self._queues[priority]
+        if self._share is None:
+            return queue.popleft().item
+        waiting: dict[str, float] = {}  # tenant -> the weight of its first item waiting
+        for w in queue:
+            waiting.setdefault(w.tenant, w.weight)
+        tenant = self._turns[priority].pick(waiting)
+        for index, w in enumerate(queue):
+            if w.tenant == tenant:
+                del queue[index]
+                return w.item
+        raise AssertionError("a picked tenant has an item waiting")
 
     async def wait_for_room(self) -> None:
         while self.room == 0 and not self._closed:

@@ -43,11 +43,24 @@ START_MARGIN_MS = 5.0
 FORGET_EVERY_S = 30.0
 PUBLISH_YIELDS = 3  # redis-py 8 writes a pipeline on the second event-loop pass after it starts
 GONE_MS = 60_000  # a consumer silent this long, with nothing pending, leaves its group
+MIXED_S = 1.0  # a stricter tier is read ahead while its entries of this long came from several tenants
 
 
 def _block_ms(wait_s: float | None) -> int:
     """How long a read may block: READ_BLOCK_MS, or less when a held stream is due sooner."""
     return READ_BLOCK_MS if wait_s is None else max(1, min(READ_BLOCK_MS, int(wait_s * 1000)))
+
+
+def _several(seen: dict[str, float], now: float) -> bool:
+    """Whether entries of more than one tenant were read in the last MIXED_S (forgetting older ones)."""
+    for tenant in [t for t, at in seen.items() if now - at > MIXED_S]:
+        del seen[tenant]
+    return len(seen) > 1
+
+
+def _tenant_share(d: Delivery) -> tuple[str, float]:
+    """A delivery's tenant and weight, by which the batcher takes a tier's entries in turn."""
+    return d.envelope.tenant, d.envelope.weight or 1.0
 
 
 def claim_idle_ms(settings: Settings, pool_name: str) -> int:
@@ -93,7 +106,11 @@ class WorkerProcess:
             tracing=start_tracing(settings.tracing, "worker", {"service.instance.id": self.name}),
         )
         self.batcher: Batcher[Delivery] = Batcher(
-            pool.max_batch, pool.max_wait_ms / 1000.0, priorities=len(pool.tiers), min_share=pool.min_share
+            pool.max_batch,
+            pool.max_wait_ms / 1000.0,
+            priorities=len(pool.tiers),
+            min_share=pool.min_share,
+            share=_tenant_share,
         )
         self.priority = stream_priorities(settings, pool_name)  # stream -> its tier's rank, strictest first
         self.holds = Holds(placement.holds(settings, pool_name))  # streams where a preferred pool goes first
@@ -107,6 +124,7 @@ class WorkerProcess:
         self.claim_idle_ms = claim_idle_ms(settings, pool_name)
         self.metrics = WorkerMetrics(settings, pool_name)
         self.metrics.track_in_flight(lambda: len(self.batcher) + self.metrics.running)
+        self.tenants_seen: dict[str, dict[str, float]] = {}  # stream -> tenant -> when last read (loop time)
 
     async def run(self) -> None:
         if not await self._until_connected():
@@ -185,6 +203,7 @@ class WorkerProcess:
             rooms = self._rooms()
             open_streams = [stream for stream, room in rooms.items() if room > 0]
             every_stream = len(open_streams) == len(self.priority)
+            ahead = not every_stream and any(self.priority[s] < self.tier_count - 1 for s in open_streams)
             plan = self.holds.plan(open_streams, loop.time())
             if not plan.streams:  # nothing open, or only streams a preferred pool may take first
                 await self._batch_ends(plan.wait_s)
@@ -192,7 +211,10 @@ class WorkerProcess:
             try:
                 # Reading only some streams, never block: the others must be read again as soon
                 # as the batch running now ends; nor while a held stream is read (workers.placement).
+                # Reading a stricter tier ahead (`_rooms`), block for about the batch running now.
                 block_ms = _block_ms(plan.wait_s) if every_stream and plan.may_block else None
+                if ahead and plan.may_block:
+                    block_ms = min(self.refill_ms, _block_ms(plan.wait_s))
                 deliveries = await self.consumer.read(max(rooms.values()), block_ms, plan.streams)
                 backoff = 0.1
             except RedisError as exc:
@@ -202,7 +224,7 @@ class WorkerProcess:
                 continue
             self.holds.read(plan.streams, {d.stream for d in deliveries}, loop.time())
             await self._admit(deliveries)
-            if not deliveries and not every_stream:
+            if not deliveries and not every_stream and block_ms is None:
                 await self._batch_ends(plan.wait_s)
         with contextlib.suppress(RedisError, OSError):  # unread: reclaimed once this worker is gone
             await self._admit(await self.consumer.drain())  # reads still in flight (a cluster's)
@@ -220,12 +242,16 @@ class WorkerProcess:
         """How many entries to read from each stream now. A pool that serves several tiers reads
         a stricter tier's stream only while it is idle: an entry it took while running a batch
         would wait for that batch to end, when a pool of that tier that is free could start it at
-        once. While busy it reads ahead only its lowest tier, where throughput is what counts."""
+        once. While busy it reads ahead only its lowest tier, where throughput is what counts, and
+        a stricter tier whose entries came from several tenants in the last `MIXED_S`: there the
+        batcher takes them tenant by tenant, which it can only do with the entries it holds."""
         rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
         busy = self.metrics.running > 0 or len(self.batcher) > 0
         lowest = self.tier_count - 1
         if busy and lowest > 0:
-            rooms = {stream: room if self.priority[stream] == lowest else 0 for stream, room in rooms.items()}
+            now = asyncio.get_running_loop().time()
+            ahead = {stream for stream, seen in self.tenants_seen.items() if _several(seen, now)}
+            rooms = {s: room if self.priority[s] == lowest or s in ahead else 0 for s, room in rooms.items()}
         return rooms
 
     async def _admit(self, deliveries: list[Delivery]) -> None:
@@ -237,6 +263,8 @@ class WorkerProcess:
         now_ms = self.clock.now_ms()
         doomed = []
         for d in deliveries:
+            if self.priority[d.stream] < self.tier_count - 1:  # a stricter tier: may be read ahead
+                self.tenants_seen.setdefault(d.stream, {})[d.envelope.tenant] = now
             expected_ms = self.executor.expected_ms(d.envelope)
             if d.envelope.deadline_at_ms - now_ms < expected_ms:
                 doomed.append(d)

@@ -128,3 +128,70 @@ async def test_room_is_counted_per_priority() -> None:
     batcher.put(1, priority=1)
     batcher.put(2, priority=1)
     assert (batcher.room_for(0), batcher.room_for(1), batcher.room) == (2, 0, 2)
+
+
+def _tenant(item: str) -> tuple[str, float]:
+    """Items named TENANT+N, with weights: 'h' (heavy) 3, 'z' 0 (counts as 1), any other 1."""
+    return item[0], {"h": 3.0, "z": 0.0}.get(item[0], 1.0)
+
+
+def _fair(max_batch: int, priorities: int = 1, min_share: float = 0.0) -> Batcher[str]:
+    return Batcher(max_batch, max_wait_s=3600, priorities=priorities, min_share=min_share, share=_tenant)
+
+
+async def test_a_light_tenants_item_goes_in_the_next_batch_not_behind_a_flooders_backlog() -> None:
+    batcher = _fair(max_batch=4)
+    for i in range(6):
+        batcher.put(f"a{i}")
+    batcher.put("b0")
+    assert await batcher.next_batch() == ["a0", "b0", "a1", "a2"]  # first come, first served: a0 ... a3
+    batcher.put("b1")  # a has had its turn (a2): b's comes next
+    assert await batcher.next_batch() == ["b1", "a3", "a4", "a5"]
+
+
+async def test_tenants_take_turns_by_weight_and_each_keeps_its_own_order() -> None:
+    batcher = _fair(max_batch=8)
+    for i in range(8):
+        batcher.put(f"a{i}")
+        batcher.put(f"h{i}")
+    assert await batcher.next_batch() == ["a0", "h0", "h1", "h2", "a1", "h3", "h4", "h5"]  # 1 : 3
+    assert await batcher.next_batch() == ["a2", "h6", "h7", "a3", "a4", "a5", "a6", "a7"]  # h ran out
+
+
+async def test_a_weight_of_zero_counts_as_one() -> None:
+    batcher = _fair(max_batch=4)
+    for i in range(4):
+        batcher.put(f"a{i}")
+        batcher.put(f"z{i}")
+    assert await batcher.next_batch() == ["a0", "z0", "a1", "z1"]
+
+
+async def test_a_tenant_that_ran_dry_saves_no_turns_and_rejoins_at_the_end_of_the_ring() -> None:
+    batcher = _fair(max_batch=2)
+    for item in ("a0", "b0", "a1", "b1"):
+        batcher.put(item)
+    assert await batcher.next_batch() == ["a0", "b0"]
+    assert await batcher.next_batch() == ["a1", "b1"]
+    for item in ("c0", "c1", "c2", "a2"):  # b is gone; a comes back after c
+        batcher.put(item)
+    assert await batcher.next_batch() == ["c0", "a2"]
+    assert await batcher.next_batch() == ["c1", "c2"]
+
+
+async def test_tiers_come_before_tenants_and_min_share_still_holds() -> None:
+    batcher = _fair(max_batch=4, priorities=2, min_share=0.25)
+    for i in range(4):
+        batcher.put(f"a{i}", priority=0)
+        batcher.put(f"b{i}", priority=1)
+    batcher.put("c0", priority=0)
+    # The lower tier's one earned slot (min_share 0.25 of 4) goes first, then the stricter tier,
+    # tenant by tenant; the lower tier never jumps the stricter one otherwise.
+    assert await batcher.next_batch() == ["b0", "a0", "c0", "a1"]
+    assert await batcher.next_batch() == ["b1", "a2", "a3", "b2"]
+
+
+async def test_without_a_share_function_a_tier_is_first_come_first_served() -> None:
+    batcher: Batcher[str] = Batcher(max_batch=4, max_wait_s=3600)
+    for item in ("a0", "a1", "a2", "b0"):
+        batcher.put(item)
+    assert await batcher.next_batch() == ["a0", "a1", "a2", "b0"]

@@ -135,3 +135,13 @@ def test_slo_fields_and_members_read_back_as_written() -> None:
         "realtime",
         "cerebras-cs3",
     )
+
+
+def test_a_tenant_weight_travels_only_when_it_is_set() -> None:
+    plain = protocol.Envelope(
+        id="a", model="m", input="x", tier="realtime", region="eu", reply_to="gw", deadline_at_ms=5
+    )
+    assert "weight" not in msgspec.msgpack.decode(protocol.encoder.encode(plain))  # an open gateway's: as before
+    weighted = msgspec.structs.replace(plain, tenant="t", weight=3.0)
+    assert protocol.envelope_decoder.decode(protocol.encoder.encode(weighted)).weight == 3.0
+    assert msgspec.msgpack.decode(protocol.encoder.encode(weighted), type=OldEnvelope).id == "a"
