@@ -7,7 +7,8 @@ p50/p99, and the batch's lines per second from its creation to `completed` as th
 sees it (polling), with the host's load average and steal time, since other work on the machine
 skews every tail. Each tier's clients run in a process of their own (bench/client.py).
 `--realtime-gateway` gives realtime a gateway process of its own (`[gateway] tier_ports`), and
-`--max-lines-per-s N` bounds the batch's feeding (`[batches] max_lines_per_s`), both on a copy of
+`--max-lines-per-s N` sets the batch's feeding bound (`[batches] max_lines_per_s`, 300 as shipped,
+0 for none), both on a copy of
 the shipped default config. Run: `python -m bench.batch_api [--lines 20000] [--duration-s 20]
 [--realtime-rps 100] [--interactive-rps 100] [--realtime-gateway] [--max-lines-per-s N]`.
 """
@@ -34,7 +35,7 @@ from loadtest.stats import summary
 def config_for(args: argparse.Namespace, into: Path) -> Path:
     """The shipped default config with the benchmark's options applied (a copy in `into`)."""
     text = DEFAULT_CONFIG_PATH.read_text()
-    edits = {"max_lines_per_s = 0.0": f"max_lines_per_s = {args.max_lines_per_s}"}
+    edits = {"max_lines_per_s = 300.0": f"max_lines_per_s = {args.max_lines_per_s}"}
     if args.realtime_gateway:
         edits["# tier_ports = { realtime = 8081 }"] = "tier_ports = { realtime = 0 }"
     for old, new in edits.items():
@@ -143,7 +144,12 @@ def main() -> None:
     parser.add_argument("--realtime-rps", type=float, default=100.0)
     parser.add_argument("--interactive-rps", type=float, default=100.0)
     parser.add_argument("--realtime-gateway", action="store_true", help="realtime on a gateway of its own")
-    parser.add_argument("--max-lines-per-s", type=float, default=0.0, help="[batches] max_lines_per_s (0: none)")
+    parser.add_argument(
+        "--max-lines-per-s",
+        type=float,
+        default=300.0,
+        help="[batches] max_lines_per_s (default 300, as shipped; 0: none)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(main_async(args, config_for(args, Path(tmp))))

@@ -274,7 +274,9 @@ class BatchSettings(_Frozen, frozen=True):
     s3_prefix: str = "tiergate/files/"  # file contents are kept under this prefix of the bucket
     max_in_flight_per_batch: PositiveInt = 256  # lines of one batch queued or running at once
     max_in_flight: PositiveInt = 1024  # lines of every batch one gateway runs, queued or running at once
-    max_lines_per_s: NonNegativeFloat = 0.0  # lines one gateway starts a second, all batches together (0: no bound)
+    # Lines one gateway starts a second, all batches together (0: no bound). Each line costs the
+    # gateway that runs it CPU that its realtime requests share (docs/batch.md).
+    max_lines_per_s: NonNegativeFloat = 300.0
     lease_ttl_s: PositiveFloat = 10.0  # a runner silent this long loses its batch to another gateway
     poll_interval_s: PositiveFloat = 1.0  # how often each gateway looks for a batch without a runner
     retry_after_max_s: PositiveFloat = 5.0  # the longest wait after a 429 before a line is offered again
