@@ -27,6 +27,7 @@ from core import protocol
 from core.settings import Settings
 from gateway.batch_lines import idempotency_key
 from tests.integration.conftest import Stack
+from tests.integration.test_tenants import make_key
 from workers.models import embed
 
 pytestmark = pytest.mark.redis_server
@@ -350,3 +351,30 @@ async def test_files_may_live_in_an_s3_bucket(
     listed = await asyncio.to_thread(bucket.list_objects_v2, Bucket="files", Prefix="tiergate/files/")
     assert {o["Key"] for o in listed["Contents"]} == {f"tiergate/files/{done.output_file_id}"}
     await aio.close()
+
+
+async def test_a_batchs_lines_are_sent_with_the_key_that_created_it(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    keyed = make_settings(auth__mode="keys", batches__poll_interval_s=0.1)
+    s: Stack = await stack(keyed, pools=BATCH)
+    allowed, _ = await make_key(s.redis_url, keyed, "acme", tiers=("batch",))
+    barred, _ = await make_key(s.redis_url, keyed, "globex", tiers=("interactive",))
+    texts = {f"q{i}": f"keyed question {i}" for i in range(6)}
+    data = jsonl([chat_line(k, v) for k, v in texts.items()])
+    async with openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key=allowed, max_retries=0, timeout=20) as acme:
+        ok = await until_status(acme, (await run_batch(acme, data)).id, "completed", "failed")
+        output = await lines_of(acme, ok.output_file_id)
+    assert (ok.status, ok.request_counts.completed) == ("completed", 6), ok
+    answers = {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"] for line in output}
+    assert answers == {k: v[::-1] for k, v in texts.items()}  # sim-echo answers a text reversed
+    async with openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key=barred, max_retries=0, timeout=20) as globex:
+        with pytest.raises(openai.NotFoundError):  # another tenant's batch is not there for it
+            await globex.batches.retrieve(ok.id)
+        refused = await until_status(globex, (await run_batch(globex, data)).id, "completed", "failed")
+        errors = await lines_of(globex, refused.error_file_id)
+    # Its key may not use the batch tier: every line is refused as the endpoint would refuse it.
+    assert (refused.request_counts.completed, refused.request_counts.failed) == (0, 6), refused
+    assert {line["response"]["status_code"] for line in errors} == {403}
+    assert {line["response"]["body"]["error"]["code"] for line in errors} == {"forbidden"}
+    assert "may not use the tier 'batch'" in errors[0]["response"]["body"]["error"]["message"]
