@@ -126,7 +126,7 @@ async def _upload(request: web.Request) -> tuple[str, str, bytes]:
                 filename = os.path.basename(part.filename or "upload.jsonl")
                 data = await _read_part(part, limit, settings.gateway.body_timeout_s)
             else:
-                purpose = (await _read_part(part, 64, settings.gateway.body_timeout_s)).decode(errors="replace")
+                purpose = await _purpose(part, settings.gateway.body_timeout_s)
     except (HttpProcessingError, ValueError, AssertionError) as exc:  # aiohttp's parser on a malformed body
         raise InvalidRequest(f"the multipart body is malformed: {exc}") from exc
     if data is None:
@@ -134,6 +134,19 @@ async def _upload(request: web.Request) -> tuple[str, str, bytes]:
     if purpose != "batch":
         raise InvalidRequest(f"purpose is {purpose!r}; this gateway keeps files for `batch` only - at `$.purpose`")
     return purpose, filename, data
+
+
+async def _purpose(part: BodyPartReader, timeout_s: float) -> str:
+    """The `purpose` field, judged as soon as it is read (before a file that follows it)."""
+    try:
+        purpose = (await _read_part(part, 64, timeout_s)).decode(errors="replace")
+    except PayloadTooLarge:
+        raise InvalidRequest(
+            "purpose is over 64 bytes; this gateway keeps files for `batch` only - at `$.purpose`"
+        ) from None
+    if purpose != "batch":
+        raise InvalidRequest(f"purpose is {purpose!r}; this gateway keeps files for `batch` only - at `$.purpose`")
+    return purpose
 
 
 @openai_errors

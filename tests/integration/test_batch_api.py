@@ -231,6 +231,7 @@ async def test_files_are_listed_read_deleted_and_limited(
     assert too_big.value.status_code == 413
     for fields, with_file, message in (
         ({"purpose": "assistants"}, True, "purpose is 'assistants'"),
+        ({"purpose": "b" * 65}, True, "purpose is over 64 bytes"),  # not a 413 naming the file
         ({"purpose": "batch", "extra": "x"}, True, "unexpected field 'extra'"),
         ({"purpose": "batch"}, False, "no `file` field"),
     ):

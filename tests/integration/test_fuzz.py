@@ -4,7 +4,8 @@ requests, through its coverage, fuzzing and stateful phases (the stateful one fo
 document's link from a queued `POST /v1/infer` to `GET /v1/requests/{id}`). The document must
 describe exactly what is accepted: no schema-valid request refused, no invalid one accepted, no
 answer outside the documented statuses and schemas, no server error (but a 504 for a deadline too
-short to meet, tests/integration/fuzz_hooks.py) and no hang.
+short to meet, tests/integration/fuzz_hooks.py) and no hang. Not checked: that a resource is gone
+after its DELETE, since cancelling a request keeps its state readable (as cancelled).
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
 def test_fuzzing_the_openapi_document_with_every_check_finds_nothing(live: str, tmp_path: Path) -> None:
     command = [
         sys.executable, "-c", SCHEMATHESIS, "run", f"{live}/openapi.json",
-        "--checks", "all", "--exclude-checks", "not_a_server_error",  # replaced by fuzz_hooks.py's
+        "--checks", "all",
+        # not_a_server_error: replaced by fuzz_hooks.py's. use_after_free: DELETE /v1/requests/{id}
+        # cancels a request, it does not delete it: its GET then answers 200 {"status": "cancelled"}.
+        "--exclude-checks", "not_a_server_error,use_after_free",
         "--mode", "all", "--phases", "coverage,fuzzing,stateful",
         "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--generation-deterministic",
         "--workers", "2", "--request-timeout", "15",  # a hang fails here
