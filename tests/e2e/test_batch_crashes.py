@@ -22,8 +22,6 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import protocol
-from ops.embedded import EmbeddedRedis
-from tests.conftest import TEST_REDIS
 from tests.processes import QUICK_RECOVERY, Proc, start
 
 pytestmark = pytest.mark.redis_server
@@ -55,26 +53,23 @@ max_wait_ms = 5
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """Start `tiergate ARGS --config ... --redis-url ...` processes on one private Redis."""
+def stack(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Proc]]:
+    """Start `tiergate ARGS --config ... --redis-url ...` processes on the session's Redis."""
     config = tmp_path / "tiergate.toml"
     config.write_text(CONFIG)
-    server = EmbeddedRedis(TEST_REDIS)
-    url = server.start()
     started: list[Proc] = []
 
     def run(*args: str) -> Proc:
-        proc = start(*args, "--config", str(config), "--redis-url", url)
+        proc = start(*args, "--config", str(config), "--redis-url", redis_url)
         started.append(proc)
         return proc
 
-    run.redis_url = url  # type: ignore[attr-defined]
+    run.redis_url = redis_url  # type: ignore[attr-defined]
     try:
         yield run
     finally:
         for proc in started:
             proc.stop()
-        server.stop()
 
 
 def submit(url: str) -> tuple[openai.OpenAI, str, dict[str, str]]:
