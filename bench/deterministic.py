@@ -33,6 +33,7 @@ from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
 from workers.capacity import request_ms
+from workers.priority import set_cpu_policy
 
 TEXT = "hello tiergate"
 WITHIN_MS = 0.05  # the precision a deterministic pool promises: ±50 µs of its profile
@@ -256,13 +257,15 @@ def table(phases: Sequence[Phase]) -> str:
 async def main_async(args: argparse.Namespace) -> None:
     settings = load_settings(args.config)
     process, ready = start_stack(args.config)
+    set_cpu_policy(args.client_policy)  # after the stack started: its processes keep theirs
     try:
         await asyncio.sleep(1.0)  # let every process finish starting
         load_before = os.getloadavg()
         started = time.monotonic()
         loads = [float(x) for x in args.loads.split(",")]
         phases = await spread(settings, ready, args.requests, loads, args.direct)
-        print(f"requests sent {'straight into Redis' if args.direct else 'over HTTP'}\n")
+        policy = f", the client in scheduling class {args.client_policy}" if args.client_policy != "normal" else ""
+        print(f"requests sent {'straight into Redis' if args.direct else 'over HTTP'}{policy}\n")
         print(table(phases))
         elapsed_s = time.monotonic() - started
         load_after = os.getloadavg()
@@ -283,6 +286,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     parser.add_argument("--requests", type=int, default=2000, help="requests per phase")
     parser.add_argument("--direct", action="store_true", help="send straight into Redis instead of over HTTP")
+    parser.add_argument(
+        "--client-policy",
+        choices=["normal", "batch", "idle"],
+        default="normal",
+        help="Linux scheduling class of this client (idle: as if it ran on a host of its own)",
+    )
     parser.add_argument("--loads", default="0.5,0.8", help="open-loop loads, as shares of the pool's capacity")
     asyncio.run(main_async(parser.parse_args()))
 

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from bench.scenarios import cpu_times, drained, start_stack, steal_pct
 from core.settings import load_settings
+from workers.priority import set_cpu_policy
 
 WARMUP_S = 1.0  # answers before this are not counted in goodput: the pools are still filling up
 CLOSED_LOOP_CLIENTS = 64
@@ -124,6 +125,7 @@ async def closed_loop(url: str, tier: str, seconds: float) -> Tally:
 def client_main(spec: dict[str, Any]) -> None:
     """The client process: one phase, its summary as one JSON line on stdout."""
     os.nice(spec.get("nice", 0))
+    set_cpu_policy(spec.get("policy", "normal"))
     if spec["rate"]:
         args = (spec["url"], spec["tier"], spec["rate"], spec["seconds"], spec["deadline_ms"], spec["seed"])
         run = open_loop(*args, spec.get("chars", 0))
@@ -176,7 +178,13 @@ async def run(args: argparse.Namespace) -> None:
     try:
         if args.isolation_rounds:
             await isolation(
-                url, redis, settings.gateway.region, args.isolation_s, args.isolation_rounds, args.flood_nice
+                url,
+                redis,
+                settings.gateway.region,
+                args.isolation_s,
+                args.isolation_rounds,
+                args.flood_nice,
+                args.flood_policy,
             )
             return
         for tier in args.tiers.split(","):
@@ -205,10 +213,13 @@ ISOLATION_RATES = {"realtime": 50.0, "interactive": 50.0}
 FLOOD = {"tier": "batch", "rate": 1000.0, "deadline_ms": 2000}
 
 
-async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds: int, flood_nice: int = 0) -> None:
+async def isolation(
+    url: str, redis: Redis, region: str, seconds: float, rounds: int, flood_nice: int = 0, flood_policy: str = "normal"
+) -> None:
     """Realtime and interactive through the one URL, with batch idle, then flooded; alternating rounds."""
     flood = f"batch at {FLOOD['rate']:g} req/s (deadline {FLOOD['deadline_ms']} ms) from its own process"
     flood += f" at nice {flood_nice}" if flood_nice else ""
+    flood += f", scheduling class {flood_policy}" if flood_policy != "normal" else ""
     print(f"\nrealtime and interactive at {ISOLATION_RATES} req/s, {seconds:g} s a phase, through {url}; {flood}\n")
     print(
         "| round | phase | realtime sent | realtime p50 ms | realtime p99 ms | interactive p50 ms "
@@ -232,7 +243,9 @@ async def isolation(url: str, redis: Redis, region: str, seconds: float, rounds:
                 for tier, rate in ISOLATION_RATES.items()
             ]
             if name == "batch flood":
-                specs.append({"url": url, "seconds": seconds, "seed": n, "nice": flood_nice} | FLOOD)
+                specs.append(
+                    {"url": url, "seconds": seconds, "seed": n, "nice": flood_nice, "policy": flood_policy} | FLOOD
+                )
             rows, steal = await phases(specs)
             for tier, row in zip(ISOLATION_RATES, rows, strict=False):
                 pooled.setdefault(name, {}).setdefault(tier, []).extend(row["latencies_ms"])
@@ -294,6 +307,12 @@ def main() -> None:
     parser.add_argument("--isolation-rounds", type=int, default=0, help="run the isolation rounds instead (0: no)")
     parser.add_argument(
         "--flood-nice", type=int, default=0, help="CPU priority of the flood's client (10: as if on another host)"
+    )
+    parser.add_argument(
+        "--flood-policy",
+        choices=["normal", "batch", "idle"],
+        default="normal",
+        help="Linux scheduling class of the flood's client (idle: it only takes a core nothing else wants)",
     )
     parser.add_argument("--isolation-s", type=float, default=10.0, help="seconds of each isolation phase")
     parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the closed-loop capacity phase")

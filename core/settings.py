@@ -177,6 +177,9 @@ class PoolSettings(_Frozen, frozen=True):
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
+    # Linux scheduling class of its worker processes: "batch" (SCHED_BATCH) never preempts a
+    # waking process of a stricter tier; "idle" (SCHED_IDLE) runs only on a core nothing else wants.
+    cpu_policy: Literal["normal", "batch", "idle"] = "normal"
     # The highest data class (protocol.SENSITIVITY_CLASSES) this pool is cleared to run; a request
     # of a higher class never reaches it (docs/sovereignty.md).
     clearance: Literal["public", "internal", "restricted"] = "public"

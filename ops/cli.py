@@ -133,9 +133,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     url = _redis_url(args, settings)
     replicas = args.replicas or settings.pools[args.pool].replicas
     if replicas == 1:
+        from workers.priority import lower_priority
         from workers.process import serve
 
-        os.nice(settings.pools[args.pool].nice)  # the process that runs the pool, whoever started it
+        lower_priority(settings.pools[args.pool])  # the process that runs the pool, whoever started it
 
         _run(serve(settings, args.pool, url, ready=_print_ready))
         return

@@ -131,6 +131,19 @@ def test_a_url_that_is_not_redis_is_refused_in_one_line(config: Path, command: t
     assert result.stderr.strip().splitlines()[-1] == expected and "Traceback" not in result.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling classes only")
+def test_a_worker_runs_at_its_pools_cpu_priority(redis_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "low-priority.toml"
+    path.write_text(CONFIG.replace("[pools.far]", 'nice = 5\ncpu_policy = "batch"\n[pools.far]'))
+    worker = start("worker", "--config", str(path), "--pool", "near", "--redis-url", redis_url, env=environ())
+    try:
+        pid = worker.process.pid
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+    finally:
+        worker.stop()
+
+
 # ---------------------------------------------------------------- environment overrides in a running stack
 
 
