@@ -28,12 +28,12 @@ from redis.asyncio import Redis
 from bench.scenarios import cpu_times, start_stack, steal_pct
 from core import protocol
 from core.clock import RedisClock
+from core.cpu import CPU_POLICIES, lower_priority
 from core.errors import RequestError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
 from workers.capacity import request_ms
-from workers.priority import set_cpu_policy
 
 TEXT = "hello tiergate"
 WITHIN_MS = 0.05  # the precision a deterministic pool promises: ±50 µs of its profile
@@ -257,7 +257,7 @@ def table(phases: Sequence[Phase]) -> str:
 async def main_async(args: argparse.Namespace) -> None:
     settings = load_settings(args.config)
     process, ready = start_stack(args.config)
-    set_cpu_policy(args.client_policy)  # after the stack started: its processes keep theirs
+    lower_priority(0, args.client_policy)  # after the stack started: its processes keep theirs
     try:
         await asyncio.sleep(1.0)  # let every process finish starting
         load_before = os.getloadavg()
@@ -288,7 +288,7 @@ def main() -> None:
     parser.add_argument("--direct", action="store_true", help="send straight into Redis instead of over HTTP")
     parser.add_argument(
         "--client-policy",
-        choices=["normal", "batch", "idle"],
+        choices=list(CPU_POLICIES),
         default="normal",
         help="Linux scheduling class of this client (idle: as if it ran on a host of its own)",
     )

@@ -30,8 +30,8 @@ import uvloop
 from redis.asyncio import Redis
 
 from bench.scenarios import cpu_times, drained, start_stack, steal_pct
+from core.cpu import CPU_POLICIES, lower_priority
 from core.settings import load_settings
-from workers.priority import set_cpu_policy
 
 WARMUP_S = 1.0  # answers before this are not counted in goodput: the pools are still filling up
 CLOSED_LOOP_CLIENTS = 64
@@ -125,7 +125,7 @@ async def closed_loop(url: str, tier: str, seconds: float) -> Tally:
 def client_main(spec: dict[str, Any]) -> None:
     """The client process: one phase, its summary as one JSON line on stdout."""
     os.nice(spec.get("nice", 0))
-    set_cpu_policy(spec.get("policy", "normal"))
+    lower_priority(0, spec.get("policy", "normal"))
     if spec["rate"]:
         args = (spec["url"], spec["tier"], spec["rate"], spec["seconds"], spec["deadline_ms"], spec["seed"])
         run = open_loop(*args, spec.get("chars", 0))
@@ -310,7 +310,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--flood-policy",
-        choices=["normal", "batch", "idle"],
+        choices=list(CPU_POLICIES),
         default="normal",
         help="Linux scheduling class of the flood's client (idle: it only takes a core nothing else wants)",
     )

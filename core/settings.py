@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from . import protocol
+from .cpu import CpuPolicy
 from .errors import ConfigError
 
 # The default config ships inside this package (package data), so an installed wheel finds it;
@@ -82,6 +83,9 @@ class GatewaySettings(_Frozen, frozen=True):
     # Tier -> port: `tiergate up` also runs a gateway process on each port that serves only that
     # tier, so that another tier's traffic never shares its process (0: any free port).
     tier_ports: dict[str, Annotated[int, Meta(ge=0, le=65535)]] = msgspec.field(default_factory=dict)
+    # Linux scheduling class of the gateway's processes (core/cpu.py): "latency" lets a request's
+    # wake-up preempt a batch pool's work on a shared host.
+    cpu_policy: CpuPolicy = "normal"
 
 
 class SLO(_Frozen, frozen=True):
@@ -177,9 +181,9 @@ class PoolSettings(_Frozen, frozen=True):
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
-    # Linux scheduling class of its worker processes: "batch" (SCHED_BATCH) never preempts a
-    # waking process of a stricter tier; "idle" (SCHED_IDLE) runs only on a core nothing else wants.
-    cpu_policy: Literal["normal", "batch", "idle"] = "normal"
+    # Linux scheduling class of its worker processes (core/cpu.py): "latency" for realtime pools,
+    # "batch" or "idle" for pools whose work may wait for a core.
+    cpu_policy: CpuPolicy = "normal"
     # The highest data class (protocol.SENSITIVITY_CLASSES) this pool is cleared to run; a request
     # of a higher class never reaches it (docs/sovereignty.md).
     clearance: Literal["public", "internal", "restricted"] = "public"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from core import redis_client, tracing
+from core import cpu, redis_client, tracing
 from core.errors import ConfigError, ListenError, RedisAccessError
 from core.settings import DEFAULT_CONFIG_PATH, Settings, config_path, load_settings
 
@@ -52,6 +52,7 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> None:
         raise SystemExit(_run(_supervise_gateways(args, settings, host, port)))
     from gateway.app import serve
 
+    cpu.lower_priority(0, settings.gateway.cpu_policy)
     try:
         _run(serve(settings, _redis_url(args, settings), host, port, _tiers(args.tiers, settings), args.reuse_port))
     except ListenError as exc:
@@ -133,10 +134,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     url = _redis_url(args, settings)
     replicas = args.replicas or settings.pools[args.pool].replicas
     if replicas == 1:
-        from workers.priority import lower_priority
         from workers.process import serve
 
-        lower_priority(settings.pools[args.pool])  # the process that runs the pool, whoever started it
+        pool = settings.pools[args.pool]
+        cpu.lower_priority(pool.nice, pool.cpu_policy)  # the process that runs the pool, whoever started it
 
         _run(serve(settings, args.pool, url, ready=_print_ready))
         return

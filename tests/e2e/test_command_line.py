@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from core import cpu
 from core.settings import DEFAULT_CONFIG_PATH
 from tests.conftest import REPO
 from tests.processes import Proc, spawn, start
@@ -132,15 +133,20 @@ def test_a_url_that_is_not_redis_is_refused_in_one_line(config: Path, command: t
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="Linux scheduling classes only")
-def test_a_worker_runs_at_its_pools_cpu_priority(redis_url: str, tmp_path: Path) -> None:
-    path = tmp_path / "low-priority.toml"
-    path.write_text(CONFIG.replace("[pools.far]", 'nice = 5\ncpu_policy = "batch"\n[pools.far]'))
+def test_a_worker_and_a_gateway_run_at_their_cpu_priority(redis_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "priorities.toml"
+    text = CONFIG.replace("[pools.far]", 'nice = 5\ncpu_policy = "batch"\n[pools.far]')
+    path.write_text(text.replace("[gateway]\n", '[gateway]\ncpu_policy = "latency"\n'))
     worker = start("worker", "--config", str(path), "--pool", "near", "--redis-url", redis_url, env=environ())
+    gateway = start("gateway", "--config", str(path), "--port", "0", "--redis-url", redis_url, env=environ())
     try:
         pid = worker.process.pid
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+        assert os.sched_getscheduler(gateway.process.pid) == os.SCHED_OTHER
+        assert cpu.slice_ns(gateway.process.pid) == cpu.SHORTEST_SLICE_NS
     finally:
+        gateway.stop()
         worker.stop()
 
 
