@@ -1,16 +1,19 @@
 """The worker's own CPU per batch and per answer, without a model's cost: one worker process of
-a pool, run in this process against a private redis-server, drains a request stream preloaded
-with `--requests` requests at each `max_batch`.
+a pool, run in this process against a private redis-server, answers `--requests` requests at
+each `max_batch`: queued all at once (a backlog: full batches), or one at a time at `--rate` a
+second from a process of its own (batches fill while the one before runs, as under real load).
 
 Pool `minilm` (config/local.toml) runs its real backend with the forward pass replaced by one
-that hands back a fixed 384-dimension vector per text, so that what is left is the worker's
-own work (reading, decoding, the thread hand-off, building, encoding and publishing replies);
-a simulated pool runs its own backend, whose service time is a sleep. Per setting: batches run,
-the worker's CPU per batch and per answer (its process's CPU less the forward thread's), and
-redis-server's CPU per answer (INFO cpu); then, over the settings, a least-squares fit of the
-worker's CPU per batch as a fixed part plus a part per answer. `--profile FILE` writes a
-cProfile of the last setting. Quiet machines give steady figures: the load average is printed.
-Run: `python -m bench.worker_cpu [--pool minilm] [--batches 1,8,32] [--requests 4000]`.
+that sleeps `--forward-ms` (no CPU) and hands back a fixed 384-dimension vector per text, so that
+what is left is the worker's own work (reading, decoding, the thread hand-off, building, encoding
+and publishing replies); a simulated pool runs its own backend, whose service time is a sleep.
+Per setting (the least CPU of `--repeat` runs): batches run, the worker's CPU per batch and per
+answer (its process's CPU less the forward thread's), and redis-server's CPU per answer (INFO
+cpu); then a least-squares fit of the worker's CPU per batch as a fixed part plus a part per
+answer. `--profile FILE` writes a cProfile of the last setting. The load average is printed:
+on a shared host compare runs taken together.
+Run: `python -m bench.worker_cpu [--pool minilm] [--batches 1,8,32] [--requests 4000] [--repeat 3]
+[--rate 150 --forward-ms 15,5.5]`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import os
+import random
+import sys
 import time
 import tomllib
 from collections.abc import Callable
@@ -47,18 +53,21 @@ def settings_with(pool: str, max_batch: int) -> Settings:
     return parse_settings(raw)
 
 
-def instant_backend(settings: Settings, pool: str) -> Backend:
-    """Pool `minilm`'s own backend with a forward pass that costs nothing: the same hand-off to
-    its thread, the same completions, a fixed vector per text."""
+def instant_backend(settings: Settings, pool: str, forward_ms: tuple[float, float]) -> Backend:
+    """Pool `minilm`'s own backend with a forward pass that costs no CPU: the same hand-off to
+    its thread, the same completions, a fixed vector per text, after sleeping `forward_ms` (a
+    fixed part, and a part per text) as the model would take."""
     from workers.backends import local
 
     vector = [((n * 7919) % 1000 - 500) / 12_000.0 for n in range(DIMENSIONS)]
     for name in local._LOADERS:
         local._loaded[name] = None  # nothing to load: the forward pass below never uses it
+    local.set_threads = lambda threads: None  # nor torch to import
 
     class Instant(local.LocalBackend):
         def _forward(self, inputs: list[str]) -> tuple[list[list[float]], list[int]]:
             start_s, start_cpu_s = time.perf_counter(), time.thread_time()
+            time.sleep((forward_ms[0] + forward_ms[1] * len(inputs)) / 1000)
             vectors = [list(vector) for _ in inputs]  # fresh lists, as tolist() makes them
             self._spent_s = [
                 self._spent_s[0] + time.perf_counter() - start_s,
@@ -69,25 +78,45 @@ def instant_backend(settings: Settings, pool: str) -> Backend:
     return Instant(settings, pool)
 
 
-def backend_for(pool: str) -> Callable[[Settings, str], Backend]:
-    return instant_backend if pool == "minilm" else make_backend
+def backend_for(pool: str, forward_ms: tuple[float, float]) -> Callable[[Settings, str], Backend]:
+    if pool == "minilm":
+        return lambda settings, name: instant_backend(settings, name, forward_ms)
+    return make_backend
 
 
-async def preload(client: redis.asyncio.Redis, settings: Settings, pool: str, count: int) -> None:
-    """`count` requests queued on the pool's interactive stream, due long after the run."""
-    lane = next(lane for lane in settings.lanes() if pool in lane.pools)
-    model = settings.pools[pool].models[0]
+async def feed(url: str, pool: str, count: int, rate: float) -> None:
+    """`count` requests queued on the pool's first stream, due long after the run: all at once
+    (`rate` 0), or one at a time at Poisson arrivals of `rate` a second, as gateways queue them."""
+    client = redis.asyncio.Redis.from_url(url)
+    lane = next(lane for lane in settings_with(pool, 1).lanes() if pool in lane.pools)
+    model = settings_with(pool, 1).pools[pool].models[0]
     seconds, _ = await client.time()  # type: ignore[misc]
     deadline_ms = (int(seconds) + 3600) * 1000
-    inputs = texts(count)
-    pipe = client.pipeline(transaction=False)
-    for text in inputs:
-        env = protocol.Envelope(
+    payloads = [
+        protocol.encoder.encode(protocol.Envelope(
             id=protocol.new_request_id(), model=model, input=text, tier=lane.tier, region=lane.region,
             reply_to=GATEWAY, deadline_at_ms=deadline_ms,
-        )  # fmt: skip
-        pipe.xadd(lane.stream, {protocol.PAYLOAD_FIELD: protocol.encoder.encode(env)})
-    await pipe.execute()
+        ))
+        for text in texts(count)
+    ]  # fmt: skip
+    if rate <= 0:
+        pipe = client.pipeline(transaction=False)
+        for payload in payloads:
+            pipe.xadd(lane.stream, {protocol.PAYLOAD_FIELD: payload})
+        await pipe.execute()
+    else:
+        rng, start, at = random.Random(7), time.perf_counter(), 0.0
+        for payload in payloads:
+            at += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, at - (time.perf_counter() - start)))
+            await client.xadd(lane.stream, {protocol.PAYLOAD_FIELD: payload})
+    await client.aclose()
+
+
+async def feeder(url: str, pool: str, count: int, rate: float) -> asyncio.subprocess.Process:
+    """`feed` in a process of its own, so that its CPU is not the worker's."""
+    spec = json.dumps({"url": url, "pool": pool, "count": count, "rate": rate})
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.worker_cpu", "--feed", spec)
 
 
 async def redis_cpu_s(client: redis.asyncio.Redis) -> float:
@@ -112,12 +141,15 @@ class Row:
         return self.own_s / max(self.answers, 1) * 1000
 
 
-async def one_setting(url: str, pool: str, max_batch: int, count: int, profile: cProfile.Profile | None) -> Row:
+async def one_setting(url: str, args: argparse.Namespace, max_batch: int, profile: cProfile.Profile | None) -> Row:
+    pool, count = args.pool, args.requests
     settings = settings_with(pool, max_batch)
     client = redis.asyncio.Redis.from_url(url)
     await client.flushall()
-    await preload(client, settings, pool, count)
-    worker_process.make_backend = backend_for(pool)  # type: ignore[assignment]
+    if not args.rate:
+        await feed(url, pool, count, 0.0)
+    forward_ms = tuple(float(part) for part in args.forward_ms.split(","))
+    worker_process.make_backend = backend_for(pool, (forward_ms[0], forward_ms[1]))  # type: ignore[assignment]
     ready = asyncio.Event()
     worker = worker_process.WorkerProcess(settings, pool, url, ready=lambda **_: ready.set())
     answered = 0
@@ -134,6 +166,7 @@ async def one_setting(url: str, pool: str, max_batch: int, count: int, profile: 
     worker._publish = counted  # type: ignore[method-assign]
     running = asyncio.create_task(worker.run())
     await ready.wait()
+    arrivals = await feeder(url, pool, count, args.rate) if args.rate else None
     spent = worker.metrics.model_cpu
     cpu_before, forward_before = time.process_time(), spent._value.get()
     redis_before = await redis_cpu_s(client)
@@ -147,6 +180,8 @@ async def one_setting(url: str, pool: str, max_batch: int, count: int, profile: 
     batches = int(worker.metrics.batches._value.get())
     worker.stop()
     await running
+    if arrivals is not None:
+        await arrivals.wait()
     await client.aclose()
     return Row(max_batch, batches, answered, own_s, redis_s)
 
@@ -185,7 +220,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         for n, size in enumerate(sizes):
             profile = cProfile.Profile() if args.profile and n == len(sizes) - 1 else None
-            runs = [await one_setting(url, args.pool, size, args.requests, profile) for _ in range(args.repeat)]
+            runs = [await one_setting(url, args, size, profile) for _ in range(args.repeat)]
             rows.append(min(runs, key=lambda row: row.own_s))
             spread = ", ".join(f"{run.batch_ms:.3f}" for run in runs)
             print(f"max_batch {size}: {spread} ms a batch (the least is kept)", flush=True)
@@ -203,7 +238,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each setting: the least CPU is kept")
     parser.add_argument("--profile", default="", help="write a cProfile of the last setting to this file")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="requests a second, one at a time (0: all queued first)"
+    )
+    parser.add_argument(
+        "--forward-ms", default="0,0", help="minilm: the forward pass's time, fixed,per text (e.g. 15,5.5; no CPU)"
+    )
+    parser.add_argument("--feed", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.feed:
+        spec = json.loads(args.feed)
+        asyncio.run(feed(spec["url"], spec["pool"], spec["count"], spec["rate"]))
+        return
     import uvloop
 
     uvloop.run(run(args))
