@@ -152,32 +152,33 @@ async def one_setting(url: str, args: argparse.Namespace, max_batch: int, profil
     worker_process.make_backend = backend_for(pool, (forward_ms[0], forward_ms[1]))  # type: ignore[assignment]
     ready = asyncio.Event()
     worker = worker_process.WorkerProcess(settings, pool, url, ready=lambda **_: ready.set())
-    answered = 0
+    answered, batches = 0, 0
     done = asyncio.Event()
     publish = worker._publish
 
     async def counted(replies: list[tuple[Any, protocol.Reply]]) -> None:
-        nonlocal answered
+        nonlocal answered, batches
         await publish(replies)
-        answered += len(replies)
+        answered, batches = answered + len(replies), batches + 1
         if answered >= count:
             done.set()
+
+    def forward_cpu_s() -> float:
+        return worker.model_clock.model_seconds()[1] if worker.model_clock is not None else 0.0
 
     worker._publish = counted  # type: ignore[method-assign]
     running = asyncio.create_task(worker.run())
     await ready.wait()
     arrivals = await feeder(url, pool, count, args.rate) if args.rate else None
-    spent = worker.metrics.model_cpu
-    cpu_before, forward_before = time.process_time(), spent._value.get()
+    cpu_before, forward_before = time.process_time(), forward_cpu_s()
     redis_before = await redis_cpu_s(client)
     if profile is not None:
         profile.enable()
     await done.wait()
     if profile is not None:
         profile.disable()
-    own_s = time.process_time() - cpu_before - (spent._value.get() - forward_before)
+    own_s = time.process_time() - cpu_before - (forward_cpu_s() - forward_before)
     redis_s = await redis_cpu_s(client) - redis_before
-    batches = int(worker.metrics.batches._value.get())
     worker.stop()
     await running
     if arrivals is not None:
