@@ -115,8 +115,9 @@ def parse_slo_member(name: bytes | str) -> tuple[str, str]:
 
 
 def audit_key() -> str:
-    """The audit stream: one `AuditEntry` per request a worker answered, saying where it ran;
-    bounded by `[audit]` maxlen and max_age_s. One slot: `tiergate audit tail` reads it in order."""
+    """The audit stream: where each request a worker answered ran, one stream entry per
+    published batch (an `AuditEntry`, or an `AuditBatch` of several); bounded by `[audit]` maxlen
+    (in stream entries) and max_age_s. One slot: `tiergate audit tail` reads it in order."""
     return f"{KEY_PREFIX}:{{audit}}:placements"
 
 
@@ -500,8 +501,9 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", omit_defaults=True, frozen=True
 
 class AuditEntry(msgspec.Struct, tag="audit", omit_defaults=True, frozen=True):
     """Where one request ran, appended to `audit_key()` by the worker that answered it, in the
-    pipeline of its reply: who sent it, the region and data class it asked for, and the pool
-    (with that pool's region and clearance) and worker that took it."""
+    pipeline of its reply (alone, or in its batch's `AuditBatch`): who sent it, the region and
+    data class it asked for, and the pool (with that pool's region and clearance) and worker that
+    took it."""
 
     id: str
     tier: str
@@ -516,6 +518,14 @@ class AuditEntry(msgspec.Struct, tag="audit", omit_defaults=True, frozen=True):
     tenant: str = ""
     key_id: str = ""
     sensitivity: str = ""  # its data class; empty: the lowest
+
+
+class AuditBatch(msgspec.Struct, tag="audits", frozen=True):
+    """The `AuditEntry` of each request of one batch a worker answered, in the order it
+    published their replies: one stream entry, so that the audit costs one command a batch.
+    A batch of one is appended as its bare `AuditEntry` (as before this type existed)."""
+
+    entries: tuple[AuditEntry, ...]
 
 
 HEARTBEAT_S = 1.0
@@ -535,7 +545,7 @@ dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
 heartbeat_decoder = msgspec.msgpack.Decoder(Heartbeat)
 cancel_decoder = msgspec.msgpack.Decoder(Cancel)
 key_record_decoder = msgspec.msgpack.Decoder(KeyRecord)
-audit_decoder = msgspec.msgpack.Decoder(AuditEntry)
+audit_decoder = msgspec.msgpack.Decoder(AuditEntry | AuditBatch)
 
 
 # ---------------------------------------------------------------- the Batch API's records

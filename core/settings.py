@@ -197,7 +197,8 @@ class AuditSettings(_Frozen, frozen=True):
     """The audit stream: one entry per request a worker answers, saying where it ran."""
 
     enabled: bool = True
-    maxlen: PositiveInt = 1_000_000  # approximate bound of the stream (XADD MAXLEN ~)
+    # Approximate bound of the stream (XADD MAXLEN ~) in stream entries: one per batch a worker answered.
+    maxlen: PositiveInt = 1_000_000
     max_age_s: NonNegativeInt = 0  # entries older than this are trimmed too (XTRIM MINID ~); 0: no age bound
 
 

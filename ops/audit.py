@@ -2,7 +2,8 @@
 
 An operator command with its own Redis I/O (XREVRANGE, XRANGE, XREAD on `protocol.audit_key()`):
 the last entries, or every entry since a time, optionally of one tenant, as JSON lines; with
-`--follow` it then prints new entries as they arrive until interrupted.
+`--follow` it then prints new entries as they arrive until interrupted. A stream entry holds one
+request's `AuditEntry` or a batch's `AuditBatch`: either way, one line per request.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _json = msgspec.json.Encoder()
 
-Entry = tuple[str, protocol.AuditEntry]  # (stream entry id, entry)
+Entry = tuple[str, protocol.AuditEntry]  # (id of the stream entry that holds it, one request's entry)
 
 
 def since_ms(text: str, now_ms: float) -> int:
@@ -50,24 +51,28 @@ def since_ms(text: str, now_ms: float) -> int:
 
 
 def _decode(raw: protocol.StreamEntries, tenant: str | None) -> list[Entry]:
+    """Each request's entry (of `tenant`) in `raw`, in stream order: a batch's in the order its
+    worker published their replies."""
     found: list[Entry] = []
     for entry_id, fields in raw:
         try:
-            entry = protocol.audit_decoder.decode(fields[protocol.PAYLOAD_FIELD])
+            held = protocol.audit_decoder.decode(fields[protocol.PAYLOAD_FIELD])
         except (msgspec.DecodeError, KeyError):
             continue
-        if tenant is None or entry.tenant == tenant:
-            found.append((entry_id.decode(), entry))
+        entries = held.entries if isinstance(held, protocol.AuditBatch) else (held,)
+        found += [(entry_id.decode(), entry) for entry in entries if tenant is None or entry.tenant == tenant]
     return found
 
 
 async def last(redis: Client, count: int, tenant: str | None = None) -> list[Entry]:
-    """The last `count` entries (of `tenant`), oldest first, read backwards a page at a time."""
-    found: list[Entry] = []
+    """The entries of the last `count` requests (of `tenant`), oldest first, read backwards a
+    page of stream entries at a time."""
+    found: list[Entry] = []  # newest first
     upper = "+"
     while len(found) < count:
         raw: protocol.StreamEntries = await redis.xrevrange(protocol.audit_key(), max=upper, count=PAGE)  # type: ignore[assignment]
-        found += _decode(raw, tenant)
+        for stream_entry in raw:  # newest first, and a batch's requests last to first
+            found += reversed(_decode([stream_entry], tenant))
         if len(raw) < PAGE:
             break
         upper = "(" + raw[-1][0].decode()

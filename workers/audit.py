@@ -1,9 +1,12 @@
 """The audit entry of each request a worker answers: who sent it, the region and data class it
 asked for, and where it ran (this pool, its region and clearance, this worker). Pure: the
-`Consumer` appends the entries to the audit stream in the pipeline of the replies.
+`Consumer` appends a published batch's entries to the audit stream, as one stream entry, in the
+pipeline of the replies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from core import protocol
 from core.protocol import Envelope, Reply
@@ -13,7 +16,7 @@ DONE = "done"
 
 
 class AuditTrail:
-    """Builds the encoded audit entries of one worker's replies."""
+    """Builds the audit entries of one worker's replies, and the stream entry of a batch of them."""
 
     def __init__(self, settings: Settings, pool_name: str, worker: str) -> None:
         pool = settings.pools[pool_name]
@@ -42,6 +45,12 @@ class AuditTrail:
             key_id=envelope.key_id,
             sensitivity=envelope.sensitivity,
         )
+
+    def payload(self, answered: Sequence[tuple[Envelope, Reply]]) -> bytes:
+        """One audit stream entry for the requests of a published batch: a lone request's bare
+        `AuditEntry`, else the `AuditBatch` of them all (one command a batch, not one a request)."""
+        entries = tuple(self.entry(envelope, reply) for envelope, reply in answered)
+        return protocol.encoder.encode(entries[0] if len(entries) == 1 else protocol.AuditBatch(entries))
 
     def min_id(self, now_ms: int) -> str | None:
         """The oldest entry id to keep by age (XTRIM MINID), or None without an age bound."""

@@ -84,6 +84,7 @@ class Batcher(Generic[T]):
         self._share = share
         self._queues: list[deque[_Waiting[T]]] = [deque() for _ in range(priorities)]
         self._turns = [RoundRobin() for _ in range(priorities)]
+        self._tenants: list[dict[str, int]] = [{} for _ in range(priorities)]  # tenant -> items waiting
         self._credit = [0.0] * priorities  # lower tiers' earned claim on the next slots
         self._arrived = asyncio.Event()
         self._freed = asyncio.Event()
@@ -104,6 +105,8 @@ class Batcher(Generic[T]):
         tenant, weight = self._share(item) if self._share is not None else ("", 1.0)
         waiting = _Waiting(asyncio.get_running_loop().time(), start_by, item, tenant, weight if weight > 0 else 1.0)
         self._queues[priority].append(waiting)
+        counts = self._tenants[priority]
+        counts[tenant] = counts.get(tenant, 0) + 1
         self._arrived.set()
 
     def close(self) -> None:
@@ -160,18 +163,24 @@ class Batcher(Generic[T]):
 
     def _pop(self, priority: int) -> T:
         """The next item of a tier: the first of the tenant whose turn it is."""
-        queue = self._queues[priority]
-        if self._share is None:
-            return queue.popleft().item
-        waiting: dict[str, float] = {}  # tenant -> the weight of its first item waiting
-        for w in queue:
-            waiting.setdefault(w.tenant, w.weight)
-        tenant = self._turns[priority].pick(waiting)
-        for index, w in enumerate(queue):
-            if w.tenant == tenant:
-                del queue[index]
-                return w.item
-        raise AssertionError("a picked tenant has an item waiting")
+        queue, counts = self._queues[priority], self._tenants[priority]
+        if len(counts) == 1:  # one tenant waiting (always so without `share`): no need to scan
+            waiting = {queue[0].tenant: queue[0].weight}
+        else:
+            waiting = {}  # tenant -> the weight of its first item waiting
+            for w in queue:
+                waiting.setdefault(w.tenant, w.weight)
+        tenant = self._turns[priority].pick(waiting) if self._share is not None else queue[0].tenant
+        if queue[0].tenant == tenant:
+            taken = queue.popleft()
+        else:
+            index = next(index for index, w in enumerate(queue) if w.tenant == tenant)
+            taken = queue[index]
+            del queue[index]
+        counts[tenant] -= 1
+        if not counts[tenant]:
+            del counts[tenant]
+        return taken.item
 
     async def wait_for_room(self) -> None:
         while self.room == 0 and not self._closed:

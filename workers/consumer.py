@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,33 +125,37 @@ class Consumer:
         return deliveries
 
     async def publish(self, replies: list[tuple[Delivery, Reply]]) -> None:
-        """Send each reply to its gateway and its result key, append where it ran to the audit
-        stream, then XACK and XDEL the entries.
+        """Send each reply to its gateway and its result key, append where they ran to the audit
+        stream (one stream entry for them all), then XACK and XDEL the entries.
 
         The result key keeps the first answer a request got: an entry executed twice (its
         worker was presumed dead, then answered after all) never turns a result into a failure.
+        Commands are queued as `execute_command` arguments: redis-py's keyword wrappers cost
+        about as much again as packing the command, and this runs for every answer.
         """
         pipe = self.redis.pipeline(transaction=False)
+        last = {delivery.envelope.reply_to: n for n, (delivery, _) in enumerate(replies)}
         done: dict[str, list[bytes]] = {}
-        for delivery, reply in replies:
-            self._reply(pipe, delivery.envelope.reply_to, reply)
+        for n, (delivery, reply) in enumerate(replies):
+            gateway_id = delivery.envelope.reply_to
+            self._reply(pipe, gateway_id, reply, trim=last[gateway_id] == n)
             done.setdefault(delivery.stream, []).append(delivery.entry_id)
         self._append_audit(pipe, replies)
-        self._expire_replies(pipe, {delivery.envelope.reply_to for delivery, _ in replies})
+        self._expire_replies(pipe, last)
         for stream, ids in done.items():
-            pipe.xack(stream, protocol.GROUP, *ids)
-            pipe.xdel(stream, *ids)
+            pipe.execute_command("XACK", stream, protocol.GROUP, *ids)
+            pipe.execute_command("XDEL", stream, *ids)
         await pipe.execute()
 
     def _append_audit(self, pipe: AnyPipeline, replies: list[tuple[Delivery, Reply]]) -> None:
-        """Queue one audit entry per reply (approximate MAXLEN), and the trim by age if one is set."""
+        """Queue the batch's audit stream entry (approximate MAXLEN, which counts stream entries),
+        and the trim by age if one is set."""
         audit = self._audit
         if not audit.enabled or not replies:
             return
         key = protocol.audit_key()
-        for delivery, reply in replies:
-            entry = protocol.encoder.encode(audit.entry(delivery.envelope, reply))
-            pipe.xadd(key, {protocol.PAYLOAD_FIELD: entry}, maxlen=audit.maxlen, approximate=True)
+        payload = audit.payload([(delivery.envelope, reply) for delivery, reply in replies])
+        pipe.execute_command("XADD", key, "MAXLEN", "~", audit.maxlen, "*", protocol.PAYLOAD_FIELD, payload)
         min_id = audit.min_id(max(reply.finished_at_ms for _, reply in replies))
         if min_id is not None:
             pipe.xtrim(key, minid=min_id, approximate=True)
@@ -247,29 +251,27 @@ class Consumer:
         )
         if failure is not None:
             self._reply(pipe, failure[0], failure[1])
-            self._expire_replies(pipe, {failure[0]})
+            self._expire_replies(pipe, [failure[0]])
         pipe.xack(stream, protocol.GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         await pipe.execute()
 
-    def _reply(self, pipe: AnyPipeline, gateway_id: str, reply: Reply) -> None:
+    def _reply(self, pipe: AnyPipeline, gateway_id: str, reply: Reply, trim: bool = True) -> None:
+        """Queue a reply's XADD to its gateway's stream, and the write of its result key with SET
+        NX, so that the first answer stays. `trim`: this XADD also bounds the stream (MAXLEN ~);
+        a batch's last reply to each gateway does it for the others, whose XADDs are shorter."""
         payload = protocol.encoder.encode(reply)
-        pipe.xadd(
-            protocol.reply_key(gateway_id),
-            {protocol.PAYLOAD_FIELD: payload},
-            maxlen=self._reply_maxlen,
-            approximate=True,
-        )
-        self._store(pipe, reply, payload)
+        key = protocol.reply_key(gateway_id)
+        if trim:
+            pipe.execute_command("XADD", key, "MAXLEN", "~", self._reply_maxlen, "*", protocol.PAYLOAD_FIELD, payload)
+        else:
+            pipe.execute_command("XADD", key, "*", protocol.PAYLOAD_FIELD, payload)
+        pipe.execute_command("SET", protocol.request_key(reply.id), payload, "EX", self._result_ttl_s, "NX")
 
-    def _store(self, pipe: AnyPipeline, reply: Reply, payload: bytes) -> None:
-        """Queue the write of a request's answer: SET NX, so the first answer stays."""
-        pipe.set(protocol.request_key(reply.id), payload, ex=self._result_ttl_s, nx=True)
-
-    def _expire_replies(self, pipe: AnyPipeline, gateway_ids: set[str]) -> None:
+    def _expire_replies(self, pipe: AnyPipeline, gateway_ids: Iterable[str]) -> None:
         """A reply stream whose gateway is gone expires once no worker writes to it."""
         for gateway_id in gateway_ids:
-            pipe.pexpire(protocol.reply_key(gateway_id), self._reply_ttl_ms)
+            pipe.execute_command("PEXPIRE", protocol.reply_key(gateway_id), self._reply_ttl_ms)
 
     # ------------------------------------------------------------ crash recovery
 

@@ -114,16 +114,23 @@ class WorkerMetrics:
             self.batch_size.observe(ran.batch_size)
             self.service.observe(ran.service_ms / 1000.0)
             self.busy.inc(ran.service_ms / 1000.0)
+        done: dict[str, list[float]] = {}  # tier -> [results, joules, dollars]: one increment each a batch
         for _, reply in replies:
             if isinstance(reply, Result):
                 tier = self._tiers.get(reply.tier)
                 if tier is not None:
-                    tier.ok.inc()
                     tier.queue_wait.observe(reply.queue_ms / 1000.0)
-                    tier.energy.inc(reply.energy_j)
-                    tier.cost.inc(reply.cost)
+                    sums = done.setdefault(reply.tier, [0.0, 0.0, 0.0])
+                    sums[0] += 1
+                    sums[1] += reply.energy_j
+                    sums[2] += reply.cost
             elif isinstance(reply, Failure):
                 self.requests.labels(*self.labels, reply.tier, _outcome(reply.code)).inc()
+        for name, (results, joules, dollars) in done.items():
+            tier = self._tiers[name]
+            tier.ok.inc(results)
+            tier.energy.inc(joules)
+            tier.cost.inc(dollars)
 
 
 _OUTCOME_CODES = frozenset((DEADLINE_EXCEEDED, MODEL_NOT_FOUND, WORKER_ERROR, CANCELLED))  # an outcome label each

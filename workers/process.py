@@ -94,6 +94,8 @@ class WorkerProcess:
         self.consumer: Consumer
         self.clock = RedisClock()
         self.backend = make_backend(settings, pool_name)
+        # Asked once: isinstance against a runtime-checkable Protocol is slow, and a batch needs it.
+        self.model_clock = self.backend if isinstance(self.backend, ModelClock) else None
         self.cancelled = CancelledIds()
         self.executor = Executor(
             settings,
@@ -289,8 +291,8 @@ class WorkerProcess:
                 replies = await self.executor.execute(batch)
                 self.metrics.running = 0
                 self.metrics.observe(replies)
-                if isinstance(self.backend, ModelClock):
-                    self.metrics.observe_model(self.backend.model_seconds())
+                if self.model_clock is not None:
+                    self.metrics.observe_model(self.model_clock.model_seconds())
                 self.batch_done.set()
                 if publishing is not None:
                     await publishing
