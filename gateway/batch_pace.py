@@ -1,0 +1,106 @@
+"""The adaptive pace of a gateway's batch lines: from each interval's event-loop lag and the median
+latency of the stricter tiers' requests this gateway answered, the lines a second to start next,
+rising by a step while both stay calm and cut by a factor when either rises (AIMD). No I/O: the
+runner (gateway/batch_runner.py) measures and applies; `RecentLatencies` collects the medians.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from core.settings import BatchSettings, Settings
+
+MIN_ANSWERS = 5  # a tier answered fewer times in an interval says nothing about it then
+CALM_INTERVALS = 120  # each tier's calm median is judged over this many recent intervals
+CALM_QUANTILE = 0.1  # ... as their 10th percentile: the pace's sawtooth leaves calm intervals in it
+MAX_KEPT = 10_000  # latencies kept per tier between two reads (an unread gateway's memory stays bounded)
+LOOP_LAG = "loop_lag"  # the reason of a cut for the event loop; a tier's cut is named after the tier
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One interval as the runner saw it."""
+
+    loop_lag_ms: float  # the event loop's worst lateness in the interval
+    medians_ms: Mapping[str, float]  # stricter tier -> median latency of its answers in the interval
+    feeding: bool  # some batch was being fed
+
+
+class PaceController:
+    """AIMD between `min_lines_per_s` and `max_lines_per_s` (0: no ceiling). `reason` says why the
+    pace stands where it does: "calm", "idle" (no batch fed: back to the floor), `LOOP_LAG`, or the
+    name of the tier whose latency rose."""
+
+    def __init__(self, settings: BatchSettings) -> None:
+        self.settings = settings
+        self.floor = settings.min_lines_per_s
+        self.ceiling = settings.max_lines_per_s or math.inf
+        self.lines_per_s = self.floor
+        self.reason = "idle"
+        self.medians: dict[str, deque[float]] = {}
+
+    def observe(self, seen: Observation) -> float:
+        """The pace after one more interval, in lines a second."""
+        busy = self._busy(seen)
+        for tier, median_ms in seen.medians_ms.items():  # after judging: an interval is not its own yardstick
+            self.medians.setdefault(tier, deque(maxlen=CALM_INTERVALS)).append(median_ms)
+        if not seen.feeding:
+            self.lines_per_s, self.reason = self.floor, "idle"
+        elif busy is not None:
+            self.lines_per_s, self.reason = max(self.floor, self.lines_per_s * self.settings.pace_backoff), busy
+        else:
+            step = self.settings.pace_step_lines_per_s
+            self.lines_per_s, self.reason = min(self.ceiling, self.lines_per_s + step), "calm"
+        return self.lines_per_s
+
+    def calm_ms(self, tier: str) -> float | None:
+        """A tier's median latency as it stands when the gateway is calm; None before any interval."""
+        seen = self.medians.get(tier)
+        if not seen:
+            return None
+        ordered = sorted(seen)
+        return ordered[int(CALM_QUANTILE * (len(ordered) - 1))]
+
+    def _busy(self, seen: Observation) -> str | None:
+        """Why the interval was busy (the event loop, or the tier whose latency rose); None: calm."""
+        if seen.loop_lag_ms > self.settings.pace_max_loop_lag_ms:
+            return LOOP_LAG
+        for tier, median_ms in sorted(seen.medians_ms.items()):
+            calm = self.calm_ms(tier)
+            if calm is not None and median_ms > calm * self.settings.pace_max_latency_ratio:
+                return tier
+        return None
+
+
+class RecentLatencies:
+    """The latencies of the stricter tiers' answers at this gateway since the last `take`."""
+
+    def __init__(self) -> None:
+        self.latencies_ms: dict[str, deque[float]] = {}
+
+    def watch(self, tiers: Iterable[str]) -> None:
+        """Keep the latencies of these tiers from now on (no other's)."""
+        self.latencies_ms = {tier: deque(maxlen=MAX_KEPT) for tier in tiers}
+
+    def add(self, tier: str, latency_ms: float) -> None:
+        kept = self.latencies_ms.get(tier)
+        if kept is not None:
+            kept.append(latency_ms)
+
+    def take(self) -> dict[str, float]:
+        """Each tier's median since the last take (tiers answered at least MIN_ANSWERS times)."""
+        kept_ms = self.latencies_ms.items()
+        medians = {tier: statistics.median(kept) for tier, kept in kept_ms if len(kept) >= MIN_ANSWERS}
+        for kept in self.latencies_ms.values():
+            kept.clear()
+        return medians
+
+
+def stricter_tiers(settings: Settings, batch_tier: str) -> list[str]:
+    """The tiers whose latency objective is tighter than the batch tier's: those the pace protects."""
+    limit_ms = settings.tiers[batch_tier].slo.latency_ms if batch_tier in settings.tiers else math.inf
+    return [name for name, tier in settings.tiers.items() if tier.slo.latency_ms < limit_ms]
