@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from core.settings import BatchSettings, Settings
 
-MIN_ANSWERS = 5  # a tier answered fewer times in an interval says nothing about it then
-CALM_INTERVALS = 120  # each tier's calm median is judged over this many recent intervals
-CALM_QUANTILE = 0.1  # ... as their 10th percentile: the pace's sawtooth leaves calm intervals in it
+MIN_ANSWERS = 5  # a tier answered fewer times in an interval says nothing about its median then
+# A tier's calm median is the median of its medians in the last CALM_INTERVALS calm intervals: those
+# in which no batch was fed or the pace stood at its floor (the least a running batch can take).
+CALM_INTERVALS = 120
 MAX_KEPT = 10_000  # latencies kept per tier between two reads (an unread gateway's memory stays bounded)
 LOOP_LAG = "loop_lag"  # the reason of a cut for the event loop; a tier's cut is named after the tier
 
@@ -27,6 +28,7 @@ class Observation:
 
     loop_lag_ms: float  # the event loop's worst lateness in the interval
     medians_ms: Mapping[str, float]  # stricter tier -> median latency of its answers in the interval
+    answered: int  # the stricter tiers' answers in the interval: with none, a late loop delays nobody
     feeding: bool  # some batch was being fed
 
 
@@ -46,8 +48,9 @@ class PaceController:
     def observe(self, seen: Observation) -> float:
         """The pace after one more interval, in lines a second."""
         busy = self._busy(seen)
-        for tier, median_ms in seen.medians_ms.items():  # after judging: an interval is not its own yardstick
-            self.medians.setdefault(tier, deque(maxlen=CALM_INTERVALS)).append(median_ms)
+        if not seen.feeding or self.lines_per_s <= self.floor:  # after judging: not its own yardstick
+            for tier, median_ms in seen.medians_ms.items():
+                self.medians.setdefault(tier, deque(maxlen=CALM_INTERVALS)).append(median_ms)
         if not seen.feeding:
             self.lines_per_s, self.reason = self.floor, "idle"
         elif busy is not None:
@@ -58,16 +61,13 @@ class PaceController:
         return self.lines_per_s
 
     def calm_ms(self, tier: str) -> float | None:
-        """A tier's median latency as it stands when the gateway is calm; None before any interval."""
+        """A tier's median latency with no batch fed, or the least; None before any calm interval."""
         seen = self.medians.get(tier)
-        if not seen:
-            return None
-        ordered = sorted(seen)
-        return ordered[int(CALM_QUANTILE * (len(ordered) - 1))]
+        return statistics.median(seen) if seen else None
 
     def _busy(self, seen: Observation) -> str | None:
         """Why the interval was busy (the event loop, or the tier whose latency rose); None: calm."""
-        if seen.loop_lag_ms > self.settings.pace_max_loop_lag_ms:
+        if seen.answered and seen.loop_lag_ms > self.settings.pace_max_loop_lag_ms:
             return LOOP_LAG
         for tier, median_ms in sorted(seen.medians_ms.items()):
             calm = self.calm_ms(tier)
@@ -91,13 +91,15 @@ class RecentLatencies:
         if kept is not None:
             kept.append(latency_ms)
 
-    def take(self) -> dict[str, float]:
-        """Each tier's median since the last take (tiers answered at least MIN_ANSWERS times)."""
+    def take(self) -> tuple[dict[str, float], int]:
+        """Each tier's median since the last take (tiers answered at least MIN_ANSWERS times), and
+        the answers of every watched tier since then."""
         kept_ms = self.latencies_ms.items()
         medians = {tier: statistics.median(kept) for tier, kept in kept_ms if len(kept) >= MIN_ANSWERS}
+        answered = sum(len(kept) for kept in self.latencies_ms.values())
         for kept in self.latencies_ms.values():
             kept.clear()
-        return medians
+        return medians, answered
 
 
 def stricter_tiers(settings: Settings, batch_tier: str) -> list[str]:

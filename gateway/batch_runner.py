@@ -94,7 +94,8 @@ class BatchRunner:
     async def steer(self) -> None:
         """Judge the last interval and set the pace for the next (the adaptive pace's loop step)."""
         lag_ms = self.loop_lag.take_ms()
-        seen = Observation(lag_ms, self.recent.take(), feeding=bool(self.running))
+        medians_ms, answered = self.recent.take()
+        seen = Observation(lag_ms, medians_ms, answered, feeding=bool(self.running))
         self.pace.set(self.controller.observe(seen))
         cut = self.controller.reason if self.controller.reason not in ("calm", "idle") else None
         self.metrics.paced(self.pace_lines_per_s(), lag_ms, cut)

@@ -21,7 +21,11 @@ SETTINGS = BatchSettings(
 
 
 def calm(realtime_ms: float = 6.0, lag_ms: float = 1.0) -> Observation:
-    return Observation(loop_lag_ms=lag_ms, medians_ms={"realtime": realtime_ms}, feeding=True)
+    return Observation(loop_lag_ms=lag_ms, medians_ms={"realtime": realtime_ms}, answered=50, feeding=True)
+
+
+def idle(realtime_ms: float) -> Observation:
+    return Observation(loop_lag_ms=1.0, medians_ms={"realtime": realtime_ms}, answered=50, feeding=False)
 
 
 def test_the_pace_starts_at_its_floor_and_climbs_a_step_per_calm_interval_up_to_the_ceiling() -> None:
@@ -46,32 +50,51 @@ def test_a_late_event_loop_halves_the_pace_but_never_below_the_floor() -> None:
     assert pace.lines_per_s == 20.0
 
 
+def test_a_late_event_loop_delays_nobody_while_no_stricter_request_is_answered() -> None:
+    pace = PaceController(SETTINGS)
+    alone = Observation(loop_lag_ms=12.0, medians_ms={}, answered=0, feeding=True)
+    assert [pace.observe(alone) for _ in range(2)] == [45.0, 70.0]
+    few = Observation(loop_lag_ms=12.0, medians_ms={}, answered=2, feeding=True)  # too few for a median
+    assert pace.observe(few) == 35.0
+
+
 def test_a_stricter_tiers_median_over_its_calm_median_cuts_the_pace_and_names_the_tier() -> None:
     pace = PaceController(SETTINGS)
+    for ms in (5.0, 6.0, 7.0):
+        pace.observe(idle(ms))
+    assert pace.calm_ms("realtime") == 6.0
     for _ in range(8):
         pace.observe(calm(realtime_ms=6.0))
     assert pace.observe(calm(realtime_ms=7.4)) == 245.0  # within 1.25 x 6 ms: still calm
     assert pace.observe(calm(realtime_ms=8.0)) == 122.5
     assert pace.reason == "realtime"
-    assert pace.calm_ms("realtime") == 6.0  # a few slow intervals do not move the yardstick
+
+
+def test_only_intervals_without_a_batch_or_at_the_floor_set_the_calm_median() -> None:
+    pace = PaceController(SETTINGS)
+    pace.observe(idle(4.0))
+    for _ in range(5):
+        pace.observe(calm(realtime_ms=4.5))  # the first at the floor counts, the rest ran a batch faster
+    assert pace.calm_ms("realtime") == 4.25
+    assert pace.observe(calm(realtime_ms=6.0)) == 72.5  # over 1.25 x 4.25 ms: halved from 145
+    assert pace.calm_ms("realtime") == 4.25
 
 
 def test_a_tier_seen_for_the_first_time_is_no_reason_to_cut() -> None:
     pace = PaceController(SETTINGS)
-    first = Observation(loop_lag_ms=0.5, medians_ms={"interactive": 40.0}, feeding=True)
+    first = Observation(loop_lag_ms=0.5, medians_ms={"interactive": 40.0}, answered=20, feeding=True)
     assert pace.observe(first) == 45.0
-    assert pace.calm_ms("interactive") == 40.0
+    assert pace.calm_ms("interactive") == 40.0  # at the floor: calm
     assert pace.calm_ms("realtime") is None
 
 
-def test_with_no_batch_fed_the_pace_rests_at_its_floor_while_the_calm_medians_are_learnt() -> None:
+def test_with_no_batch_fed_the_pace_rests_at_its_floor() -> None:
     pace = PaceController(SETTINGS)
     for _ in range(4):
         pace.observe(calm())
-    assert pace.observe(Observation(0.5, {"realtime": 5.0}, feeding=False)) == 20.0
+    assert pace.observe(idle(5.0)) == 20.0
     assert pace.reason == "idle"
-    assert pace.calm_ms("realtime") == 5.0
-    assert pace.observe(calm(realtime_ms=6.5)) == 20.0  # 6.5 > 1.25 x 5 ms: cut, held at the floor
+    assert pace.observe(calm(realtime_ms=8.0)) == 20.0  # 8 > 1.25 x 5.5 ms: cut, held at the floor
     assert pace.reason == "realtime"
 
 
@@ -91,8 +114,8 @@ def test_recent_latencies_give_each_watched_tiers_median_once_it_has_enough_answ
     for ms in range(MIN_ANSWERS - 1):
         recent.add("interactive", float(ms))
     recent.add("batch", 1.0)
-    assert recent.take() == {"realtime": 6.5}  # interactive had too few answers to say anything
-    assert recent.take() == {}
+    assert recent.take() == ({"realtime": 6.5}, 5 + MIN_ANSWERS - 1)  # interactive: too few for a median
+    assert recent.take() == ({}, 0)
 
 
 @pytest.mark.parametrize(
