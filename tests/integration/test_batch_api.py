@@ -379,3 +379,47 @@ async def test_a_batchs_lines_are_sent_with_the_key_that_created_it(
     assert {line["response"]["status_code"] for line in errors} == {403}
     assert {line["response"]["body"]["error"]["code"] for line in errors} == {"forbidden"}
     assert "may not use the tier 'batch'" in errors[0]["response"]["body"]["error"]["message"]
+
+
+async def pace_of(s: Stack) -> float:
+    """The pace the gateway feeds batch lines at, from its /metrics."""
+    async with s.http.get(f"{s.url}/metrics") as response:
+        metrics = await response.text()
+    (line,) = [line for line in metrics.splitlines() if line.startswith("tiergate_batch_pace_lines_per_s ")]
+    return float(line.split()[1])
+
+
+async def until_pace(s: Stack, holds: Callable[[float], bool], timeout_s: float) -> float:
+    """The gateway's pace, polled from /metrics, once `holds` is true of it."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            pace = await pace_of(s)
+            if holds(pace):
+                return pace
+            await asyncio.sleep(0.05)
+
+
+async def test_the_adaptive_pace_climbs_from_its_floor_while_nothing_stricter_runs_and_rests_there_after(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for_batches(
+        make_settings, min_lines_per_s=5.0, max_lines_per_s=100.0, pace_step_lines_per_s=5.0, pace_interval_s=0.05
+    )
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    assert await pace_of(s) == 5.0
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(150)]))
+    await until_pace(s, lambda pace: pace > 20.0, 30)  # no realtime or interactive request: no cut
+    done = await until_status(aio, batch.id, "completed")
+    assert done.request_counts.completed == 150
+    await until_pace(s, lambda pace: pace == 5.0, 10)  # no batch fed: back at the floor for the next one
+    await aio.close()
+
+
+async def test_a_fixed_pace_feeds_at_max_lines_per_s(stack: StartStack, make_settings: Callable[..., Settings]) -> None:
+    s: Stack = await stack(settings_for_batches(make_settings, pace="fixed", max_lines_per_s=250.0), pools=BATCH)
+    aio = client(s)
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(20)]))
+    assert (await until_status(aio, batch.id, "completed")).request_counts.completed == 20
+    assert await pace_of(s) == 250.0
+    await aio.close()
