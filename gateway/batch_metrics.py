@@ -32,6 +32,10 @@ class BatchMetrics:
             "tiergate_batch_pace_cuts", "Cuts of the adaptive pace, by reason: loop_lag or a tier", ["reason"],
             registry=r,
         )  # fmt: skip
+        self.deferrals = Counter(
+            "tiergate_batch_lines_deferred", "Offers of a batch line refused (429) and made again later",
+            registry=r,
+        )  # fmt: skip
         self.loop_lag = Gauge(
             "tiergate_event_loop_lag_seconds", "The event loop's worst lateness in the last pace interval",
             registry=r,
@@ -60,6 +64,9 @@ class BatchMetrics:
         self.loop_lag.set(loop_lag_ms / 1000.0)
         if cut is not None:
             self.pace_cuts.labels(cut).inc()
+
+    def deferred(self) -> None:
+        self.deferrals.inc()
 
     def ended(self, status: str) -> None:
         self.batches.labels(status).inc()

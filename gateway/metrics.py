@@ -181,8 +181,13 @@ class GatewayMetrics:
         self._in_flight[tier].dec()
         self._failure(tier, code, pool)
 
-    def refused(self, tier: str) -> None:
-        """Shed at admission: the tier's queue was full."""
+    def refused(self, tier: str, offered_again: bool = False) -> None:
+        """Shed at admission: the tier's queue was full (or the key over a limit). A batch line
+        `offered_again` later is not lost: it is counted deferred, outside the SLO, until it
+        reaches its one outcome."""
+        if offered_again:
+            self.batch.deferred()
+            return
         self.shed.labels(tier).inc()
         self._failure(tier, "shed", "")
 
