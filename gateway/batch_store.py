@@ -22,6 +22,7 @@ from core.settings import BatchSettings
 # A line's outcome is recorded once: not after the batch was closed (finalizing), and never over
 # an earlier outcome; only a new one is counted. KEYS: outcomes, counts. ARGV: custom_id, outcome,
 # the count to increment ("completed" or "failed").
+FILES_READ_AT_ONCE = 100  # index entries read in one step while a listing looks for files of one purpose
 _RECORD = """
 if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then return 0 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -110,12 +111,22 @@ class BatchStore:
         elif self.bucket is not None:
             await self.bucket.delete(record.id)
 
-    async def list_files(self, tenant: str, after: str | None, limit: int) -> tuple[list[protocol.FileRecord], bool]:
-        """A tenant's files, newest first, after the one named `after`; and whether more follow."""
-        ids, more = await self._page(protocol.file_index_key(tenant), after, limit)
-        async with _redis("the files were not read"):
-            raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
-        return [protocol.file_decoder.decode(_bytes(raw)) for raw in raws if raw is not None], more
+    async def list_files(
+        self, tenant: str, after: str | None, limit: int, purpose: str | None = None
+    ) -> tuple[list[protocol.FileRecord], bool]:
+        """Up to `limit` of a tenant's files (of `purpose`, if given), newest first, after the one
+        named `after`; and whether more follow. The index is read on past files of another purpose
+        and files whose record expired, so a page is short only at the end."""
+        index, records = protocol.file_index_key(tenant), []
+        while True:  # until one file beyond the page is found, or the index ends
+            ids, more = await self._page(index, after, max(limit, FILES_READ_AT_ONCE))
+            async with _redis("the files were not read"):
+                raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
+            found = (protocol.file_decoder.decode(_bytes(raw)) for raw in raws if raw is not None)
+            records += [record for record in found if purpose in (None, record.purpose)]
+            if len(records) > limit or not more:
+                return records[:limit], len(records) > limit
+            after = ids[-1]
 
     async def _page(self, index: str, after: str | None, limit: int) -> tuple[list[str], bool]:
         async with _redis("the list was not read"):
