@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import boto3
 import botocore.exceptions
+import msgspec
 import openai
 import pytest
 import redis
@@ -422,4 +423,62 @@ async def test_a_fixed_pace_feeds_at_max_lines_per_s(stack: StartStack, make_set
     batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(20)]))
     assert (await until_status(aio, batch.id, "completed")).request_counts.completed == 20
     assert await pace_of(s) == 250.0
+    await aio.close()
+
+
+async def test_lines_refused_by_a_full_batch_queue_are_deferred_not_shed(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for_batches(
+        make_settings, max_in_flight_per_batch=32, retry_after_max_s=0.05, pace="fixed", max_lines_per_s=0.0
+    )
+    settings = msgspec.structs.replace(
+        settings, tiers={**settings.tiers, "batch": msgspec.structs.replace(settings.tiers["batch"], max_queue=4)}
+    )
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(60)]))
+    done = await until_status(aio, batch.id, "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (60, 0)
+    async with s.http.get(f"{s.url}/metrics") as response:
+        metrics = await response.text()
+    (deferred,) = [line for line in metrics.splitlines() if line.startswith("tiergate_batch_lines_deferred_total ")]
+    assert float(deferred.split()[1]) > 0  # the queue of 4 refused some of 32 lines offered at once
+    assert 'tiergate_shed_total{tier="batch"}' not in metrics and 'outcome="shed"' not in metrics
+    async with asyncio.timeout(20):  # the SLO counts each line once, answered: none lost
+        while True:
+            async with s.http.get(f"{s.url}/v1/slo") as response:
+                window = (await response.json())["tiers"]["batch"]["windows"]["1m"]
+            if window["count"] >= 60:
+                break
+            await asyncio.sleep(0.2)
+    assert (window["count"], window["errors"]) == (60, 0)
+    await aio.close()
+
+
+async def test_files_listed_by_purpose_come_in_full_pages(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    s: Stack = await stack(settings_for_batches(make_settings), pools=BATCH)
+    aio = client(s)
+    first = await run_batch(aio, jsonl([chat_line("only", "one line")]))
+    output_id = (await until_status(aio, first.id, "completed")).output_file_id
+    inputs = [first.input_file_id]
+    inputs += [(await aio.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch")).id for i in range(5)]
+    newest_first = inputs[::-1]
+    outputs = await aio.files.list(purpose="batch_output", limit=1)  # five newer inputs stand before it
+    assert ([f.id for f in outputs.data], outputs.has_more) == ([output_id], False)
+    pages = []
+    page = await aio.files.list(purpose="batch", limit=2)
+    while True:
+        pages.append([f.id for f in page.data])
+        if not page.has_more:
+            break
+        page = await aio.files.list(purpose="batch", limit=2, after=page.data[-1].id)
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:6]]  # the output between skipped
+    held = redis.Redis.from_url(s.redis_url)
+    held.delete(protocol.file_key(newest_first[1]))  # its record expired; the index still names it
+    held.close()
+    page = await aio.files.list(limit=2)
+    assert ([f.id for f in page.data], page.has_more) == ([newest_first[0], newest_first[2]], True)
     await aio.close()
