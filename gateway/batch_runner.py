@@ -22,7 +22,7 @@ from . import batch_lines
 from .batch_lines import Line
 from .batch_metrics import BatchMetrics
 from .batch_pace import Observation, PaceController, stricter_tiers
-from .batch_store import BatchStore
+from .batch_store import OUTCOMES_WRITTEN_AT_ONCE, BatchStore
 from .calls import Calls
 from .loop_lag import LoopLag
 
@@ -281,7 +281,9 @@ class BatchRunner:
             recorded = await self.store.recorded(record.id)
             missing = [line for line in lines if line.custom_id not in recorded]
             ending = batch_lines.expired if status == EXPIRED else batch_lines.cancelled
-            await self.store.record_many(record.id, [(line.custom_id, ending(line)) for line in missing])
+            for start in range(0, len(missing), OUTCOMES_WRITTEN_AT_ONCE):  # the loop serves others between parts
+                part = missing[start : start + OUTCOMES_WRITTEN_AT_ONCE]
+                await self.store.record_many(record.id, [(line.custom_id, ending(line)) for line in part])
         outcomes = await self.store.close(record.id)
         output_id, error_id = await self._files(record, outcomes, now)
         stamps = {
