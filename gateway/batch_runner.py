@@ -83,7 +83,7 @@ class BatchRunner:
         self.pace = Pace(self.controller.lines_per_s if adaptive else self.settings.max_lines_per_s)
         self.metrics.paced(self.pace_lines_per_s(), 0.0, None)
         self.recent = calls.metrics.recent
-        if adaptive:
+        if adaptive and batch_lines.BATCH_TIER in calls.state.router.tiers:  # a gateway that runs batches
             self.recent.watch(stricter_tiers(calls.state.settings, batch_lines.BATCH_TIER))
         self.loop_lag = LoopLag()
         self.stopping = asyncio.Event()  # the gateway is shutting down: start no new line
