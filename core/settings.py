@@ -286,7 +286,7 @@ class BatchSettings(_Frozen, frozen=True):
     pace_step_lines_per_s: PositiveFloat = 25.0  # added to the pace after a calm interval
     pace_backoff: Annotated[float, Meta(gt=0, lt=1)] = 0.5  # the pace is multiplied by it after a busy one
     pace_max_loop_lag_ms: PositiveFloat = 5.0  # an interval is busy when the event loop ran this late
-    # ... or when a stricter tier's median latency at this gateway exceeds this multiple of its calm median.
+    # ... or when a stricter tier's median latency here exceeds this multiple of its calm one twice in a row.
     pace_max_latency_ratio: Annotated[float, Meta(gt=1)] = 1.25
     lease_ttl_s: PositiveFloat = 10.0  # a runner silent this long loses its batch to another gateway
     poll_interval_s: PositiveFloat = 1.0  # how often each gateway looks for a batch without a runner

@@ -18,8 +18,12 @@ MIN_ANSWERS = 5  # a tier answered fewer times in an interval says nothing about
 # A tier's calm median is the median of its medians in the last CALM_INTERVALS calm intervals: those
 # in which no batch was fed or the pace stood at its floor (the least a running batch can take).
 CALM_INTERVALS = 120
+# A tier's median over its yardstick holds the pace for one interval and cuts it on the second in a
+# row: one interval's median of a few dozen answers strays that far now and then with no batch fed.
+SLOW_INTERVALS = 2
 MAX_KEPT = 10_000  # latencies kept per tier between two reads (an unread gateway's memory stays bounded)
 LOOP_LAG = "loop_lag"  # the reason of a cut for the event loop; a tier's cut is named after the tier
+HELD = "held"  # neither raised nor cut: a tier's latency rose for one interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +38,8 @@ class Observation:
 
 class PaceController:
     """AIMD between `min_lines_per_s` and `max_lines_per_s` (0: no ceiling). `reason` says why the
-    pace stands where it does: "calm", "idle" (no batch fed: back to the floor), `LOOP_LAG`, or the
-    name of the tier whose latency rose."""
+    pace stands where it does: "calm", "idle" (no batch fed: back to the floor), "held" (a tier's
+    latency rose once), `LOOP_LAG`, or the name of the tier whose latency rose (cuts)."""
 
     def __init__(self, settings: BatchSettings) -> None:
         self.settings = settings
@@ -44,6 +48,7 @@ class PaceController:
         self.lines_per_s = self.floor
         self.reason = "idle"
         self.medians: dict[str, deque[float]] = {}
+        self.slow: dict[str, int] = {}  # tier -> intervals in a row its median was over its yardstick
 
     def observe(self, seen: Observation) -> float:
         """The pace after one more interval, in lines a second."""
@@ -53,6 +58,8 @@ class PaceController:
                 self.medians.setdefault(tier, deque(maxlen=CALM_INTERVALS)).append(median_ms)
         if not seen.feeding:
             self.lines_per_s, self.reason = self.floor, "idle"
+        elif busy == HELD:
+            self.reason = HELD
         elif busy is not None:
             self.lines_per_s, self.reason = max(self.floor, self.lines_per_s * self.settings.pace_backoff), busy
         else:
@@ -66,14 +73,18 @@ class PaceController:
         return statistics.median(seen) if seen else None
 
     def _busy(self, seen: Observation) -> str | None:
-        """Why the interval was busy (the event loop, or the tier whose latency rose); None: calm."""
-        if seen.answered and seen.loop_lag_ms > self.settings.pace_max_loop_lag_ms:
-            return LOOP_LAG
+        """Why the interval was busy (the event loop, or the tier whose latency rose), HELD when a
+        tier's latency rose for the first time in a row; None: calm."""
+        busy = None
         for tier, median_ms in sorted(seen.medians_ms.items()):
             calm = self.calm_ms(tier)
-            if calm is not None and median_ms > calm * self.settings.pace_max_latency_ratio:
-                return tier
-        return None
+            over = calm is not None and median_ms > calm * self.settings.pace_max_latency_ratio
+            self.slow[tier] = self.slow.get(tier, 0) + 1 if over else 0
+            if over and busy in (None, HELD):
+                busy = tier if self.slow[tier] >= SLOW_INTERVALS else HELD
+        if seen.answered and seen.loop_lag_ms > self.settings.pace_max_loop_lag_ms:
+            return LOOP_LAG
+        return busy
 
 
 class RecentLatencies:

@@ -21,7 +21,7 @@ from core.errors import BackendUnavailable, QueueFull
 from . import batch_lines
 from .batch_lines import Line
 from .batch_metrics import BatchMetrics
-from .batch_pace import Observation, PaceController, stricter_tiers
+from .batch_pace import HELD, Observation, PaceController, stricter_tiers
 from .batch_store import OUTCOMES_WRITTEN_AT_ONCE, BatchStore
 from .calls import Calls
 from .loop_lag import LoopLag
@@ -97,7 +97,7 @@ class BatchRunner:
         medians_ms, answered = self.recent.take()
         seen = Observation(lag_ms, medians_ms, answered, feeding=bool(self.running))
         self.pace.set(self.controller.observe(seen))
-        cut = self.controller.reason if self.controller.reason not in ("calm", "idle") else None
+        cut = self.controller.reason if self.controller.reason not in ("calm", "idle", HELD) else None
         self.metrics.paced(self.pace_lines_per_s(), lag_ms, cut)
 
     def now_s(self) -> int:

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from core.settings import BatchSettings, load_settings
-from gateway.batch_pace import LOOP_LAG, MIN_ANSWERS, Observation, PaceController, RecentLatencies, stricter_tiers
+from gateway.batch_pace import HELD, LOOP_LAG, MIN_ANSWERS, Observation, PaceController, RecentLatencies, stricter_tiers
 
 SETTINGS = BatchSettings(
     max_lines_per_s=300.0,
@@ -43,7 +43,7 @@ def test_a_late_event_loop_halves_the_pace_but_never_below_the_floor() -> None:
     for _ in range(8):
         pace.observe(calm())
     assert pace.lines_per_s == 220.0
-    assert pace.observe(calm(lag_ms=12.0)) == 110.0
+    assert pace.observe(calm(lag_ms=12.0)) == 110.0  # at once: a late loop delays every request on it
     assert pace.reason == LOOP_LAG
     for _ in range(5):
         pace.observe(calm(lag_ms=12.0))
@@ -66,8 +66,13 @@ def test_a_stricter_tiers_median_over_its_calm_median_cuts_the_pace_and_names_th
     for _ in range(8):
         pace.observe(calm(realtime_ms=6.0))
     assert pace.observe(calm(realtime_ms=7.4)) == 245.0  # within 1.25 x 6 ms: still calm
-    assert pace.observe(calm(realtime_ms=8.0)) == 122.5
+    assert pace.observe(calm(realtime_ms=8.0)) == 245.0  # over once: held, it may be chance
+    assert pace.reason == HELD
+    assert pace.observe(calm(realtime_ms=8.0)) == 122.5  # twice in a row: cut
     assert pace.reason == "realtime"
+    assert pace.observe(calm(realtime_ms=8.0)) == 61.25  # and on while it stays over
+    assert pace.observe(calm(realtime_ms=6.0)) == 86.25
+    assert pace.observe(calm(realtime_ms=8.0)) == 86.25  # a new run of slow intervals: held first
 
 
 def test_only_intervals_without_a_batch_or_at_the_floor_set_the_calm_median() -> None:
@@ -76,7 +81,8 @@ def test_only_intervals_without_a_batch_or_at_the_floor_set_the_calm_median() ->
     for _ in range(5):
         pace.observe(calm(realtime_ms=4.5))  # the first at the floor counts, the rest ran a batch faster
     assert pace.calm_ms("realtime") == 4.25
-    assert pace.observe(calm(realtime_ms=6.0)) == 72.5  # over 1.25 x 4.25 ms: halved from 145
+    assert pace.observe(calm(realtime_ms=6.0)) == 145.0  # over 1.25 x 4.25 ms: held
+    assert pace.observe(calm(realtime_ms=6.0)) == 72.5  # and again: halved
     assert pace.calm_ms("realtime") == 4.25
 
 
@@ -94,7 +100,8 @@ def test_with_no_batch_fed_the_pace_rests_at_its_floor() -> None:
         pace.observe(calm())
     assert pace.observe(idle(5.0)) == 20.0
     assert pace.reason == "idle"
-    assert pace.observe(calm(realtime_ms=8.0)) == 20.0  # 8 > 1.25 x 5.5 ms: cut, held at the floor
+    assert pace.observe(calm(realtime_ms=8.0)) == 20.0  # 8 > 1.25 x 5.5 ms
+    assert pace.observe(calm(realtime_ms=8.0)) == 20.0  # cut, and held at the floor
     assert pace.reason == "realtime"
 
 
