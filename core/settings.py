@@ -285,6 +285,17 @@ class BatchSettings(_Frozen, frozen=True):
     # Lines one gateway starts a second, all batches together (0: no bound). Each line costs the
     # gateway that runs it CPU that its realtime requests share (docs/batch.md).
     max_lines_per_s: NonNegativeFloat = 300.0
+    # "adaptive": the pace rises while the gateway's event loop and its stricter tiers' latency stay
+    # calm and falls when they rise, between min_lines_per_s and max_lines_per_s; "fixed": always
+    # max_lines_per_s.
+    pace: Literal["adaptive", "fixed"] = "adaptive"
+    min_lines_per_s: PositiveFloat = 20.0  # the adaptive pace's floor: a batch always progresses
+    pace_interval_s: PositiveFloat = 0.5  # how often the adaptive pace is judged and changed
+    pace_step_lines_per_s: PositiveFloat = 25.0  # added to the pace after a calm interval
+    pace_backoff: Annotated[float, Meta(gt=0, lt=1)] = 0.5  # the pace is multiplied by it after a busy one
+    pace_max_loop_lag_ms: PositiveFloat = 5.0  # an interval is busy when the event loop ran this late
+    # ... or when a stricter tier's median latency here exceeds this multiple of its calm one twice in a row.
+    pace_max_latency_ratio: Annotated[float, Meta(gt=1)] = 1.25
     lease_ttl_s: PositiveFloat = 10.0  # a runner silent this long loses its batch to another gateway
     poll_interval_s: PositiveFloat = 1.0  # how often each gateway looks for a batch without a runner
     retry_after_max_s: PositiveFloat = 5.0  # the longest wait after a 429 before a line is offered again

@@ -51,6 +51,12 @@ def validate(s: Settings) -> list[str]:
         problems.append('batches.directory: storage = "directory" needs the directory files are kept in')
     if s.batches.storage == "s3" and not s.batches.s3_bucket:
         problems.append('batches.s3_bucket: storage = "s3" needs the bucket files are kept in')
+    b = s.batches
+    if b.pace == "adaptive" and b.max_lines_per_s and b.min_lines_per_s > b.max_lines_per_s:
+        problems.append(
+            f"batches.min_lines_per_s: {b.min_lines_per_s:g} is above max_lines_per_s ({b.max_lines_per_s:g}), "
+            "the adaptive pace's ceiling"
+        )
     problems += _check_routing(s)
     problems += _check_keys(s)
     return problems

@@ -193,6 +193,9 @@ def _lifecycle(
             tasks.append(asyncio.create_task(every(auth.REFRESH_S, stop, authenticator.refresh)))
         if BATCH_TIER in state.router.tiers:  # a gateway serving the batch tier runs batches
             tasks.append(asyncio.create_task(every(settings.batches.poll_interval_s, stop, runner.look)))
+            if settings.batches.pace == "adaptive":
+                tasks.append(asyncio.create_task(runner.loop_lag.run(stop)))
+                tasks.append(asyncio.create_task(every(settings.batches.pace_interval_s, stop, runner.steer)))
         yield
         stop.set()
         await runner.close(settings.gateway.shutdown_grace_s)

@@ -166,9 +166,9 @@ async def create_file(request: web.Request) -> web.StreamResponse:
 @openai_errors
 async def list_files(request: web.Request) -> web.StreamResponse:
     after, limit = _page(request)
-    records, more = await request.app[STORE].list_files(grant_of(request).tenant, after, limit)
     purpose = request.query.get("purpose")
-    return _listed([_file_object(r) for r in records if purpose in (None, r.purpose)], more)
+    records, more = await request.app[STORE].list_files(grant_of(request).tenant, after, limit, purpose)
+    return _listed([_file_object(r) for r in records], more)
 
 
 @openai_errors

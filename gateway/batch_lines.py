@@ -208,7 +208,7 @@ def _router(calls: Calls, grant: Grant) -> openai_api.RouteFor:
     def route_for(model: str, chars: int, service_tier: str | None, used: dict[str, str]) -> Route:
         route = state.router.route(model, chars, BATCH_TIER, region, sensitivity=data_class)
         refuse_unsupported(state.settings, route.pools, used)
-        calls.admit(route, model, grant)
+        calls.admit(route, model, grant, offered_again=True)
         return route
 
     return route_for
@@ -220,16 +220,20 @@ async def _answer(calls: Calls, endpoint: str, body: bytes, key: str, grant: Gra
     if endpoint == CHAT:
         chat = decode_chat(settings, body)
         call, tier_name = openai_api.chat_call(calls, chat, route_for, started, key, None, grant)
+        call.offered_again = True
         result = await _result(call)
         return result.id, openai_api.chat_answer(chat, result, call.total_ms, tier_name)
     if endpoint == COMPLETIONS:
         completion, prompt = decode_completion(settings, body)
         call = openai_api.completion_call(calls, completion, prompt, route_for, started, key, None, grant)
+        call.offered_again = True
         result = await _result(call)
         return result.id, openai_api.completion_answer(completion, result, call.total_ms)
     embedding, texts = decode_embedding(settings, body)
     keys: list[str | None] = [f"{key}.{i}" for i in range(len(texts))]
     inputs = openai_api.embedding_calls(calls, embedding, texts, route_for, started, keys, None, grant)
+    for call in inputs:
+        call.offered_again = True
     try:
         results = await gather_results(inputs)
     except DeadlineExceeded as exc:

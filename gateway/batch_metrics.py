@@ -1,5 +1,6 @@
 """The Batch API's Prometheus metrics at one gateway: the batches it runs and how far each one
-has come, the lines it recorded by outcome, and the batches it ended by status. No I/O.
+has come, the lines it recorded by outcome, the batches it ended by status, and the pace it feeds
+lines at with the reason of each cut. No I/O.
 """
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ class BatchMetrics:
         self.lines_done = Gauge(
             "tiergate_batch_lines_done", "Lines of each batch this gateway runs with an outcome", ["batch"], registry=r
         )
+        self.pace = Gauge(
+            "tiergate_batch_pace_lines_per_s", "Lines a second this gateway starts now, all batches together",
+            registry=r,
+        )  # fmt: skip
+        self.pace_cuts = Counter(
+            "tiergate_batch_pace_cuts", "Cuts of the adaptive pace, by reason: loop_lag or a tier", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.deferrals = Counter(
+            "tiergate_batch_lines_deferred", "Offers of a batch line refused (429) and made again later",
+            registry=r,
+        )  # fmt: skip
+        self.loop_lag = Gauge(
+            "tiergate_event_loop_lag_seconds", "The event loop's worst lateness in the last pace interval",
+            registry=r,
+        )  # fmt: skip
         for status in STATUSES:
             self.batches.labels(status)
         for outcome in ("completed", "failed"):
@@ -40,6 +57,16 @@ class BatchMetrics:
         self.lines.labels("failed" if failed else "completed").inc()
         if batch_id in self._running:
             self.lines_done.labels(batch_id).inc()
+
+    def paced(self, lines_per_s: float, loop_lag_ms: float, cut: str | None) -> None:
+        """The pace after an interval; `cut`: why it was cut then, if it was."""
+        self.pace.set(lines_per_s)
+        self.loop_lag.set(loop_lag_ms / 1000.0)
+        if cut is not None:
+            self.pace_cuts.labels(cut).inc()
+
+    def deferred(self) -> None:
+        self.deferrals.inc()
 
     def ended(self, status: str) -> None:
         self.batches.labels(status).inc()

@@ -1,8 +1,8 @@
 """Runs batches: any gateway serving the batch tier takes a batch whose lease is free (a new one,
 or one whose runner died), holds the lease while it runs it, validates its input, feeds its lines
 as ordinary batch-tier requests (at most `max_in_flight_per_batch` of a batch and `max_in_flight`
-of all at once, taken in turn by the batches waiting), records each line's one outcome, and
-assembles the output and error files. Its Redis I/O is `BatchStore`'s.
+of all at once, taken in turn by the batches waiting, at the pace `PaceController` sets), records
+each line's one outcome, and assembles the output and error files. Its Redis I/O is `BatchStore`'s.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from core.errors import BackendUnavailable, QueueFull
 from . import batch_lines
 from .batch_lines import Line
 from .batch_metrics import BatchMetrics
-from .batch_store import BatchStore
+from .batch_pace import HELD, Observation, PaceController, stricter_tiers
+from .batch_store import OUTCOMES_WRITTEN_AT_ONCE, BatchStore
 from .calls import Calls
+from .loop_lag import LoopLag
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,13 @@ class Pace:
     gateway, so a batch's lines cannot take the CPU the stricter tiers' requests need."""
 
     def __init__(self, per_s: float) -> None:
-        self.gap_s = 1.0 / per_s if per_s > 0 else 0.0
+        self.gap_s = 0.0
         self.next_at = 0.0
+        self.set(per_s)
+
+    def set(self, per_s: float) -> None:
+        """Start lines at `per_s` a second from the next one on."""
+        self.gap_s = 1.0 / per_s if per_s > 0 else 0.0
 
     async def wait(self) -> None:
         if not self.gap_s:
@@ -71,8 +78,27 @@ class BatchRunner:
         # One waiter per batch at a time, served first come first served: batches take turns.
         self.slots = asyncio.Semaphore(self.settings.max_in_flight)
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.pace = Pace(self.settings.max_lines_per_s)
+        self.controller = PaceController(self.settings)
+        adaptive = self.settings.pace == "adaptive"
+        self.pace = Pace(self.controller.lines_per_s if adaptive else self.settings.max_lines_per_s)
+        self.metrics.paced(self.pace_lines_per_s(), 0.0, None)
+        self.recent = calls.metrics.recent
+        if adaptive and batch_lines.BATCH_TIER in calls.state.router.tiers:  # a gateway that runs batches
+            self.recent.watch(stricter_tiers(calls.state.settings, batch_lines.BATCH_TIER))
+        self.loop_lag = LoopLag()
         self.stopping = asyncio.Event()  # the gateway is shutting down: start no new line
+
+    def pace_lines_per_s(self) -> float:
+        return 1.0 / self.pace.gap_s if self.pace.gap_s else 0.0
+
+    async def steer(self) -> None:
+        """Judge the last interval and set the pace for the next (the adaptive pace's loop step)."""
+        lag_ms = self.loop_lag.take_ms()
+        medians_ms, answered = self.recent.take()
+        seen = Observation(lag_ms, medians_ms, answered, feeding=bool(self.running))
+        self.pace.set(self.controller.observe(seen))
+        cut = self.controller.reason if self.controller.reason not in ("calm", "idle", HELD) else None
+        self.metrics.paced(self.pace_lines_per_s(), lag_ms, cut)
 
     def now_s(self) -> int:
         return int(self.calls.state.clock.now_ms() / 1000)
@@ -255,7 +281,9 @@ class BatchRunner:
             recorded = await self.store.recorded(record.id)
             missing = [line for line in lines if line.custom_id not in recorded]
             ending = batch_lines.expired if status == EXPIRED else batch_lines.cancelled
-            await self.store.record_many(record.id, [(line.custom_id, ending(line)) for line in missing])
+            for start in range(0, len(missing), OUTCOMES_WRITTEN_AT_ONCE):  # the loop serves others between parts
+                part = missing[start : start + OUTCOMES_WRITTEN_AT_ONCE]
+                await self.store.record_many(record.id, [(line.custom_id, ending(line)) for line in part])
         outcomes = await self.store.close(record.id)
         output_id, error_id = await self._files(record, outcomes, now)
         stamps = {

@@ -22,6 +22,9 @@ from core.settings import BatchSettings
 # A line's outcome is recorded once: not after the batch was closed (finalizing), and never over
 # an earlier outcome; only a new one is counted. KEYS: outcomes, counts. ARGV: custom_id, outcome,
 # the count to increment ("completed" or "failed").
+OUTCOMES_READ_AT_ONCE = 1000  # a batch's outcomes read in one step when it is closed
+OUTCOMES_WRITTEN_AT_ONCE = 100  # outcomes recorded in one pipeline (an expired or cancelled batch's rest)
+FILES_READ_AT_ONCE = 100  # index entries read in one step while a listing looks for files of one purpose
 _RECORD = """
 if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then return 0 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -110,12 +113,22 @@ class BatchStore:
         elif self.bucket is not None:
             await self.bucket.delete(record.id)
 
-    async def list_files(self, tenant: str, after: str | None, limit: int) -> tuple[list[protocol.FileRecord], bool]:
-        """A tenant's files, newest first, after the one named `after`; and whether more follow."""
-        ids, more = await self._page(protocol.file_index_key(tenant), after, limit)
-        async with _redis("the files were not read"):
-            raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
-        return [protocol.file_decoder.decode(_bytes(raw)) for raw in raws if raw is not None], more
+    async def list_files(
+        self, tenant: str, after: str | None, limit: int, purpose: str | None = None
+    ) -> tuple[list[protocol.FileRecord], bool]:
+        """Up to `limit` of a tenant's files (of `purpose`, if given), newest first, after the one
+        named `after`; and whether more follow. The index is read on past files of another purpose
+        and files whose record expired, so a page is short only at the end."""
+        index, records = protocol.file_index_key(tenant), []
+        while True:  # until one file beyond the page is found, or the index ends
+            ids, more = await self._page(index, after, max(limit, FILES_READ_AT_ONCE))
+            async with _redis("the files were not read"):
+                raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
+            found = (protocol.file_decoder.decode(_bytes(raw)) for raw in raws if raw is not None)
+            records += [record for record in found if purpose in (None, record.purpose)]
+            if len(records) > limit or not more:
+                return records[:limit], len(records) > limit
+            after = ids[-1]
 
     async def _page(self, index: str, after: str | None, limit: int) -> tuple[list[str], bool]:
         async with _redis("the list was not read"):
@@ -189,21 +202,35 @@ class BatchStore:
             return bool(await self._record(keys=keys, args=args))
 
     async def record_many(self, batch_id: str, outcomes: list[tuple[str, protocol.LineOutcome]]) -> None:
-        """Record outcomes of lines (custom_id, outcome) that have none, in pipelines of 1,000."""
+        """Record outcomes of lines (custom_id, outcome) that have none, OUTCOMES_WRITTEN_AT_ONCE
+        to a pipeline: Redis serves other clients' commands between two."""
         keys = [protocol.batch_outcomes_key(batch_id), protocol.batch_counts_key(batch_id)]
-        for start in range(0, len(outcomes), 1000):
+        for start in range(0, len(outcomes), OUTCOMES_WRITTEN_AT_ONCE):
             async with _redis("the lines' outcomes were not recorded"):
                 pipe = self.redis.pipeline(transaction=False)
-                for custom_id, outcome in outcomes[start : start + 1000]:
+                for custom_id, outcome in outcomes[start : start + OUTCOMES_WRITTEN_AT_ONCE]:
                     pipe.eval(_RECORD, 2, *keys, custom_id, protocol.encoder.encode(outcome), FAILED)
                 await pipe.execute()
 
     async def close(self, batch_id: str) -> list[protocol.LineOutcome]:
-        """Close a batch to new outcomes and read the ones it holds (in input order)."""
+        """Close a batch to new outcomes and read the ones it holds (in input order), a part at a
+        time: a large batch's outcomes in one reply would hold Redis and this event loop for long
+        enough to delay the requests beside it."""
+        outcomes: dict[int, protocol.LineOutcome] = {}  # by line: HSCAN may give one twice
         async with _redis("the batch's outcomes were not read"):
             await self.redis.hset(protocol.batch_counts_key(batch_id), CLOSED, 1)
-            raws = await self.redis.hvals(protocol.batch_outcomes_key(batch_id))
-        return sorted((protocol.outcome_decoder.decode(_bytes(raw)) for raw in raws), key=lambda o: o.line)
+            cursor = 0
+            while True:
+                scanned: Any = await self.redis.hscan(
+                    protocol.batch_outcomes_key(batch_id), cursor, count=OUTCOMES_READ_AT_ONCE
+                )
+                cursor, part = scanned
+                for raw in part.values():
+                    outcome = protocol.outcome_decoder.decode(_bytes(raw))
+                    outcomes[outcome.line] = outcome
+                if not cursor:
+                    break
+        return [outcomes[line] for line in sorted(outcomes)]
 
     async def finish(self, record: protocol.BatchRecord, owner: str) -> None:
         """Store a batch's final record and drop what running it needed."""
@@ -212,7 +239,8 @@ class BatchStore:
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(protocol.batch_key(batch_id), protocol.encoder.encode(record), ex=self.ttl_s)
             pipe.expire(protocol.batch_counts_key(batch_id), self.ttl_s)
-            pipe.delete(protocol.batch_outcomes_key(batch_id), protocol.batch_cancel_key(batch_id))
+            # UNLINK: Redis frees a large batch's outcomes in the background, not while others wait
+            pipe.unlink(protocol.batch_outcomes_key(batch_id), protocol.batch_cancel_key(batch_id))
             pipe.srem(protocol.batch_active_key(), batch_id)
             await pipe.execute()
             await self._release(keys=[protocol.batch_lease_key(batch_id)], args=[owner])

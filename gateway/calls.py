@@ -55,17 +55,18 @@ class Calls:
         self.limits = Limits(state.clock, tenants)  # tenants None: no key has limits (a unit test's calls)
         self.shares = Shares(state.settings.auth.active_s)
 
-    def admit(self, route: Route, model: str = "", grant: Grant = OPEN_GRANT) -> Admission:
+    def admit(self, route: Route, model: str = "", grant: Grant = OPEN_GRANT, offered_again: bool = False) -> Admission:
         """Admission of a routed request: 403 for what its key does not allow (tier, model, region,
         data class), then its tenant's fair share of a busy tier (gateway/shares.py), then its
-        tier's admission; a refusal (429) is counted shed, then raised."""
+        tier's admission; a refusal (429) is counted shed (deferred: a batch line `offered_again`
+        later is not lost), then raised."""
         authorize(grant, route.tier, model, route.region, route.sensitivity)
         capacity = self.state.capacity.get(route.stream)
         try:
             self.shares.check(route.stream, route.tier, grant.tenant, grant.weight, capacity, _now_s())
             return self.state.admit(route)
         except QueueFull:
-            self.metrics.refused(route.tier)
+            self.metrics.refused(route.tier, offered_again)
             raise
 
     def envelope(
@@ -120,14 +121,17 @@ class Calls:
         self.limits.async_reply(reply)
         self.shares.async_ended(reply.id)
 
-    async def hold(self, grant: Grant, envelope: protocol.Envelope, route: Route) -> Held | None:
+    async def hold(
+        self, grant: Grant, envelope: protocol.Envelope, route: Route, offered_again: bool = False
+    ) -> Held | None:
         """Count a request against its key's limits (`Limits.hold`); one over a limit is refused
-        (429 `rate_limited`), counted shed, and taken back out of its tier's projected backlog."""
+        (429 `rate_limited`), counted shed (deferred when `offered_again`), and taken back out of
+        its tier's projected backlog."""
         try:
             return await self.limits.hold(grant, envelope)
         except RateLimited:
             self.state.withdraw(route)
-            self.metrics.refused(route.tier)
+            self.metrics.refused(route.tier, offered_again)
             raise
 
     async def sweep(self) -> None:
@@ -156,7 +160,7 @@ class Call:
 
     __slots__ = (
         "_calls", "_enqueued", "_events", "_held", "_key", "_open", "_reply", "_span",
-        "envelope", "grant", "replayed", "route", "started", "total_ms", "ttft_ms",
+        "envelope", "grant", "offered_again", "replayed", "route", "started", "total_ms", "ttft_ms",
     )  # fmt: skip
 
     def __init__(
@@ -176,6 +180,7 @@ class Call:
         self.started = started
         self._key = key
         self.replayed = False
+        self.offered_again = False  # a batch line: refused, it is offered again, not lost
         self.total_ms = 0.0  # end to end, as the client is told: set when the call ends answered
         self.ttft_ms: float | None = None  # a streaming call's time to its first token
         self._events: asyncio.Queue[StreamEvent] | None = None
@@ -204,7 +209,7 @@ class Call:
     async def __aenter__(self) -> Call:
         """Queue a streaming request; iterating the call gives its events."""
         try:
-            self._held = await self._calls.hold(self.grant, self.envelope, self.route)
+            self._held = await self._calls.hold(self.grant, self.envelope, self.route, self.offered_again)
         except BaseException as exc:
             self.close(exc)
             raise
@@ -265,7 +270,7 @@ class Call:
             return first_id
         calls, route, envelope = self._calls, self.route, self.envelope
         state = calls.state
-        held = await calls.hold(self.grant, envelope, route)
+        held = await calls.hold(self.grant, envelope, route, self.offered_again)
         accepted = self._queued(reply_to=state.gateway_id)
         key = protocol.accepted_key(envelope.id)
         record = (key, protocol.encoder.encode(accepted), state.settings.gateway.result_ttl_s)
@@ -376,7 +381,7 @@ class Call:
         first_id = await self._claim()
         if first_id is not None:
             return await self._replay(first_id)
-        self._held = await self._calls.hold(self.grant, self.envelope, self.route)
+        self._held = await self._calls.hold(self.grant, self.envelope, self.route, self.offered_again)
         waiting = self._calls.state.waiters.add(self.id, self.route.deadline_ms / 1000.0)
         enqueued = self._submit()
         try:

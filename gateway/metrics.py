@@ -25,6 +25,7 @@ from core.settings import Settings
 
 from . import slo
 from .batch_metrics import BatchMetrics
+from .batch_pace import RecentLatencies
 from .slo_store import SloStore, UsageStore
 from .state import STATE
 from .usage import UsageCounts
@@ -97,6 +98,7 @@ class GatewayMetrics:
         self.queue_streams = {lane.stream: (lane.tier, lane.region, "+".join(lane.pools)) for lane in settings.lanes()}
         self.accumulator, self.batch = slo.Accumulator(), BatchMetrics(r)
         self.usage = _TenantUsage(r, settings.usage.tenants)
+        self.recent = RecentLatencies()  # the tiers a batch runner's pace watches (none until one does)
         self.clock_ms: Callable[[], float] = _local_ms  # replaced by the gateway's Redis clock at start
         self._bound = {
             (tier, pool): self._bind(tier, pool, p.processor) for pool, p in settings.pools.items() for tier in p.tiers
@@ -167,6 +169,7 @@ class GatewayMetrics:
             result.service_ms, result.batch_size, result.energy_j, result.cost,
         )  # fmt: skip
         self.usage.count(epoch_s, result)  # per tenant: in Redis, and with bounded labels here
+        self.recent.add(result.tier, total_ms)
 
     def first_token(self, tier: str, pool: str, seconds: float) -> None:
         bound = self._bound.get((tier, pool))
@@ -178,8 +181,13 @@ class GatewayMetrics:
         self._in_flight[tier].dec()
         self._failure(tier, code, pool)
 
-    def refused(self, tier: str) -> None:
-        """Shed at admission: the tier's queue was full."""
+    def refused(self, tier: str, offered_again: bool = False) -> None:
+        """Shed at admission: the tier's queue was full (or the key over a limit). A batch line
+        `offered_again` later is not lost: it is counted deferred, outside the SLO, until it
+        reaches its one outcome."""
+        if offered_again:
+            self.batch.deferred()
+            return
         self.shed.labels(tier).inc()
         self._failure(tier, "shed", "")
 

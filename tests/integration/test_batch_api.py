@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import boto3
 import botocore.exceptions
+import msgspec
 import openai
 import pytest
 import redis
@@ -379,3 +380,105 @@ async def test_a_batchs_lines_are_sent_with_the_key_that_created_it(
     assert {line["response"]["status_code"] for line in errors} == {403}
     assert {line["response"]["body"]["error"]["code"] for line in errors} == {"forbidden"}
     assert "may not use the tier 'batch'" in errors[0]["response"]["body"]["error"]["message"]
+
+
+async def pace_of(s: Stack) -> float:
+    """The pace the gateway feeds batch lines at, from its /metrics."""
+    async with s.http.get(f"{s.url}/metrics") as response:
+        metrics = await response.text()
+    (line,) = [line for line in metrics.splitlines() if line.startswith("tiergate_batch_pace_lines_per_s ")]
+    return float(line.split()[1])
+
+
+async def until_pace(s: Stack, holds: Callable[[float], bool], timeout_s: float) -> float:
+    """The gateway's pace, polled from /metrics, once `holds` is true of it."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            pace = await pace_of(s)
+            if holds(pace):
+                return pace
+            await asyncio.sleep(0.05)
+
+
+async def test_the_adaptive_pace_climbs_from_its_floor_while_nothing_stricter_runs_and_rests_there_after(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for_batches(
+        make_settings, min_lines_per_s=5.0, max_lines_per_s=100.0, pace_step_lines_per_s=5.0, pace_interval_s=0.05
+    )
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    assert await pace_of(s) == 5.0
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(150)]))
+    await until_pace(s, lambda pace: pace > 20.0, 30)  # no realtime or interactive request: no cut
+    done = await until_status(aio, batch.id, "completed")
+    assert done.request_counts.completed == 150
+    await until_pace(s, lambda pace: pace == 5.0, 10)  # no batch fed: back at the floor for the next one
+    await aio.close()
+
+
+async def test_a_fixed_pace_feeds_at_max_lines_per_s(stack: StartStack, make_settings: Callable[..., Settings]) -> None:
+    s: Stack = await stack(settings_for_batches(make_settings, pace="fixed", max_lines_per_s=250.0), pools=BATCH)
+    aio = client(s)
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(20)]))
+    assert (await until_status(aio, batch.id, "completed")).request_counts.completed == 20
+    assert await pace_of(s) == 250.0
+    await aio.close()
+
+
+async def test_lines_refused_by_a_full_batch_queue_are_deferred_not_shed(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for_batches(
+        make_settings, max_in_flight_per_batch=32, retry_after_max_s=0.05, pace="fixed", max_lines_per_s=0.0
+    )
+    settings = msgspec.structs.replace(
+        settings, tiers={**settings.tiers, "batch": msgspec.structs.replace(settings.tiers["batch"], max_queue=4)}
+    )
+    s: Stack = await stack(settings, pools=BATCH)
+    aio = client(s)
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(60)]))
+    done = await until_status(aio, batch.id, "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (60, 0)
+    async with s.http.get(f"{s.url}/metrics") as response:
+        metrics = await response.text()
+    (deferred,) = [line for line in metrics.splitlines() if line.startswith("tiergate_batch_lines_deferred_total ")]
+    assert float(deferred.split()[1]) > 0  # the queue of 4 refused some of 32 lines offered at once
+    assert 'tiergate_shed_total{tier="batch"}' not in metrics and 'outcome="shed"' not in metrics
+    async with asyncio.timeout(20):  # the SLO counts each line once, answered: none lost
+        while True:
+            async with s.http.get(f"{s.url}/v1/slo") as response:
+                window = (await response.json())["tiers"]["batch"]["windows"]["1m"]
+            if window["count"] >= 60:
+                break
+            await asyncio.sleep(0.2)
+    assert (window["count"], window["errors"]) == (60, 0)
+    await aio.close()
+
+
+async def test_files_listed_by_purpose_come_in_full_pages(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    s: Stack = await stack(settings_for_batches(make_settings), pools=BATCH)
+    aio = client(s)
+    first = await run_batch(aio, jsonl([chat_line("only", "one line")]))
+    output_id = (await until_status(aio, first.id, "completed")).output_file_id
+    inputs = [first.input_file_id]
+    inputs += [(await aio.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch")).id for i in range(5)]
+    newest_first = inputs[::-1]
+    outputs = await aio.files.list(purpose="batch_output", limit=1)  # five newer inputs stand before it
+    assert ([f.id for f in outputs.data], outputs.has_more) == ([output_id], False)
+    pages = []
+    page = await aio.files.list(purpose="batch", limit=2)
+    while True:
+        pages.append([f.id for f in page.data])
+        if not page.has_more:
+            break
+        page = await aio.files.list(purpose="batch", limit=2, after=page.data[-1].id)
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:6]]  # the output between skipped
+    held = redis.Redis.from_url(s.redis_url)
+    held.delete(protocol.file_key(newest_first[1]))  # its record expired; the index still names it
+    held.close()
+    page = await aio.files.list(limit=2)
+    assert ([f.id for f in page.data], page.has_more) == ([newest_first[0], newest_first[2]], True)
+    await aio.close()

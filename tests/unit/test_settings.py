@@ -121,3 +121,20 @@ def test_a_pools_cpu_priority_is_a_nice_value() -> None:
     raw = default_raw()
     raw["pools"]["cerebras-batch"]["nice"] = -5  # raising priority needs privileges a pool never has
     assert "pools.cerebras-batch" in refused(raw) and "nice" in refused(raw)
+
+
+def test_the_adaptive_batch_pace_is_checked() -> None:
+    raw = default_raw()
+    raw["batches"]["min_lines_per_s"] = 500.0
+    assert "batches.min_lines_per_s: 500 is above max_lines_per_s (300), the adaptive pace's ceiling" in refused(raw)
+    raw["batches"]["pace"] = "fixed"  # the floor is the adaptive pace's only
+    assert parse_settings(raw).batches.min_lines_per_s == 500.0
+    raw = default_raw()
+    raw["batches"]["pace_backoff"] = 1.0
+    assert "Expected `float` < 1.0 - at `$.batches.pace_backoff`" in refused(raw)
+    raw = default_raw()
+    raw["batches"]["pace_max_latency_ratio"] = 1.0
+    assert "Expected `float` > 1.0 - at `$.batches.pace_max_latency_ratio`" in refused(raw)
+    raw = default_raw()
+    raw["batches"]["pace"] = "fast"
+    assert "Invalid enum value 'fast' - at `$.batches.pace`" in refused(raw)
