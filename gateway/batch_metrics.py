@@ -19,7 +19,7 @@ class BatchMetrics:
             "tiergate_batch_lines", "Batch lines this gateway recorded, by outcome", ["outcome"], registry=r
         )
         self.lines_total = Gauge(
-            "tiergate_batch_lines_total_count", "Lines of each batch this gateway runs", ["batch"], registry=r
+            "tiergate_batch_lines_in_batch", "Lines of each batch this gateway runs", ["batch"], registry=r
         )
         self.lines_done = Gauge(
             "tiergate_batch_lines_done", "Lines of each batch this gateway runs with an outcome", ["batch"], registry=r
