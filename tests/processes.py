@@ -9,6 +9,7 @@ printed a Python traceback unless it is marked `expects_traceback`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TRACEBACK = "Traceback (most recent call last)"
@@ -164,3 +166,14 @@ slo = { latency_ms = 30000 }
 default_deadline_ms = 60000
 max_queue = 10000
 """
+
+
+async def audit_tail(redis_url: str, *flags: str) -> list[dict[str, Any]]:
+    """`tiergate audit tail` as a real process: its JSON lines."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops", "audit", "tail", "--redis-url", redis_url, *flags,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return [json.loads(row) for row in out.decode().splitlines()]

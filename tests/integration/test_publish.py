@@ -4,9 +4,6 @@ reaches its gateway and its result key, the batch's audit entries are one stream
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -16,6 +13,7 @@ from core.redis_client import Client
 from core.settings import Settings
 from ops import audit
 from tests.conftest import default_lane
+from tests.processes import audit_tail
 from workers.audit import AuditTrail
 from workers.consumer import Consumer, Delivery
 
@@ -95,15 +93,7 @@ async def test_a_reply_stream_stays_bounded_when_one_xadd_a_batch_trims_it(
     assert 100 <= await client.xlen(protocol.reply_key("gw-a")) < 200
 
 
-async def tail(redis_url: str, *flags: str) -> list[dict[str, object]]:
-    """`tiergate audit tail` as a real process: its JSON lines."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops", "audit", "tail", "--redis-url", redis_url, *flags,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return [json.loads(row) for row in out.decode().splitlines()]
+tail = audit_tail
 
 
 async def test_the_tail_prints_one_line_per_request_of_batches_and_lone_entries(

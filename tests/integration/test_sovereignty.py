@@ -29,6 +29,7 @@ from gateway.app import build_app
 from gateway.http_shared import GRANT
 from ops import audit
 from tests.integration.conftest import Stack, wait_until
+from tests.processes import audit_tail
 from tests.unit.test_placement import sovereign_raw
 
 pytestmark = pytest.mark.redis_server
@@ -195,15 +196,7 @@ async def test_the_openai_api_takes_region_and_class_from_headers(sovereign_stac
         await client.close()
 
 
-async def tail(redis_url: str, *flags: str) -> list[dict[str, Any]]:
-    """`tiergate audit tail` as a real process: its JSON lines."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops", "audit", "tail", "--redis-url", redis_url, *flags,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return [json.loads(row) for row in out.decode().splitlines()]
+tail = audit_tail
 
 
 async def test_audit_tail_prints_a_tenants_entries(sovereign_stack: Stack, redis_url: str) -> None:
