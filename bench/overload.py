@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from bench.scenarios import cpu_times, drained, start_stack, steal_pct
 from core.cpu import CPU_POLICIES, lower_priority
-from core.settings import load_settings
+from core.settings import Settings, load_settings
 
 WARMUP_S = 1.0  # answers before this are not counted in goodput: the pools are still filling up
 CLOSED_LOOP_CLIENTS = 64
@@ -161,8 +161,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-async def settle(redis: Redis, region: str) -> None:
-    await drained(redis, region)
+async def settle(redis: Redis, settings: Settings) -> None:
+    await drained(redis, settings)
     await asyncio.sleep(1.0)  # let heartbeats report the pools idle again
 
 
@@ -180,7 +180,7 @@ async def run(args: argparse.Namespace) -> None:
             await isolation(
                 url,
                 redis,
-                settings.gateway.region,
+                settings,
                 args.isolation_s,
                 args.isolation_rounds,
                 args.flood_nice,
@@ -194,7 +194,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"| {tier} | capacity alone (closed loop, {CLOSED_LOOP_CLIENTS} clients) | 60000 | - | {row['sent']} "
                   f"| {row['ok']} | {row['refused']} | {row['late']} | - | {row['errors']} | {capacity:.1f} | 1.00 "
                   f"| - | - | - | {fmt(steal)} |", flush=True)  # fmt: skip
-            await settle(redis, settings.gateway.region)
+            await settle(redis, settings)
             for deadline_ms in (int(d) for d in args.deadlines.split(",")):
                 for multiple in (float(m) for m in args.multiples.split(",")):
                     rate = capacity * multiple
@@ -202,7 +202,7 @@ async def run(args: argparse.Namespace) -> None:
                     spec |= {"rate": rate, "seconds": seconds, "deadline_ms": deadline_ms, "seed": int(rate)}
                     row, steal = phase(spec)
                     print_row(tier, multiple, deadline_ms, rate, capacity, row, steal)
-                    await settle(redis, settings.gateway.region)
+                    await settle(redis, settings)
     finally:
         await redis.aclose()
         process.terminate()
@@ -214,7 +214,13 @@ FLOOD = {"tier": "batch", "rate": 1000.0, "deadline_ms": 2000}
 
 
 async def isolation(
-    url: str, redis: Redis, region: str, seconds: float, rounds: int, flood_nice: int = 0, flood_policy: str = "normal"
+    url: str,
+    redis: Redis,
+    settings: Settings,
+    seconds: float,
+    rounds: int,
+    flood_nice: int = 0,
+    flood_policy: str = "normal",
 ) -> None:
     """Realtime and interactive through the one URL, with batch idle, then flooded; alternating rounds."""
     flood = f"batch at {FLOOD['rate']:g} req/s (deadline {FLOOD['deadline_ms']} ms) from its own process"
@@ -252,7 +258,7 @@ async def isolation(
                 pooled.setdefault(f"{name} (gateway)", {}).setdefault(tier, []).extend(row["server_ms"])
                 per_round.setdefault(f"{name}/{tier}", []).append(_pct(sorted(row["latencies_ms"]), 99) or 0.0)
             print_isolation_row(n, name, rows, steal)
-            await settle(redis, region)
+            await settle(redis, settings)
     for tier in ISOLATION_RATES:
         idle = _pct(sorted(pooled["batch idle"][tier]), 99) or 0.0
         flood = _pct(sorted(pooled["batch flood"][tier]), 99) or 0.0

@@ -6,8 +6,13 @@
   whose every request is a chain of wake-ups.
 - `batch` (`SCHED_BATCH`): its wake-ups never preempt a running process.
 - `idle` (`SCHED_IDLE`): it runs only on a core nothing else wants.
+- `realtime` (`SCHED_FIFO` at the lowest real-time priority, 1): its wake-ups preempt every
+  fair-class process at once and nothing of theirs preempts it, so a deterministic pool's
+  service time is not stretched by a busy core. It needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO`
+  of at least 1, and belongs only to a pool that blocks between requests (Linux's real-time
+  throttling still leaves the other processes 5 % of each core).
 
-Every class only lowers a process's claim on the CPU or shortens its slice, which needs no
+The other classes only lower a process's claim on the CPU or shorten its slice, which needs no
 privileges. Where the platform lacks one, or a sandbox refuses it, the process says so in a
 warning and runs as `normal`: priority shapes latency, never correctness.
 """
@@ -24,8 +29,9 @@ from typing import Literal
 
 log = logging.getLogger(__name__)
 
-CpuPolicy = Literal["normal", "latency", "batch", "idle"]
-CPU_POLICIES: tuple[CpuPolicy, ...] = ("normal", "latency", "batch", "idle")
+CpuPolicy = Literal["normal", "latency", "batch", "idle", "realtime"]
+CPU_POLICIES: tuple[CpuPolicy, ...] = ("normal", "latency", "batch", "idle", "realtime")
+REALTIME_PRIORITY = 1  # the lowest SCHED_FIFO priority: above every fair-class process, below the kernel's threads
 
 SHORTEST_SLICE_NS = 100_000  # the kernel's floor for a fair task's slice (0.1 ms)
 SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}  # syscall numbers: Python has no sched_setattr
@@ -53,6 +59,8 @@ def _apply(policy: CpuPolicy) -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     elif policy == "idle":
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif policy == "realtime":
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
     else:
         set_slice_ns(SHORTEST_SLICE_NS)
 

@@ -26,17 +26,7 @@ def validate(s: Settings) -> list[str]:
         problems += [f"pools.{name}.{p}" for p in _check_pool(pool, s)]
         problems += [f"pools.{name}.{p}" for p in _check_upstream(pool)]
         problems += [f"pools.{name}.{p}" for p in _check_local(pool, s)]
-    problems += [
-        f"gateway.tier_ports.{tier}: unknown tier (expected one of {', '.join(s.tiers)})"
-        for tier in s.gateway.tier_ports
-        if tier not in s.tiers
-    ]
-    fixed = [port for port in (s.gateway.port, *s.gateway.tier_ports.values()) if port]
-    problems += [
-        f"gateway.tier_ports.{tier}: port {port} is already taken by another gateway of this config"
-        for tier, port in s.gateway.tier_ports.items()
-        if port and fixed.count(port) > 1
-    ]
+    problems += _check_gateway(s)
     problems += [
         f"openai.service_tiers.{key}: unknown tier {tier!r}"
         for key, tier in s.openai.service_tiers.items()
@@ -59,6 +49,27 @@ def validate(s: Settings) -> list[str]:
         )
     problems += _check_routing(s)
     problems += _check_keys(s)
+    return problems
+
+
+def _check_gateway(s: Settings) -> list[str]:
+    """Its tier ports name configured tiers and never collide; its CPU class is one a gateway may take."""
+    problems = [
+        f"gateway.tier_ports.{tier}: unknown tier (expected one of {', '.join(s.tiers)})"
+        for tier in s.gateway.tier_ports
+        if tier not in s.tiers
+    ]
+    fixed = [port for port in (s.gateway.port, *s.gateway.tier_ports.values()) if port]
+    problems += [
+        f"gateway.tier_ports.{tier}: port {port} is already taken by another gateway of this config"
+        for tier, port in s.gateway.tier_ports.items()
+        if port and fixed.count(port) > 1
+    ]
+    if s.gateway.cpu_policy == "realtime":
+        problems.append(
+            "gateway.cpu_policy: 'realtime' is for a pool that blocks between requests; a gateway under "
+            "a flood would starve its own workers and Redis (use 'latency')"
+        )
     return problems
 
 

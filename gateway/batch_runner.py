@@ -168,9 +168,7 @@ class BatchRunner:
         record, _, cancel = found
         data = await self.store.content(record.input_file_id)
         state = self.calls.state
-        # A thread, so that judging a large file leaves the event loop to the requests in flight.
-        parse = batch_lines.parse
-        lines, errors = await asyncio.to_thread(parse, state.settings, state.router, record.endpoint, data or b"")
+        lines, errors = await batch_lines.parse(state.settings, state.router, record.endpoint, data or b"")
         if data is None:
             errors = [protocol.BatchError("file_not_found", f"input file {record.input_file_id} no longer exists")]
         if record.status == VALIDATING:

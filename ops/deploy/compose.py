@@ -84,4 +84,6 @@ def _worker(settings: Settings, pool: str) -> dict[str, Any]:
     env = {"TIERGATE_METRICS_HOST": "0.0.0.0", "TIERGATE_METRICS_PORT": str(port)}
     service = _tiergate(settings, worker_args(pool), f"http://127.0.0.1:{port}/healthz", env)
     service["deploy"] = {"replicas": settings.pools[pool].replicas}
+    if settings.pools[pool].cpu_policy == "realtime":  # SCHED_FIFO without root (core/cpu.py)
+        service["ulimits"] = {"rtprio": 1}
     return service

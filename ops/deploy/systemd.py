@@ -23,14 +23,18 @@ def render(settings: Settings, config_text: str, exec_path: str = EXEC_PATH) -> 
         files[f"systemd/tiergate-{gw.name}.service"] = _unit(settings, description, argv, [ENV_FILE])
     worker_argv = f"{exec_path} worker --config {CONFIG_PATH} --pool %i --replicas 1"
     worker_env = [ENV_FILE, f"{CONFIG_DIR}/worker-%i.env"]
-    files["systemd/tiergate-worker@.service"] = _unit(settings, "tiergate worker of pool %i", worker_argv, worker_env)
+    # LimitRTPRIO lets a pool with cpu_policy = "realtime" take SCHED_FIFO without root (core/cpu.py).
+    worker_unit = _unit(settings, "tiergate worker of pool %i", worker_argv, worker_env, ("LimitRTPRIO=1",))
+    files["systemd/tiergate-worker@.service"] = worker_unit
     for index, pool in enumerate(settings.pools):
         lines = ["TIERGATE_METRICS_HOST=0.0.0.0", f"TIERGATE_METRICS_PORT={FIRST_WORKER_PORT + index}"]
         files[f"systemd/worker-{pool}.env"] = comment([HEADER]) + "".join(f"{line}\n" for line in lines)
     return files
 
 
-def _unit(settings: Settings, description: str, exec_start: str, env_files: list[str]) -> str:
+def _unit(
+    settings: Settings, description: str, exec_start: str, env_files: list[str], limits: tuple[str, ...] = ()
+) -> str:
     service = [
         "Type=exec",
         f"User={USER}",
@@ -46,6 +50,7 @@ def _unit(settings: Settings, description: str, exec_start: str, env_files: list
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
+        *limits,
     ]
     sections = {
         "Unit": [

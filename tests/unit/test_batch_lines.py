@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -16,22 +17,22 @@ def line(custom_id: str, url: str = CHAT, **body: object) -> bytes:
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": chat}).encode()
 
 
-def test_a_good_file_gives_its_lines_in_order(make_settings: Callable[..., Settings]) -> None:
+async def test_a_good_file_gives_its_lines_in_order(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    lines, errors = parse(settings, Router(settings), CHAT, b"\n".join([line("a"), b"", line("b")]) + b"\n")
+    lines, errors = await parse(settings, Router(settings), CHAT, b"\n".join([line("a"), b"", line("b")]) + b"\n")
     assert errors == []
     assert [(x.number, x.custom_id) for x in lines] == [(0, "a"), (2, "b")]
     assert json.loads(lines[1].body)["model"] == "sim-echo"
 
 
-def test_each_bad_line_is_named_with_its_reason(make_settings: Callable[..., Settings]) -> None:
+async def test_each_bad_line_is_named_with_its_reason(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(batches__max_line_bytes=400)
     data = [
         line("a"), b"[1, 2", line("b", url="/v1/completions"), line("a"), line("c", max_tokens=0),
         line("d", messages=[{"role": "user", "content": "x" * 500}]),
         json.dumps({"custom_id": "e", "method": "GET", "url": CHAT, "body": {}}).encode(),
     ]  # fmt: skip
-    _, errors = parse(settings, Router(settings), CHAT, b"\n".join(data))
+    _, errors = await parse(settings, Router(settings), CHAT, b"\n".join(data))
     assert [(e.line, e.code) for e in errors] == [
         (2, "invalid_json"), (3, "invalid_url"), (4, "duplicate_custom_id"), (5, "invalid_request"),
         (6, "line_too_large"), (7, "invalid_method"),
@@ -39,11 +40,13 @@ def test_each_bad_line_is_named_with_its_reason(make_settings: Callable[..., Set
     assert "max_tokens" in errors[3].message
 
 
-def test_an_empty_file_and_too_many_lines_are_refused(make_settings: Callable[..., Settings]) -> None:
+async def test_an_empty_file_and_too_many_lines_are_refused(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(batches__max_lines=2)
     router = Router(settings)
-    assert [e.code for e in parse(settings, router, CHAT, b"\n\n")[1]] == ["empty_file"]
-    assert [e.code for e in parse(settings, router, CHAT, b"\n".join(line(i) for i in "abc"))[1]] == ["too_many_lines"]
+    _, empty = await parse(settings, router, CHAT, b"\n\n")
+    assert [e.code for e in empty] == ["empty_file"]
+    _, too_many = await parse(settings, router, CHAT, b"\n".join(line(i) for i in "abc"))
+    assert [e.code for e in too_many] == ["too_many_lines"]
 
 
 def test_completion_windows() -> None:
@@ -55,3 +58,24 @@ def test_a_line_idempotency_key_is_its_batch_and_custom_id_and_free_of_hash_tags
     key = idempotency_key("batch_1", "{odd}")
     assert key == idempotency_key("batch_1", "{odd}") != idempotency_key("batch_2", "{odd}")
     assert "{" not in key and "}" not in key
+
+
+async def test_judging_a_large_file_lets_the_event_loop_run_other_tasks(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    passes = 0
+    judging = True
+
+    async def tick() -> None:  # counts the event loop's passes while the file is judged
+        nonlocal passes
+        while judging:
+            passes += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    start = passes
+    lines, errors = await parse(settings, Router(settings), CHAT, b"\n".join(line(f"c{i}") for i in range(20_000)))
+    judging = False
+    await ticker
+    assert (len(lines), errors) == (20_000, [])
+    assert passes - start > 10  # a file judged in one go would leave the ticker no pass until the end

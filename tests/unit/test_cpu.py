@@ -40,3 +40,23 @@ def test_latency_asks_for_the_shortest_slice_and_keeps_the_nice_value() -> None:
     assert slice_ == SHORTEST_SLICE_NS
     assert niceness == min(19, own + 3)
     assert applied(0, "normal")[1] > SHORTEST_SLICE_NS  # the kernel's default slice is longer
+
+
+REALTIME_PROBE = """
+import json, logging, os
+from core.cpu import lower_priority
+logging.basicConfig(level=logging.WARNING)
+lower_priority(0, "realtime")
+print(json.dumps([os.sched_getscheduler(0), os.sched_getparam(0).sched_priority]))
+"""
+
+
+def test_realtime_is_fifo_at_the_lowest_priority_or_a_warning_where_refused() -> None:
+    done = subprocess.run([sys.executable, "-c", REALTIME_PROBE], capture_output=True, text=True, check=True)
+    scheduler, priority = json.loads(done.stdout)
+    if scheduler == os.SCHED_FIFO:
+        assert priority == 1  # above fair-class processes, below every kernel thread with a real-time class
+        assert "not applied" not in done.stderr
+    else:  # no CAP_SYS_NICE and no RLIMIT_RTPRIO here: it runs as normal and says why
+        assert scheduler == os.SCHED_OTHER
+        assert "cpu_policy realtime not applied" in done.stderr

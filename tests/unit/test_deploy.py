@@ -107,6 +107,9 @@ def test_compose_runs_redis_with_aof_the_gateway_and_each_pool_with_its_replicas
         service = services[f"worker-{pool}"]
         assert service["command"][:1] + service["command"][-4:] == ["worker", "--pool", pool, "--replicas", "1"]
         assert service["deploy"]["replicas"] == p.replicas
+        # SCHED_FIFO without root: a real-time priority limit for the pools that ask for it, none for the rest
+        assert service.get("ulimits") == ({"rtprio": 1} if p.cpu_policy == "realtime" else None)
+    assert any(p.cpu_policy == "realtime" for p in settings.pools.values())
     for service in services.values():
         assert service["restart"] == "unless-stopped" and service["healthcheck"]["test"]
 
@@ -204,6 +207,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
 def test_systemd_units_restart_on_failure_and_take_a_pool_name() -> None:
     template = (DEPLOY / "systemd/tiergate-worker@.service").read_text()
     assert "--pool %i" in template and "Restart=on-failure" in template
+    assert "LimitRTPRIO=1" in template.splitlines()  # a pool with cpu_policy = "realtime" may take SCHED_FIFO
     assert "Restart=on-failure" in (DEPLOY / "systemd/tiergate-gateway.service").read_text()
 
 

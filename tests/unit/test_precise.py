@@ -40,8 +40,9 @@ async def test_a_short_wait_blocks_then_spins_to_the_end_instant() -> None:
     fake = FakeTime(100.0)
     end_s = 100.0 + 0.95e-3
     await precise.wait_until(end_s, fake.clock, fake.sleep, fake.block)
-    assert fake.slept == []  # under the coarse margin: the event loop's timer is too coarse
-    assert fake.blocked == [pytest.approx(0.95e-3 - precise.SPIN_S, abs=2e-6)]
+    # under the coarse margin the event loop's timer is too coarse: only passes of the loop, no sleep
+    assert fake.slept == [0] * precise.LOOP_TURNS
+    assert fake.blocked == [pytest.approx(0.95e-3 - precise.SPIN_S, abs=8e-6)]  # the clock ticks on each read
     assert end_s <= fake.now_s <= end_s + 2 * fake.tick_s
 
 
@@ -52,6 +53,12 @@ async def test_a_long_wait_sleeps_on_the_loop_all_but_the_coarse_margin() -> Non
     assert fake.slept == [pytest.approx(0.020 - precise.COARSE_MARGIN_S, abs=2e-6)]
     assert fake.blocked == [pytest.approx(precise.COARSE_MARGIN_S - precise.SPIN_S, abs=4e-6)]
     assert end_s <= fake.now_s <= end_s + 2 * fake.tick_s
+
+
+async def test_the_loop_gets_no_pass_once_the_end_is_near() -> None:
+    fake = FakeTime(100.0)
+    await precise.wait_until(100.0 + precise.YIELD_MARGIN_S / 2, fake.clock, fake.sleep, fake.block)
+    assert fake.slept == []  # a pass of the loop could end past the instant
 
 
 async def test_an_instant_already_past_returns_at_once() -> None:

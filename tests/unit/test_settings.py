@@ -138,3 +138,14 @@ def test_the_adaptive_batch_pace_is_checked() -> None:
     raw = default_raw()
     raw["batches"]["pace"] = "fast"
     assert "Invalid enum value 'fast' - at `$.batches.pace`" in refused(raw)
+
+
+def test_the_realtime_cpu_policy_is_for_pools_not_the_gateway() -> None:
+    raw = default_raw()
+    raw["gateway"]["cpu_policy"] = "realtime"
+    assert "gateway.cpu_policy: 'realtime' is for a pool that blocks between requests" in refused(raw)
+    raw["gateway"]["cpu_policy"] = "latency"
+    raw["pools"]["groq-realtime"]["cpu_policy"] = "realtime"
+    assert parse_settings(raw).pools["groq-realtime"].cpu_policy == "realtime"
+    raw["pools"]["groq-realtime"]["cpu_policy"] = "fifo"
+    assert "Invalid enum value 'fifo' - at `$.pools.groq-realtime.cpu_policy`" in refused(raw)
