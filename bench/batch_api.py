@@ -62,11 +62,10 @@ def batch_file(lines: int) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-async def run_batch(url: str, lines: int, traffic_done: asyncio.Event) -> dict[str, Any]:
-    """Upload, create and poll a batch to its end; its final object, timings, and the lines it
-    had done when the traffic beside it ended."""
+async def run_batch(url: str, data: bytes, lines: int, traffic_done: asyncio.Event) -> dict[str, Any]:
+    """Upload `data`, create and poll a batch to its end; its final object, timings, and the lines
+    it had done when the traffic beside it ended."""
     sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
-    data = batch_file(lines)
     started = time.perf_counter()
     uploaded = await sdk.files.create(file=("bench.jsonl", data), purpose="batch")
     batch = await sdk.batches.create(
@@ -149,9 +148,10 @@ async def one_stack(args: argparse.Namespace, pace: str, config: Path) -> str:
         before = cpu_times()
         alone = await run_clients(config, urls, traffic)
         row(f"batch idle ({pace})", summary(alone, objectives(settings)), steal_pct(before, cpu_times()))
+        data = batch_file(args.lines)  # before the phase: writing the file is the client's work, not the stack's
         before = cpu_times()
         traffic_done = asyncio.Event()
-        batch_task = asyncio.create_task(run_batch(ready["url"], args.lines, traffic_done))
+        batch_task = asyncio.create_task(run_batch(ready["url"], data, args.lines, traffic_done))
         mixed = await run_clients(config, urls, traffic, seed=7)
         traffic_done.set()
         row(f"{args.lines} lines ({pace})", summary(mixed, objectives(settings)), steal_pct(before, cpu_times()))

@@ -49,6 +49,7 @@ class Tally:
     def __init__(self) -> None:
         self.rows: list[tuple[float, float, int, float]] = []
         self.server_ms: list[float] = []  # the gateway's own total_ms of each 200
+        self.worker_ms: list[float] = []  # its queue_ms + service_ms: the part spent waiting for and on a processor
 
     def summary(self, seconds: float, deadline_ms: int) -> dict[str, Any]:
         ok = [r for r in self.rows if r[2] == 200 and (r[1] - r[0]) * 1000 <= deadline_ms]
@@ -68,6 +69,7 @@ class Tally:
             "retry_after_p50_s": _pct(retry, 50),
             "latencies_ms": [round((r[1] - r[0]) * 1000, 3) for r in self.rows if r[2] == 200],
             "server_ms": self.server_ms,
+            "worker_ms": self.worker_ms,
         }
 
 
@@ -86,7 +88,9 @@ async def _send(session: aiohttp.ClientSession, url: str, payload: dict[str, Any
                 answer = json.loads(data)
                 if answer["output"] != payload["input"][::-1]:
                     status = 0  # an answer to another request: an error, never goodput
-                tally.server_ms.append(answer["timings"]["total_ms"])
+                timings = answer["timings"]
+                tally.server_ms.append(timings["total_ms"])
+                tally.worker_ms.append(timings["queue_ms"] + timings["service_ms"])
     except aiohttp.ClientError:
         status, retry = -1, 0.0
     tally.rows.append((sent, time.perf_counter() - start, status, retry))
@@ -256,6 +260,7 @@ async def isolation(
             for tier, row in zip(ISOLATION_RATES, rows, strict=False):
                 pooled.setdefault(name, {}).setdefault(tier, []).extend(row["latencies_ms"])
                 pooled.setdefault(f"{name} (gateway)", {}).setdefault(tier, []).extend(row["server_ms"])
+                pooled.setdefault(f"{name} (worker)", {}).setdefault(tier, []).extend(row["worker_ms"])
                 per_round.setdefault(f"{name}/{tier}", []).append(_pct(sorted(row["latencies_ms"]), 99) or 0.0)
             print_isolation_row(n, name, rows, steal)
             await settle(redis, settings)
@@ -270,10 +275,10 @@ async def isolation(
             f"{tier}: p99 over {count} requests a phase: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: ", end=""
         )
         print(f"{flood / idle:.2f}x ({spread})")
-        idle = _pct(sorted(pooled["batch idle (gateway)"][tier]), 99) or 0.0
-        flood = _pct(sorted(pooled["batch flood (gateway)"][tier]), 99) or 0.0
-        print(f"{tier}: the gateway's own total_ms p99: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: ", end="")
-        print(f"{flood / idle:.2f}x")
+        for part, what in (("gateway", "the gateway's own total_ms"), ("worker", "queue_ms + service_ms")):
+            idle = _pct(sorted(pooled[f"batch idle ({part})"][tier]), 99) or 0.0
+            flood = _pct(sorted(pooled[f"batch flood ({part})"][tier]), 99) or 0.0
+            print(f"{tier}: {what} p99: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: {flood / idle:.2f}x")
 
 
 def print_isolation_row(n: int, name: str, rows: list[dict[str, Any]], steal: float | None) -> None:
