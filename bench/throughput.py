@@ -5,7 +5,10 @@ XADDs pipelined per event-loop tick; tiergate's `POST /v1/infer` with a zero-lat
 (gateway log level INFO and WARNING); and tiergate refusing requests with 429 (a full queue).
 Each app is one process; Redis is a private redis-server. Each row also prints the CPU time per
 answered request of the app, its worker and redis-server (from /proc, over the measured run).
-Run: `python -m bench.throughput [--duration 10] [--connections 64]`. Needs `wrk` on PATH.
+With `--rounds N` every row runs N times, the order reversed every other round, and the table
+holds each row's medians, followed by the ratios the request path is judged by, each with its
+range over the rounds (on a shared host one round's noise is larger than these differences).
+Run: `python -m bench.throughput [--duration 10] [--connections 64] [--rounds 1]`. Needs `wrk`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,39 +133,65 @@ def scenarios(redis_url: str) -> dict[str, list[list[str]]]:
     }
 
 
+def run_round(
+    redis_url: str, redis_pid: int, names: list[str], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Each scenario of `names` once, in that order: its wrk result and CPU per request."""
+    rows = {}
+    every = scenarios(redis_url)
+    for name in names:
+        redis.Redis.from_url(redis_url).flushall()
+        port = free_port()
+        processes = []
+        try:
+            for argv in every[name]:
+                argv = [a.replace("{port}", str(port)) for a in argv]
+                processes.append(start(argv, "ready"))
+            time.sleep(0.5)
+            url = f"http://127.0.0.1:{port}"
+            wrk(url, 2, args.connections)  # warm-up
+            pids = {"app": processes[-1].pid, "redis": redis_pid}
+            if len(processes) > 1:
+                pids["worker"] = processes[0].pid
+            rows[name] = measured(url, args.duration, args.connections, pids)
+        finally:
+            stop(processes)
+    return rows
+
+
+TIERGATE, TIERGATE_INFO = "tiergate /v1/infer (log WARNING)", "tiergate /v1/infer (log INFO)"
+FLOOR = "bare round trip, pipelined XADD"
+# (label, numerator row, denominator row, measure): the ratios the request path's targets name
+RATIOS = [
+    ("req/s: tiergate (WARNING) / pipelined floor", TIERGATE, FLOOR, "rps"),
+    ("req/s: tiergate at INFO / at WARNING", TIERGATE_INFO, TIERGATE, "rps"),
+    ("gateway CPU/request / floor app's", TIERGATE, FLOOR, "cpu_app"),
+    ("worker CPU/request / floor worker's", TIERGATE, FLOOR, "cpu_worker"),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10, help="seconds per row")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every row, alternating the order")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
     embedded = EmbeddedRedis()
     redis_url = embedded.start()
-    rows = []
     redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
+    names = list(scenarios(redis_url))
+    rounds = []
     try:
-        for name, commands in scenarios(redis_url).items():
-            redis.Redis.from_url(redis_url).flushall()
-            port = free_port()
-            processes = []
-            try:
-                for argv in commands:
-                    argv = [a.replace("{port}", str(port)) for a in argv]
-                    processes.append(start(argv, "ready"))
-                time.sleep(0.5)
-                url = f"http://127.0.0.1:{port}"
-                wrk(url, 2, args.connections)  # warm-up
-                pids = {"app": processes[-1].pid, "redis": redis_pid}
-                if len(processes) > 1:
-                    pids["worker"] = processes[0].pid
-                rows.append((name, measured(url, args.duration, args.connections, pids)))
-            finally:
-                stop(processes)
+        for n in range(args.rounds):
+            rounds.append(run_round(redis_url, redis_pid, names if n % 2 == 0 else names[::-1], args))
     finally:
         embedded.stop()
+    rows = [(name, {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]}) for name in names]
     hello = rows[0][1]["rps"]
-    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, POST {BODY}\n")
+    what = "medians of " + str(args.rounds) + " rounds" if args.rounds > 1 else "one round"
+    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, POST {BODY}; {what}\n")
     print("CPU: µs of CPU per answered request of the app (gateway or floor app), its worker, and redis-server\n")
     head = ["scenario".ljust(34), "req/s".rjust(8), "x hello", " p50 ms", " p99 ms", "non-2xx"]
     head += ["app µs", "worker µs", "redis µs"]
@@ -173,6 +203,11 @@ def main() -> None:
             f"| {name:<34} | {r['rps']:>8.0f} | {r['rps'] / hello:>7.2f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} "
             f"| {r['non2xx']:>7.0f} | {r['cpu_app']:>6.0f} | {worker} | {r['cpu_redis']:>8.0f} |"
         )
+    print()
+    for label, top, bottom, key in RATIOS:
+        each = [r[top][key] / r[bottom][key] for r in rounds]
+        spread = ", ".join(f"{x:.2f}" for x in each)
+        print(f"{label}: median {statistics.median(each):.2f} (rounds: {spread})")
 
 
 if __name__ == "__main__":
