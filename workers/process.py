@@ -200,6 +200,7 @@ class WorkerProcess:
     async def _read_loop(self) -> None:
         backoff = 0.1
         loop = asyncio.get_running_loop()
+        drained = False  # the last read took fewer entries than it asked for: its streams were empty
         while not self.stopping.is_set():
             await self.batcher.wait_for_room()
             rooms = self._rooms()
@@ -217,7 +218,16 @@ class WorkerProcess:
                 block_ms = _block_ms(plan.wait_s) if every_stream and plan.may_block else None
                 if ahead and plan.may_block:
                     block_ms = min(self.refill_ms, _block_ms(plan.wait_s))
-                deliveries = await self.consumer.read(max(rooms.values()), block_ms, plan.streams)
+                if drained and block_ms is None:
+                    # Streams just found empty: an instant read now would bring back at most what
+                    # arrived since, and cost a round trip for every batch. The batch's end reads
+                    # that with whatever else arrives meanwhile, in one read.
+                    drained = False
+                    await self._batch_ends(plan.wait_s)
+                    continue
+                count = max(rooms.values())
+                deliveries = await self.consumer.read(count, block_ms, plan.streams)
+                drained = len(deliveries) < count
                 backoff = 0.1
             except RedisError as exc:
                 log.warning("read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
