@@ -218,10 +218,10 @@ class WorkerProcess:
                 block_ms = _block_ms(plan.wait_s) if every_stream and plan.may_block else None
                 if ahead and plan.may_block:
                     block_ms = min(self.refill_ms, _block_ms(plan.wait_s))
-                if drained and block_ms is None:
-                    # Streams just found empty: an instant read now would bring back at most what
-                    # arrived since, and cost a round trip for every batch. The batch's end reads
-                    # that with whatever else arrives meanwhile, in one read.
+                if drained and block_ms is None and self._busy():
+                    # Streams just found empty while a batch runs: an instant read now would bring
+                    # back at most what arrived since, and cost a round trip for every batch. The
+                    # batch's end reads that with whatever else arrives meanwhile, in one read.
                     drained = False
                     await self._batch_ends(plan.wait_s)
                     continue
@@ -258,13 +258,16 @@ class WorkerProcess:
         a stricter tier whose entries came from several tenants in the last `MIXED_S`: there the
         batcher takes them tenant by tenant, which it can only do with the entries it holds."""
         rooms = {stream: self.batcher.room_for(rank) for stream, rank in self.priority.items()}
-        busy = self.metrics.running > 0 or len(self.batcher) > 0
         lowest = self.tier_count - 1
-        if busy and lowest > 0:
+        if self._busy() and lowest > 0:
             now = asyncio.get_running_loop().time()
             ahead = {stream for stream, seen in self.tenants_seen.items() if _several(seen, now)}
             rooms = {s: room if self.priority[s] == lowest or s in ahead else 0 for s, room in rooms.items()}
         return rooms
+
+    def _busy(self) -> bool:
+        """A batch runs, or waits in the batcher to run."""
+        return self.metrics.running > 0 or len(self.batcher) > 0
 
     async def _admit(self, deliveries: list[Delivery]) -> None:
         """Queue deliveries by tier, each to start while its deadline can still be met: with
