@@ -181,8 +181,9 @@ class PoolSettings(_Frozen, frozen=True):
     # CPU priority of its worker processes (nice 0-19): on a host shared with stricter tiers'
     # pools or a gateway, a batch pool's CPU work waits behind theirs instead of beside it.
     nice: Annotated[int, Meta(ge=0, le=19)] = 0
-    # Linux scheduling class of its worker processes (core/cpu.py): "latency" for realtime pools,
-    # "batch" or "idle" for pools whose work may wait for a core.
+    # Linux scheduling class of its worker processes (core/cpu.py): "realtime" (SCHED_FIFO) for a
+    # deterministic pool, "latency" for other realtime pools, "batch" or "idle" for pools whose
+    # work may wait for a core.
     cpu_policy: CpuPolicy = "normal"
     # The highest data class (protocol.SENSITIVITY_CLASSES) this pool is cleared to run; a request
     # of a higher class never reaches it (docs/sovereignty.md).
