@@ -190,7 +190,7 @@ def main() -> None:
         embedded.stop()
     rows = [(name, {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]}) for name in names]
     hello = rows[0][1]["rps"]
-    what = "medians of " + str(args.rounds) + " rounds" if args.rounds > 1 else "one round"
+    what = f"medians of {args.rounds} rounds" if args.rounds > 1 else "one round"
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, POST {BODY}; {what}\n")
     print("CPU: µs of CPU per answered request of the app (gateway or floor app), its worker, and redis-server\n")
     head = ["scenario".ljust(34), "req/s".rjust(8), "x hello", " p50 ms", " p99 ms", "non-2xx"]

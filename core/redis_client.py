@@ -35,6 +35,7 @@ def is_cluster(client: Client) -> bool:
 
 
 URL_SCHEMES = ("redis", "rediss", "unix")
+WRITE_PASSES = 3  # event-loop passes after a command or pipeline starts by which redis-py 8 has written it
 
 
 def check_url(url: str) -> str:

@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from core.redis_client import WRITE_PASSES
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Block = Callable[[float], None]
@@ -19,8 +21,7 @@ Wait = Callable[[float], Awaitable[None]]  # wait_loosely or wait_until, with th
 
 COARSE_MARGIN_S = 0.002  # the event loop sleeps only while more than this remains
 SPIN_S = 0.00025  # the last this long is spent reading the clock: a thread wakes tens to hundreds of µs late
-LOOP_TURNS = 3  # event-loop passes before the thread blocks: redis-py writes a command on the second
-YIELD_MARGIN_S = 0.0004  # ... taken only while more than this remains, so that they never make the end late
+YIELD_MARGIN_S = 0.0004  # the loop gets its passes only while more than this remains: they never make the end late
 PR_SET_TIMERSLACK = 29  # linux/prctl.h
 TIMER_SLACK_NS = 1000
 
@@ -41,7 +42,7 @@ async def wait_until(
     (`block` until `SPIN_S` before the end, then reading `clock`), so other tasks of this loop
     wait up to that long. A deterministic pool runs one request at a time: nothing is waiting
     that the margin would delay more than its processor would. A wait shorter than the margin
-    first gives the loop `LOOP_TURNS` passes, so that the worker's next read and its last
+    first gives the loop `WRITE_PASSES` passes, so that the worker's next read and its last
     replies go out to Redis now rather than after the wait: a processor's host does its I/O
     while the processor computes, and the pool's pace stays its profile's.
     """
@@ -49,7 +50,7 @@ async def wait_until(
     if remaining > COARSE_MARGIN_S:
         await sleep(remaining - COARSE_MARGIN_S)
     else:
-        for _ in range(LOOP_TURNS):
+        for _ in range(WRITE_PASSES):
             if end_s - clock() <= YIELD_MARGIN_S:
                 break
             await sleep(0)

@@ -41,7 +41,6 @@ CLOCK_SYNC_S = 30.0
 MAX_BACKOFF_S = 2.0
 START_MARGIN_MS = 5.0
 FORGET_EVERY_S = 30.0
-PUBLISH_YIELDS = 3  # redis-py 8 writes a pipeline on the second event-loop pass after it starts
 GONE_MS = 60_000  # a consumer silent this long, with nothing pending, leaves its group
 MIXED_S = 1.0  # a stricter tier is read ahead while its entries of this long came from several tenants
 
@@ -312,7 +311,7 @@ class WorkerProcess:
                 # Busy until the last batch's replies are out: a publish that lags slows the pool.
                 self.capacity.record(loop.time(), self._ran(replies), loop.time() - started)
                 publishing = loop.create_task(self._publish(replies))
-                for _ in range(PUBLISH_YIELDS):  # it writes its pipeline now, before the next batch runs
+                for _ in range(redis_client.WRITE_PASSES):  # it writes its pipeline now, before the next batch runs
                     await asyncio.sleep(0)
         finally:
             if publishing is not None:

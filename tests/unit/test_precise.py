@@ -41,7 +41,7 @@ async def test_a_short_wait_blocks_then_spins_to_the_end_instant() -> None:
     end_s = 100.0 + 0.95e-3
     await precise.wait_until(end_s, fake.clock, fake.sleep, fake.block)
     # under the coarse margin the event loop's timer is too coarse: only passes of the loop, no sleep
-    assert fake.slept == [0] * precise.LOOP_TURNS
+    assert fake.slept == [0] * precise.WRITE_PASSES
     assert fake.blocked == [pytest.approx(0.95e-3 - precise.SPIN_S, abs=8e-6)]  # the clock ticks on each read
     assert end_s <= fake.now_s <= end_s + 2 * fake.tick_s
 
