@@ -8,6 +8,7 @@ tracing on, ends its span); every API's handlers go through it. Its Redis I/O is
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from .admission import Admission
 from .auth import authorize
 from .limits import Limits
 from .metrics import GatewayMetrics
-from .results import StreamEvent
+from .results import StreamEvent, Waiters
 from .routing import Route
 from .shares import Shares
 from .state import GatewayState
@@ -382,10 +383,12 @@ class Call:
         if first_id is not None:
             return await self._replay(first_id)
         self._held = await self._calls.hold(self.grant, self.envelope, self.route, self.offered_again)
-        waiting = self._calls.state.waiters.add(self.id, self.route.deadline_ms / 1000.0)
-        enqueued = self._submit()
+        waiters = self._calls.state.waiters
+        waiting = waiters.add(self.id, self.route.deadline_ms / 1000.0)
+        # The call waits for its reply alone: an XADD that fails fails the wait, and a hang-up
+        # leaves the XADD running (its cancel needs the entry id). One wake-up, not two.
+        self._submit().add_done_callback(functools.partial(_fail_unqueued, waiters, self.id))
         try:
-            await asyncio.shield(enqueued)  # a hang-up leaves the XADD running: its cancel needs the entry id
             reply = await waiting
         except BaseException as exc:
             self.close(exc)
@@ -458,6 +461,12 @@ async def gather_results(calls: Sequence[Call]) -> list[protocol.Result]:
     if error is not None:
         raise error
     return [outcome for outcome in outcomes if isinstance(outcome, protocol.Result)]
+
+
+def _fail_unqueued(waiters: Waiters, request_id: str, enqueued: asyncio.Future[bytes]) -> None:
+    """An XADD that failed (Redis unreachable or refusing) ends its request's wait with its error."""
+    if not enqueued.cancelled() and (error := enqueued.exception()) is not None:
+        waiters.fail(request_id, error)
 
 
 def _now_s() -> float:

@@ -136,6 +136,14 @@ class Waiters:
         if entry is not None:
             entry[1].cancel()
 
+    def fail(self, request_id: str, error: BaseException) -> None:
+        """End one request's wait with `error` (its XADD failed); nothing if it has ended."""
+        entry = self._waiting.pop(request_id, None)
+        if entry is not None:
+            entry[1].cancel()
+            if not entry[0].done():
+                entry[0].set_exception(error)
+
     def fail_all(self, error: RequestError) -> None:
         for future, timer in self._waiting.values():
             timer.cancel()

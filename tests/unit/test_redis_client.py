@@ -8,7 +8,8 @@ import ssl
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import AuthenticationError
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import AuthenticationError, DataError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from core import protocol, redis_client
@@ -89,3 +90,29 @@ def test_redis_cluster_and_tls_files_can_come_from_the_environment() -> None:
     environ = {"TIERGATE_REDIS_CLUSTER": "yes", "TIERGATE_REDIS_TLS_CA_FILE": "/ca.pem"}
     settings = load_settings(environ=environ).redis
     assert (settings.cluster, settings.tls_ca_file) == ("yes", "/ca.pem")
+
+
+@pytest.mark.parametrize(
+    "url, kind",
+    [
+        ("redis://db:6379/0", Connection),
+        ("rediss://db:6379/0", SSLConnection),
+        ("unix:///run/redis.sock", UnixDomainSocketConnection),
+    ],
+)
+def test_connections_pack_commands_as_redis_py_does_whatever_the_transport(url: str, kind: type) -> None:
+    pool = redis_client.single_node(RedisSettings(), url).connection_pool
+    packed, stock = pool.connection_class(**pool.connection_kwargs), kind(**pool.connection_kwargs)
+    assert isinstance(packed, kind)
+    commands = [
+        ("XADD", A, "*", protocol.PAYLOAD_FIELD, b"\x00\xff" * 40_000),
+        ("SET", "k", "é", "EX", 30),
+        ("ZADD", "z", 0.1, "m", 1e20, "n"),
+        ("CONFIG GET", "maxmemory"),
+        (b"OBJECT ENCODING", memoryview(b"key")),
+    ]
+    for command in commands:
+        assert b"".join(packed.pack_command(*command)) == b"".join(stock.pack_command(*command))
+    for wrong in (True, None):
+        with pytest.raises(DataError, match="Invalid input"):
+            packed.pack_command("SET", "k", wrong)
