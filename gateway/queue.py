@@ -238,9 +238,25 @@ class RequestQueue:
                 sample.groups[stream] = _group(next(replies), length)
         return sample
 
-    async def replies(self, key: str, after: bytes | str, count: int, block_ms: int) -> protocol.StreamEntries:
-        """Up to `count` entries of a reply stream after `after`, waiting up to `block_ms` for one."""
-        response = await redis_client.xread(self.redis, {key: after}, count, block_ms)
+    async def replies(
+        self, key: str, after: bytes | str, count: int, block_ms: int, trim_through: bytes | str | None = None
+    ) -> protocol.StreamEntries:
+        """Up to `count` entries of a reply stream after `after`, waiting up to `block_ms` for one.
+        With `trim_through`, what the stream holds up to it (read and done with) is dropped first,
+        best effort, in the same round trip on one server (a cluster's client pipelines no XREAD:
+        there the trim is a command of its own)."""
+        if trim_through is None:
+            response = await redis_client.xread(self.redis, {key: after}, count, block_ms)
+        elif redis_client.is_cluster(self.redis):
+            await self.trim_replies(key, trim_through)
+            response = await redis_client.xread(self.redis, {key: after}, count, block_ms)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xtrim(key, minid=trim_through)
+            pipe.xread({key: after}, count=count, block=block_ms)
+            _, response = await pipe.execute(raise_on_error=False)
+            if isinstance(response, Exception):
+                raise response
         return response[0][1] if response else []
 
     async def trim_replies(self, key: str, through: bytes | str) -> None:

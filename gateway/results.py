@@ -177,12 +177,16 @@ class ResultReader:
         self.on_async = on_async
         self.block_ms = block_ms  # how long one XREAD waits: also how long `run` takes to stop
         self.last_id: bytes | str = "0-0"
+        self._trim_through: bytes | str | None = None  # read and done with: dropped by the next read
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
             try:
-                entries = await self.queue.replies(self.key, self.last_id, READ_COUNT, self.block_ms)
+                entries = await self.queue.replies(
+                    self.key, self.last_id, READ_COUNT, self.block_ms, trim_through=self._trim_through
+                )
+                self._trim_through = None
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 log.warning("reply stream read failed, retrying", extra={"error": str(exc), "retry_s": backoff})
@@ -206,8 +210,8 @@ class ResultReader:
                 tier = self.waiters.take_async(reply.id)
                 if tier is not None and self.on_async is not None:
                     self.on_async(reply, tier)
-        await asyncio.sleep(0)  # the requests just answered reply before the trim is sent
-        await self.queue.trim_replies(self.key, self.last_id)  # read entries are done with
+        self._trim_through = self.last_id  # the next read trims them, in its own round trip
+        await asyncio.sleep(0)  # the requests just answered reply before the next read is sent
 
     async def close(self) -> None:
         await self.queue.drop_replies(self.key)
