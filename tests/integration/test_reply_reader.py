@@ -14,6 +14,7 @@ from core.redis_client import Client
 from core.settings import Settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.redis_server
 
@@ -30,12 +31,6 @@ async def client(redis_url: str, make_settings: Callable[..., Settings]) -> Asyn
 
 def failure(request_id: str) -> protocol.Failure:
     return protocol.Failure(id=request_id, code="worker_error", message=f"for {request_id}", tier="batch")
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await predicate():  # type: ignore[misc]
-            await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
@@ -55,7 +50,7 @@ async def test_each_reply_reaches_its_request_and_read_replies_are_trimmed(clien
         async def trimmed() -> bool:
             return await client.xlen(key) < 150  # MINID ~ drops whole nodes of 100 entries
 
-        await until(trimmed)
+        await wait_until(trimmed, timeout_s=5.0)
         assert len(waiters) == 0
     finally:
         stop.set()
