@@ -23,6 +23,7 @@ from core import protocol, redis_client
 from core.errors import WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply
 from core.redis_client import AnyPipeline, Client
+from core.redis_writes import ScriptedWrites, Writes
 from core.settings import Settings, tier_rank
 
 from .audit import AuditTrail
@@ -75,11 +76,14 @@ class Consumer:
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
         self._audit = AuditTrail(settings, pool_name, name)
+        self._writes = ScriptedWrites(redis)  # a batch's replies and acknowledgements, in one script run
         # In a cluster the streams of different hash slots cannot share one XREADGROUP.
         self._slot_reads = redis_client.SlotReads(self._read_slot) if redis_client.is_cluster(redis) else None
 
     async def setup(self) -> None:
-        """Create each stream's consumer group (and the stream) unless it exists."""
+        """Create each stream's consumer group (and the stream) unless it exists, and load the
+        script that publishes batches."""
+        await self._writes.load()
         for stream in self.streams:
             try:
                 await self.redis.xgroup_create(stream, protocol.GROUP, id="0", mkstream=True)
@@ -131,9 +135,10 @@ class Consumer:
         The result key keeps the first answer a request got: an entry executed twice (its
         worker was presumed dead, then answered after all) never turns a result into a failure.
         Commands are queued as `execute_command` arguments: redis-py's keyword wrappers cost
-        about as much again as packing the command, and this runs for every answer.
+        about as much again as packing the command, and this runs for every answer. On one
+        server they go as one script run (core/redis_writes.py), in a cluster as a pipeline.
         """
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._writes.batch()
         last = {delivery.envelope.reply_to: n for n, (delivery, _) in enumerate(replies)}
         done: dict[str, list[bytes]] = {}
         for n, (delivery, reply) in enumerate(replies):
@@ -147,7 +152,7 @@ class Consumer:
             pipe.execute_command("XDEL", stream, *ids)
         await pipe.execute()
 
-    def _append_audit(self, pipe: AnyPipeline, replies: list[tuple[Delivery, Reply]]) -> None:
+    def _append_audit(self, pipe: AnyPipeline | Writes, replies: list[tuple[Delivery, Reply]]) -> None:
         """Queue the batch's audit stream entry (approximate MAXLEN, which counts stream entries),
         and the trim by age if one is set."""
         audit = self._audit
@@ -256,7 +261,7 @@ class Consumer:
         pipe.xdel(stream, entry_id)
         await pipe.execute()
 
-    def _reply(self, pipe: AnyPipeline, gateway_id: str, reply: Reply, trim: bool = True) -> None:
+    def _reply(self, pipe: AnyPipeline | Writes, gateway_id: str, reply: Reply, trim: bool = True) -> None:
         """Queue a reply's XADD to its gateway's stream, and the write of its result key with SET
         NX, so that the first answer stays. `trim`: this XADD also bounds the stream (MAXLEN ~);
         a batch's last reply to each gateway does it for the others, whose XADDs are shorter."""
@@ -268,7 +273,7 @@ class Consumer:
             pipe.execute_command("XADD", key, "*", protocol.PAYLOAD_FIELD, payload)
         pipe.execute_command("SET", protocol.request_key(reply.id), payload, "EX", self._result_ttl_s, "NX")
 
-    def _expire_replies(self, pipe: AnyPipeline, gateway_ids: Iterable[str]) -> None:
+    def _expire_replies(self, pipe: AnyPipeline | Writes, gateway_ids: Iterable[str]) -> None:
         """A reply stream whose gateway is gone expires once no worker writes to it."""
         for gateway_id in gateway_ids:
             pipe.execute_command("PEXPIRE", protocol.reply_key(gateway_id), self._reply_ttl_ms)

@@ -1,0 +1,88 @@
+"""A batch of writes as one script run on a real Redis: every command runs, in order, even after
+one that failed, whose error is raised as a pipeline's would be; a flushed script is loaded
+again; a user Redis will not let run scripts gets pipelines, and a worker's batches still land."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import ResponseError
+
+from core import protocol, redis_client
+from core.redis_writes import ScriptedWrites, Writes
+from core.settings import RedisSettings, Settings
+from tests.integration.test_publish import STREAM, delivered, result
+from workers.consumer import Consumer
+
+pytestmark = pytest.mark.redis_server
+
+
+@pytest.fixture
+async def client(redis_url: str, make_settings: Callable[..., Settings]) -> AsyncIterator[Redis]:
+    c = await redis_client.connect(make_settings().redis, redis_url)
+    assert isinstance(c, Redis)
+    yield c
+    await c.aclose()
+
+
+async def test_every_command_runs_in_order_and_the_first_error_is_raised(client: Redis) -> None:
+    writes = ScriptedWrites(client)
+    await writes.load()
+    batch = writes.batch()
+    assert isinstance(batch, Writes)
+    await client.set("a-string", "x")
+    batch.execute_command("XADD", "s", "*", "n", 1)
+    batch.execute_command("XADD", "a-string", "*", "n", 2)  # WRONGTYPE
+    batch.execute_command("SET", "after", "yes", "EX", 60, "NX")
+    batch.execute_command("SET", "after", "no", "EX", 60, "NX")  # NX: the first stays
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await batch.execute()
+    assert [f[b"n"] for _, f in await client.xrange("s")] == [b"1"]
+    assert (await client.get("after"), 0 < await client.ttl("after") <= 60) == (b"yes", True)
+
+
+async def test_a_script_flushed_from_redis_is_loaded_again(client: Redis) -> None:
+    writes = ScriptedWrites(client)
+    await writes.load()
+    await client.script_flush()
+    batch = writes.batch()
+    batch.execute_command("SET", "k", "v")
+    await batch.execute()
+    assert await client.get("k") == b"v"
+
+
+async def test_a_user_without_scripts_gets_pipelines_and_a_workers_batch_still_lands(
+    client: Redis, redis_url: str, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    await client.acl_setuser(
+        "noscripts", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
+    )
+    try:
+        url = redis_url.replace("redis://", "redis://noscripts:pw@", 1)
+        limited = await redis_client.connect(make_settings().redis, url)
+        caplog.set_level(logging.WARNING, logger="core.redis_writes")
+        consumer = Consumer(limited, make_settings(), "h100-interactive", "w")
+        await consumer.setup()
+        assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: writes go as pipelines"]
+        assert isinstance(ScriptedWrites(limited).batch(), Writes)  # until a load is refused
+        deliveries = await delivered(consumer, limited, ["acme"] * 2)
+        replies = [(d, result(d.envelope, 2)) for d in deliveries]
+        await consumer.publish(replies)
+        got = [
+            protocol.reply_decoder.decode(f[protocol.PAYLOAD_FIELD])
+            for _, f in await client.xrange(protocol.reply_key("gw-a"))
+        ]
+        assert got == [reply for _, reply in replies]
+        assert (await client.xpending(STREAM, protocol.GROUP))["pending"] == 0
+        await limited.aclose()
+    finally:
+        await client.acl_deluser("noscripts")
+
+
+def test_a_cluster_client_gets_pipelines() -> None:
+    writes = ScriptedWrites(redis_client.cluster_client(RedisSettings(), "redis://127.0.0.1:7000/0"))
+    assert (writes.scripted, type(writes.batch())) == (False, ClusterPipeline)
