@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import redis
 
 from bench.scenarios import cpu_times, steal_pct
 from bench.throughput import measured, wrk
+from bench.tracing import start_in
 from ops.embedded import EmbeddedRedis, free_port
 
 MEASURES = ("rps", "p50", "cpu_gateway", "cpu_worker", "cpu_redis", "runs_gateway")
@@ -31,22 +31,13 @@ def runs(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
 
 
-def ready(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd)
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "ready" in line:
-            return process
-    raise RuntimeError(f"{argv} exited before it was ready")
-
-
 def one(tree: Path, redis_url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, float]:
     python = str(tree / ".venv" / "bin" / "python")
     config = ["--config", str(tree / "bench" / "throughput.toml"), "--redis-url", redis_url, "--log-level", "WARNING"]
     redis.Redis.from_url(redis_url).flushall()
     port = free_port()
-    worker = ready([python, "-m", "ops", "worker", "--pool", "instant", *config], tree)
-    gateway = ready([python, "-m", "ops", "gateway", "--port", str(port), *config], tree)
+    worker = start_in(tree, [python, "-m", "ops", "worker", "--pool", "instant", *config])
+    gateway = start_in(tree, [python, "-m", "ops", "gateway", "--port", str(port), *config])
     try:
         url = f"http://127.0.0.1:{port}"
         time.sleep(0.5)
