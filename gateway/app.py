@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from redis.exceptions import RedisError
 
 from core import protocol, redis_client
 from core.background import every, join
@@ -175,6 +176,8 @@ def _lifecycle(
             clock=RedisClock(),
         )
         app[STATE] = state
+        with contextlib.suppress(RedisError, OSError):  # unreachable: loaded by the first tick that needs it
+            await state.queue.load()
         tenants = TenantStore(redis)
         app[auth.AUTH] = authenticator = auth.Authenticator(settings.auth, tenants)
         tracing = start_tracing(settings.tracing, "gateway", {"service.instance.id": gateway_id})

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from core import protocol, redis_client
 from core.errors import BackendUnavailable, Cancelled
 from core.redis_client import Client
+from core.redis_writes import ScriptedWrites
 from core.settings import DeliverySettings, GatewaySettings, Settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ class RequestQueue:
         self._flushing: set[asyncio.Task[None]] = set()
         self._cancelling: set[asyncio.Task[None]] = set()  # fire-and-forget cancels, held until done
         self._scheduled = False
+        self._writes = ScriptedWrites(redis)
+
+    async def load(self) -> None:
+        """Load the script each tick's requests go in (core/redis_writes.py): at start, once."""
+        await self._writes.load()
 
     def enqueue(
         self, stream: str, payload: bytes, state: tuple[str, bytes, int] | None = None
@@ -96,25 +102,24 @@ class RequestQueue:
         self._scheduled = False
         batch, self._pending = self._pending, []
         restates, self._restates = self._restates, []
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._writes.batch()  # on one server one script run: one reply to read, not one per request
         for item in batch:
             if item.state_key is not None:
-                pipe.set(item.state_key, item.state, ex=item.state_ttl_s)  # type: ignore[arg-type]
-            pipe.xadd(item.stream, {protocol.PAYLOAD_FIELD: item.payload})
+                pipe.execute_command("SET", item.state_key, item.state or b"", "EX", item.state_ttl_s)
+            pipe.execute_command("XADD", item.stream, "*", protocol.PAYLOAD_FIELD, item.payload)
         streams = list(dict.fromkeys(item.stream for item in batch))
         for stream in streams:
-            pipe.xlen(stream)
+            pipe.execute_command("XLEN", stream)
         for key, value in restates:  # last: their replies are not read
-            pipe.set(key, value, xx=True, keepttl=True)
+            pipe.execute_command("SET", key, value, "XX", "KEEPTTL")
         try:
             replies = await pipe.execute(raise_on_error=False)
+        except ResponseError as exc:  # the batch as a whole refused (OOM: a script that writes)
+            _fail(batch, BackendUnavailable(f"Redis refused the request: {exc}"))
         except (RedisError, OSError) as exc:
-            error = BackendUnavailable(f"Redis is unreachable, the request was not queued: {exc}")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        self._settle(batch, streams, replies)
+            _fail(batch, BackendUnavailable(f"Redis is unreachable, the request was not queued: {exc}"))
+        else:
+            self._settle(batch, streams, replies)
 
     def _settle(self, batch: list[_Pending], streams: list[str], replies: list[object]) -> None:
         """Hand each request its XADD reply, and keep the sampled stream lengths."""
@@ -290,6 +295,12 @@ class RequestQueue:
     async def close(self) -> None:
         if self._flushing or self._cancelling:
             await asyncio.gather(*self._flushing, *self._cancelling, return_exceptions=True)
+
+
+def _fail(batch: list[_Pending], error: BackendUnavailable) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(error)
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ again; a user Redis will not let run scripts gets pipelines, and a worker's batc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -15,6 +16,7 @@ from redis.exceptions import ResponseError
 from core import protocol, redis_client
 from core.redis_writes import ScriptedWrites, Writes
 from core.settings import RedisSettings, Settings
+from gateway.queue import RequestQueue
 from tests.integration.test_publish import STREAM, delivered, result
 from workers.consumer import Consumer
 
@@ -45,6 +47,20 @@ async def test_every_command_runs_in_order_and_the_first_error_is_raised(client:
     assert (await client.get("after"), 0 < await client.ttl("after") <= 60) == (b"yes", True)
 
 
+async def test_each_commands_reply_comes_back_in_its_place(client: Redis) -> None:
+    writes = ScriptedWrites(client)
+    await writes.load()
+    batch = writes.batch()
+    await client.set("a-string", "x")
+    batch.execute_command("XADD", "s", "*", "n", 1)
+    batch.execute_command("XADD", "a-string", "*", "n", 2)
+    batch.execute_command("SET", "k", "v", "XX")  # no such key: nil
+    batch.execute_command("XLEN", "s")
+    entry_id, error, nothing, length = await batch.execute(raise_on_error=False)
+    assert [entry_id] == [i for i, _ in await client.xrange("s")]
+    assert (isinstance(error, ResponseError), nothing, length) == (True, None, 1)
+
+
 async def test_a_script_flushed_from_redis_is_loaded_again(client: Redis) -> None:
     writes = ScriptedWrites(client)
     await writes.load()
@@ -67,7 +83,7 @@ async def test_a_user_without_scripts_gets_pipelines_and_a_workers_batch_still_l
         caplog.set_level(logging.WARNING, logger="core.redis_writes")
         consumer = Consumer(limited, make_settings(), "h100-interactive", "w")
         await consumer.setup()
-        assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: writes go as pipelines"]
+        assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: commands go as pipelines"]
         assert isinstance(ScriptedWrites(limited).batch(), Writes)  # until a load is refused
         deliveries = await delivered(consumer, limited, ["acme"] * 2)
         replies = [(d, result(d.envelope, 2)) for d in deliveries]
@@ -81,6 +97,28 @@ async def test_a_user_without_scripts_gets_pipelines_and_a_workers_batch_still_l
         await limited.aclose()
     finally:
         await client.acl_deluser("noscripts")
+
+
+async def test_a_script_refused_when_first_run_is_sent_again_as_a_pipeline(
+    client: Redis, redis_url: str, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    await client.acl_setuser(
+        "noscripts2", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
+    )
+    try:
+        limited = await redis_client.connect(
+            make_settings().redis, redis_url.replace("redis://", "redis://noscripts2:pw@", 1)
+        )
+        caplog.set_level(logging.WARNING, logger="core.redis_writes")
+        queue = RequestQueue(limited)  # never loaded: the first tick finds the script refused
+        entry_ids = await asyncio.gather(*(queue.enqueue(STREAM, f"request {n}".encode()) for n in range(3)))
+        assert [i for i, _ in await client.xrange(STREAM)] == entry_ids
+        assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: commands go as pipelines"]
+        assert await queue.enqueue(STREAM, b"next") == (await client.xrevrange(STREAM, count=1))[0][0]
+        assert len(caplog.records) == 1
+        await limited.aclose()
+    finally:
+        await client.acl_deluser("noscripts2")
 
 
 def test_a_cluster_client_gets_pipelines() -> None:
