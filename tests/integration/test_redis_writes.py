@@ -14,6 +14,7 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import ResponseError
 
 from core import protocol, redis_client
+from core.redis_client import Client
 from core.redis_writes import ScriptedWrites, Writes
 from core.settings import RedisSettings, Settings
 from gateway.queue import RequestQueue
@@ -29,6 +30,20 @@ async def client(redis_url: str, make_settings: Callable[..., Settings]) -> Asyn
     assert isinstance(c, Redis)
     yield c
     await c.aclose()
+
+
+@pytest.fixture
+async def no_scripts(client: Redis, redis_url: str, make_settings: Callable[..., Settings]) -> AsyncIterator[Client]:
+    """A client of an ACL user that may run every command but scripts."""
+    await client.acl_setuser(
+        "noscripts", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
+    )
+    limited = await redis_client.connect(
+        make_settings().redis, redis_url.replace("redis://", "redis://noscripts:pw@", 1)
+    )
+    yield limited
+    await limited.aclose()
+    await client.acl_deluser("noscripts")
 
 
 async def test_every_command_runs_in_order_and_the_first_error_is_raised(client: Redis) -> None:
@@ -72,53 +87,34 @@ async def test_a_script_flushed_from_redis_is_loaded_again(client: Redis) -> Non
 
 
 async def test_a_user_without_scripts_gets_pipelines_and_a_workers_batch_still_lands(
-    client: Redis, redis_url: str, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    client: Redis, no_scripts: Client, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    await client.acl_setuser(
-        "noscripts", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
-    )
-    try:
-        url = redis_url.replace("redis://", "redis://noscripts:pw@", 1)
-        limited = await redis_client.connect(make_settings().redis, url)
-        caplog.set_level(logging.WARNING, logger="core.redis_writes")
-        consumer = Consumer(limited, make_settings(), "h100-interactive", "w")
-        await consumer.setup()
-        assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: commands go as pipelines"]
-        assert isinstance(ScriptedWrites(limited).batch(), Writes)  # until a load is refused
-        deliveries = await delivered(consumer, limited, ["acme"] * 2)
-        replies = [(d, result(d.envelope, 2)) for d in deliveries]
-        await consumer.publish(replies)
-        got = [
-            protocol.reply_decoder.decode(f[protocol.PAYLOAD_FIELD])
-            for _, f in await client.xrange(protocol.reply_key("gw-a"))
-        ]
-        assert got == [reply for _, reply in replies]
-        assert (await client.xpending(STREAM, protocol.GROUP))["pending"] == 0
-        await limited.aclose()
-    finally:
-        await client.acl_deluser("noscripts")
+    caplog.set_level(logging.WARNING, logger="core.redis_writes")
+    consumer = Consumer(no_scripts, make_settings(), "h100-interactive", "w")
+    await consumer.setup()
+    assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: commands go as pipelines"]
+    assert isinstance(ScriptedWrites(no_scripts).batch(), Writes)  # until a load is refused
+    deliveries = await delivered(consumer, no_scripts, ["acme"] * 2)
+    replies = [(d, result(d.envelope, 2)) for d in deliveries]
+    await consumer.publish(replies)
+    got = [
+        protocol.reply_decoder.decode(f[protocol.PAYLOAD_FIELD])
+        for _, f in await client.xrange(protocol.reply_key("gw-a"))
+    ]
+    assert got == [reply for _, reply in replies]
+    assert (await client.xpending(STREAM, protocol.GROUP))["pending"] == 0
 
 
 async def test_a_script_refused_when_first_run_is_sent_again_as_a_pipeline(
-    client: Redis, redis_url: str, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+    client: Redis, no_scripts: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await client.acl_setuser(
-        "noscripts2", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-@scripting"]
-    )
-    try:
-        limited = await redis_client.connect(
-            make_settings().redis, redis_url.replace("redis://", "redis://noscripts2:pw@", 1)
-        )
-        caplog.set_level(logging.WARNING, logger="core.redis_writes")
-        queue = RequestQueue(limited)  # never loaded: the first tick finds the script refused
-        entry_ids = await asyncio.gather(*(queue.enqueue(STREAM, f"request {n}".encode()) for n in range(3)))
-        assert [i for i, _ in await client.xrange(STREAM)] == entry_ids
-        assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: commands go as pipelines"]
-        assert await queue.enqueue(STREAM, b"next") == (await client.xrevrange(STREAM, count=1))[0][0]
-        assert len(caplog.records) == 1
-        await limited.aclose()
-    finally:
-        await client.acl_deluser("noscripts2")
+    caplog.set_level(logging.WARNING, logger="core.redis_writes")
+    queue = RequestQueue(no_scripts)  # never loaded: the first tick finds the script refused
+    entry_ids = await asyncio.gather(*(queue.enqueue(STREAM, f"request {n}".encode()) for n in range(3)))
+    assert [i for i, _ in await client.xrange(STREAM)] == entry_ids
+    assert [r.getMessage() for r in caplog.records] == ["Redis refused the batch script: commands go as pipelines"]
+    assert await queue.enqueue(STREAM, b"next") == (await client.xrevrange(STREAM, count=1))[0][0]
+    assert len(caplog.records) == 1
 
 
 def test_a_cluster_client_gets_pipelines() -> None:
