@@ -1,5 +1,5 @@
-"""Builds the aiohttp application and runs it: routes, the JSON error middleware, and the
-background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works; an
+"""Builds the aiohttp application and runs it: routes, the front middleware (errors as JSON), and
+the background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works; an
 address it cannot listen on raises `ListenError`; with `reuse_port` several processes share one
 port), prints one ready line with the real URL, and shuts down gracefully on SIGTERM or SIGINT.
 """
@@ -35,6 +35,7 @@ from core.errors import (
     Unauthorized,
 )
 from core.heap import freeze_startup_heap
+from core.protocol import OPEN_GRANT
 from core.settings import Settings
 from core.tracing import start as start_tracing
 
@@ -44,7 +45,7 @@ from .batch_lines import BATCH_TIER
 from .batch_runner import BatchRunner
 from .batch_store import BatchStore
 from .calls import CALLS, Calls
-from .http_shared import json_response
+from .http_shared import GRANT, json_response
 from .openai_stream import error_body
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
@@ -70,11 +71,47 @@ def error_response(status: int, code: str, message: str, path: str = "") -> web.
 _HTTP_CODES = {404: NOT_FOUND, 405: "method_not_allowed", 413: PAYLOAD_TOO_LARGE}
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def front_middleware(body_timeout_s: float) -> Middleware:
+    """The one middleware every request passes: it gives the request the open `Grant` (the auth
+    middleware, with keys on, replaces it), reads its body within `body_timeout_s`, and renders
+    every error as JSON. One layer, not three: each costs every request a coroutine."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[GRANT] = OPEN_GRANT
+        try:
+            late = await _read_body(request, body_timeout_s)
+            return late if late is not None else await handler(request)
+        except Exception as exc:
+            return _error_answer(request, exc)
+
+    return middleware
+
+
+async def _read_body(request: web.Request, timeout_s: float) -> web.Response | None:
+    """Read the body within `timeout_s`, or the 408 that closes the connection: a client that
+    sends its body slowly holds a connection, never a handler, for longer. A body that arrived
+    with its headers (nearly all) is read at once, with no timer; a file upload is read in parts
+    by its handler, against its own limit and timer."""
+    upload = request.path == batch_api.UPLOAD_PATH and request.method == "POST"
+    if not request.body_exists or upload or request.content.is_eof():
+        return None
     try:
-        return await handler(request)
-    except RequestError as exc:
+        async with asyncio.timeout(timeout_s):
+            await request.read()  # cached: the handler's own read() returns it
+    except TimeoutError:
+        response = error_response(
+            408, "request_timeout", f"the body did not arrive within {timeout_s:g} s", request.path
+        )
+        response.force_close()
+        return response
+    return None
+
+
+def _error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer to what a handler raised: a `RequestError` as its status and code, aiohttp's
+    HTTP errors in the same shape, anything else as a logged 500. A 3xx is raised on."""
+    if isinstance(exc, RequestError):
         log.info("request refused", extra=exc.log_fields(request.path))
         response = error_response(exc.status, exc.code, exc.message, request.path)
         if isinstance(exc, QueueFull):
@@ -82,43 +119,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = request.app[STATE].settings.gateway.max_body_bytes
         return error_response(413, PAYLOAD_TOO_LARGE, f"the body exceeds the limit of {limit} bytes", request.path)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         response = error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", request.path)
         if "Allow" in exc.headers:  # a 405 names the methods the path has
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception:
-        log.exception("unhandled error", extra={"path": request.path})
-        return error_response(500, INTERNAL_ERROR, "internal error; the gateway log has the details", request.path)
-
-
-def body_timeout(timeout_s: float) -> Middleware:
-    """Read each request body within `timeout_s`, or answer 408 and close: a client that sends
-    its body slowly holds a connection, never a handler, for longer."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # A body that arrived with its headers (nearly all) is read at once: no timer needed. A
-        # file upload is read in parts by its handler, against its own limit and timer.
-        upload = request.path == batch_api.UPLOAD_PATH and request.method == "POST"
-        if request.body_exists and not upload and not request.content.is_eof():
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await request.read()  # cached: the handler's own read() returns it
-            except TimeoutError:
-                message = f"the body did not arrive within {timeout_s:g} s"
-                response = error_response(408, "request_timeout", message, request.path)
-                response.force_close()
-                return response
-        return await handler(request)
-
-    return middleware
+    log.error("unhandled error", exc_info=exc, extra={"path": request.path})
+    return error_response(500, INTERNAL_ERROR, "internal error; the gateway log has the details", request.path)
 
 
 def new_gateway_id() -> str:
@@ -129,7 +142,7 @@ def build_app(
     settings: Settings, redis_url: str, gateway_id: str | None = None, tiers: Sequence[str] | None = None
 ) -> web.Application:
     """The gateway's aiohttp application; `tiers` restricts it to those tiers (`Router`)."""
-    middlewares = [error_middleware, body_timeout(settings.gateway.body_timeout_s)]
+    middlewares = [front_middleware(settings.gateway.body_timeout_s)]
     if settings.auth.mode == "keys":
         middlewares.append(auth.middleware)
     app = web.Application(client_max_size=settings.gateway.max_body_bytes, middlewares=middlewares)

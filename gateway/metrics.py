@@ -11,16 +11,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from redis.exceptions import RedisError
 
 from core import protocol
 from core.background import every, join
 from core.buckets import latency_buckets_s
 from core.errors import CANCELLED, DEADLINE_EXCEEDED, INVALID_REQUEST, MODEL_NOT_FOUND, WORKER_ERROR
+from core.loop_metrics import CounterValue, GaugeValue, HistogramValue, LoopCounter, LoopGauge, LoopHistogram
 from core.settings import Settings
 
 from . import slo
@@ -46,15 +46,15 @@ class _Bound:
     """The label children of one (tier, pool), bound once."""
 
     processor: str
-    ok: Any
-    duration: Any
-    queue_wait: Any
-    service: Any
-    ttft: Any
-    slo_met: Any
-    slo_missed: Any
-    energy: Any
-    cost: Any
+    ok: CounterValue
+    duration: HistogramValue
+    queue_wait: HistogramValue
+    service: HistogramValue
+    ttft: HistogramValue
+    slo_met: CounterValue
+    slo_missed: CounterValue
+    energy: CounterValue
+    cost: CounterValue
 
 
 class GatewayMetrics:
@@ -62,36 +62,40 @@ class GatewayMetrics:
         self.settings = settings
         self.registry = r = CollectorRegistry()
         buckets = latency_buckets_s(t.slo.latency_ms for t in settings.tiers.values())
-        self.requests = Counter("tiergate_requests", "Requests by outcome", [*TIER_LABELS, "outcome"], registry=r)
-        self.duration = Histogram(
+        self.requests = LoopCounter("tiergate_requests", "Requests by outcome", [*TIER_LABELS, "outcome"], registry=r)
+        self.duration = LoopHistogram(
             "tiergate_request_duration_seconds", "End-to-end latency at the gateway", TIER_LABELS, buckets=buckets,
             registry=r,
         )  # fmt: skip
-        self.queue_wait = Histogram(
+        self.queue_wait = LoopHistogram(
             "tiergate_queue_wait_seconds", "Time queued before a worker started", TIER_LABELS, buckets=buckets,
             registry=r,
         )  # fmt: skip
-        self.service = Histogram(
+        self.service = LoopHistogram(
             "tiergate_service_seconds", "Processor service time of the request's batch", TIER_LABELS,
             buckets=buckets, registry=r,
         )  # fmt: skip
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "tiergate_time_to_first_token_seconds", "Time to the first streamed chunk", TIER_LABELS,
             buckets=buckets, registry=r,
         )  # fmt: skip
-        self.slo_met = Counter(
+        self.slo_met = LoopCounter(
             "tiergate_slo_met", "Requests answered within the tier objective", TIER_LABELS, registry=r
         )
-        self.slo_missed = Counter(
+        self.slo_missed = LoopCounter(
             "tiergate_slo_missed", "Requests that missed the tier objective", TIER_LABELS, registry=r
         )
-        self.shed = Counter("tiergate_shed", "Requests refused because the tier queue was full", ["tier"], registry=r)
-        self.deadline_exceeded = Counter(
+        self.shed = LoopCounter(
+            "tiergate_shed", "Requests refused because the tier queue was full", ["tier"], registry=r
+        )
+        self.deadline_exceeded = LoopCounter(
             "tiergate_deadline_exceeded", "Requests that reached their deadline", ["tier", "pool"], registry=r
         )
-        self.energy = Counter("tiergate_energy_joules", "Energy spent on answered requests", TIER_LABELS, registry=r)
-        self.cost = Counter("tiergate_cost_usd", "Cost of answered requests", TIER_LABELS, registry=r)
-        self.in_flight = Gauge("tiergate_in_flight_requests", "Requests waiting for a reply", ["tier"], registry=r)
+        self.energy = LoopCounter(
+            "tiergate_energy_joules", "Energy spent on answered requests", TIER_LABELS, registry=r
+        )
+        self.cost = LoopCounter("tiergate_cost_usd", "Cost of answered requests", TIER_LABELS, registry=r)
+        self.in_flight = LoopGauge("tiergate_in_flight_requests", "Requests waiting for a reply", ["tier"], registry=r)
         self.queue_depth, self.group_lag, self.group_pending = _queue_gauges(r)
         self.queues: dict[str, dict[str, int]] = {}  # tier -> last sampled depth, lag, pending (all regions)
         # Every request stream of the config, whichever tiers this gateway serves: (tier, region, pools).
@@ -103,8 +107,8 @@ class GatewayMetrics:
         self._bound = {
             (tier, pool): self._bind(tier, pool, p.processor) for pool, p in settings.pools.items() for tier in p.tiers
         }
-        self._in_flight = {tier: self.in_flight.labels(tier) for tier in settings.tiers}
-        self._failures: dict[tuple[str, str, str], Any] = {}
+        self._in_flight: dict[str, GaugeValue] = {tier: self.in_flight.labels(tier) for tier in settings.tiers}
+        self._failures: dict[tuple[str, str, str], CounterValue] = {}
 
     def _bind(self, tier: str, pool: str, processor: str) -> _Bound:
         labels = (tier, pool, processor)
@@ -240,11 +244,13 @@ class _TenantUsage:
     def __init__(self, registry: CollectorRegistry, tenants: list[str]) -> None:
         r = registry
         self.tenants = frozenset(tenants) | {""}
-        self.requests = Counter("tiergate_tenant_requests", "Answered requests", USAGE_LABELS, registry=r)
-        self.tokens = Counter("tiergate_tenant_tokens", "Tokens of answered requests", USAGE_LABELS, registry=r)
-        self.energy = Counter("tiergate_tenant_energy_joules", "Energy of answered requests", USAGE_LABELS, registry=r)
-        self.cost = Counter("tiergate_tenant_cost_usd", "Cost of answered requests", USAGE_LABELS, registry=r)
-        self._bound: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self.requests = LoopCounter("tiergate_tenant_requests", "Answered requests", USAGE_LABELS, registry=r)
+        self.tokens = LoopCounter("tiergate_tenant_tokens", "Tokens of answered requests", USAGE_LABELS, registry=r)
+        self.energy = LoopCounter(
+            "tiergate_tenant_energy_joules", "Energy of answered requests", USAGE_LABELS, registry=r
+        )
+        self.cost = LoopCounter("tiergate_tenant_cost_usd", "Cost of answered requests", USAGE_LABELS, registry=r)
+        self._bound: dict[tuple[str, str, str], tuple[CounterValue, CounterValue, CounterValue, CounterValue]] = {}
         self.counts = UsageCounts()  # since the last flush to Redis
 
     def count(self, epoch_s: int, result: protocol.Result) -> None:
