@@ -4,7 +4,8 @@ Only entry points call `configure`; modules log through `logging.getLogger(__nam
 structured fields in `extra=`, which land as top-level keys of each JSON line. Lines below WARNING
 are written in batches by a flusher thread at most `FLUSH_S` after they were logged (a write and
 a flush per line cost as much as the rest of a request's log line); WARNING and above, and a
-full buffer, are written at once, and whatever is buffered is written at exit.
+full buffer, are written at once, and whatever is buffered is written at exit. The one INFO line
+per request goes through `info_line`, which writes the same JSON without building a LogRecord.
 """
 
 from __future__ import annotations
@@ -34,21 +35,23 @@ class JsonFormatter(logging.Formatter):
         return self.encode(record).decode(errors="replace")
 
     def encode(self, record: logging.LogRecord) -> bytes:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage() if record.args else str(record.msg),
-        }
+        line = self.start(
+            record.created, record.levelname, record.name, record.getMessage() if record.args else str(record.msg)
+        )
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return _encoder.encode(line)
+
+    def start(self, created_s: float, level: str, logger: str, message: str) -> dict[str, Any]:
+        """A line's first four fields; its `extra` fields follow them."""
+        second = int(created_s)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        msecs = int((created_s - second) * 1000)
+        return {"ts": f"{self._stamp}.{msecs:03d}Z", "level": level.lower(), "logger": logger, "msg": message}
 
 
 class BatchedHandler(logging.Handler):
@@ -72,6 +75,16 @@ class BatchedHandler(logging.Handler):
             return
         if record.levelno >= logging.WARNING or len(self._lines) >= MAX_BUFFERED:
             self._write()
+
+    def info_line(self, logger: str, message: str, fields: dict[str, Any]) -> None:
+        """The line `emit` writes for an INFO record of `logger` with these `extra` fields."""
+        line = self._json.start(time.time(), "INFO", logger, message)
+        line.update(fields)
+        encoded = _encoder.encode(line)
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._lines.append(encoded)
+            if len(self._lines) >= MAX_BUFFERED:
+                self._write()
 
     def flush(self) -> None:
         self.acquire()
@@ -116,3 +129,22 @@ def configure(level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """`logger.info(message, extra=fields)`, for the line a process writes per request: where
+    the root logger's one handler is the batched one that `configure` installs, the same JSON line
+    goes to it without a LogRecord (in the gateway a record, among a request's other work, costs
+    several times what it costs alone: bench/log_cost.py); anywhere else, logging's own way."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handlers = logging.getLogger().handlers
+    batched = handlers[0] if len(handlers) == 1 else None
+    own_way = logger.filters or not logger.propagate  # what only a LogRecord can go through
+    if isinstance(batched, BatchedHandler) and batched.level <= logging.INFO and not (own_way or batched.filters):
+        try:
+            batched.info_line(logger.name, message, fields)
+            return
+        except Exception:  # a field JSON cannot hold: logging's own way reports it
+            pass
+    logger.info(message, extra=fields)

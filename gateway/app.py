@@ -270,6 +270,20 @@ async def _listen(runner: web.AppRunner, host: str, port: int, reuse_port: bool)
             raise ListenError(host, port, reason) from exc
 
 
+def app_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner `serve` starts `app` with: its server's limits and timeouts."""
+    gw = settings.gateway
+    return web.AppRunner(
+        app,
+        shutdown_timeout=gw.shutdown_grace_s,
+        access_log=None,
+        keepalive_timeout=gw.keepalive_timeout_s,  # also closes a connection still sending its headers
+        max_line_size=gw.max_header_bytes,
+        max_field_size=gw.max_header_bytes,
+        handler_cancellation=True,  # a client that hangs up frees its waiter now, not at its deadline
+    )
+
+
 async def serve(
     settings: Settings,
     redis_url: str,
@@ -282,16 +296,7 @@ async def serve(
     one of several sharing `port`."""
     app = build_app(settings, redis_url, tiers=tiers)
     auth.warn_if_open(settings.auth)
-    gw = settings.gateway
-    runner = web.AppRunner(
-        app,
-        shutdown_timeout=gw.shutdown_grace_s,
-        access_log=None,
-        keepalive_timeout=gw.keepalive_timeout_s,  # also closes a connection still sending its headers
-        max_line_size=gw.max_header_bytes,
-        max_field_size=gw.max_header_bytes,
-        handler_cancellation=True,  # a client that hangs up frees its waiter now, not at its deadline
-    )
+    runner = app_runner(app, settings)
     await runner.setup()
     await _listen(runner, host, port, reuse_port)
     stop = asyncio.Event()

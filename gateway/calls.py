@@ -20,6 +20,7 @@ from aiohttp import web
 
 from core import protocol
 from core.errors import DeadlineExceeded, QueueFull, RateLimited, RequestError, for_request, from_code
+from core.logs import info_line
 from core.protocol import OPEN_GRANT, Grant
 from core.tracing import TRACEPARENT_HEADER, RequestSpan, Tracing
 
@@ -293,7 +294,7 @@ class Call:
         self._open = False
         until_s = _now_s() + route.deadline_ms / 1000.0
         calls.shares.keep_async(envelope.id, route.stream, envelope.tenant, until_s)
-        log.info("request accepted", extra={"id": envelope.id, "model": envelope.model, "tier": route.tier})
+        info_line(log, "request accepted", {"id": envelope.id, "model": envelope.model, "tier": route.tier})
         return envelope.id
 
     # ------------------------------------------------------------ the end, in one place
@@ -339,11 +340,12 @@ class Call:
         self.total_ms = total_ms
         self._calls.metrics.done(result, total_ms)
         if self._events is not None:
-            log.info("stream done", extra={"id": self.id, "tier": result.tier, "pool": result.pool})
+            info_line(log, "stream done", {"id": self.id, "tier": result.tier, "pool": result.pool})
             return
-        log.info(
+        info_line(
+            log,
             "request done",
-            extra={
+            {
                 "id": self.id,
                 "model": self.envelope.model,
                 "tier": self.route.tier,

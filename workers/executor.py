@@ -11,6 +11,7 @@ import time
 
 from core.clock import RedisClock
 from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, PLACEMENT_REFUSED, WORKER_ERROR
+from core.logs import info_line
 from core.protocol import Envelope, Failure, Reply, Result
 from core.settings import Settings, clears
 from core.tracing import Tracing
@@ -153,9 +154,10 @@ class Executor:
         for d, done in zip(runnable, completions, strict=True):
             reply = self._result(d, done, len(runnable), started_ms, service_ms, finished_ms)
             replies.append((d, reply))
-        log.info(
+        info_line(
+            log,
             "batch done",
-            extra={
+            {
                 "pool": self.pool_name,
                 "worker": self.worker,
                 "batch_size": len(runnable),

@@ -1,5 +1,6 @@
 """The JSON-lines log handler: every record becomes one JSON line with its `extra` fields; lines
-below WARNING are written in batches within FLUSH_S, WARNING and above at once, the rest at close."""
+below WARNING are written in batches within FLUSH_S, WARNING and above at once, the rest at close;
+a per-request line written without a record is the same line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 import logging
 import time
 
-from core.logs import FLUSH_S, BatchedHandler
+import pytest
+
+from core.logs import FLUSH_S, BatchedHandler, info_line
 
 
 def _lines(stream: io.BytesIO) -> list[dict[str, object]]:
@@ -76,3 +79,41 @@ def test_close_writes_what_is_left() -> None:
     _logger(handler).info("last words")
     handler.close()
     assert [line["msg"] for line in _lines(stream)] == ["last words"]
+
+
+def test_info_line_writes_what_log_info_writes_without_a_record() -> None:
+    """Through the root logger's batched handler (as `configure` leaves it), `info_line` writes
+    the line `log.info(msg, extra=fields)` writes, in order with records; a logger below INFO
+    writes nothing."""
+    stream = io.BytesIO()
+    handler = BatchedHandler(stream, flush_s=3600)
+    root, log = logging.getLogger(), logging.getLogger("tests.lean_line")
+    saved = root.handlers[:], root.level
+    root.handlers[:], log.propagate = [handler], True
+    root.setLevel(logging.INFO)
+    fields = {"id": "r1", "tier": "realtime", "total_ms": 1.25, "batch_size": 3, "ids": ["a", "b"]}
+    try:
+        log.info("request done", extra=fields)
+        info_line(log, "request done", fields)
+        log.setLevel(logging.WARNING)
+        info_line(log, "not written", fields)
+        log.setLevel(logging.NOTSET)
+        info_line(log, "after", {"id": "r2"})
+        handler.flush()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        handler.close()
+    by_record, lean, after = _lines(stream)
+    assert {k: v for k, v in lean.items() if k != "ts"} == {k: v for k, v in by_record.items() if k != "ts"}
+    assert lean["msg"] == "request done" and lean["logger"] == "tests.lean_line" and lean["ids"] == ["a", "b"]
+    assert str(lean["ts"]).endswith("Z") and len(str(lean["ts"])) == len(str(by_record["ts"]))
+    assert (after["msg"], after["id"]) == ("after", "r2")
+
+
+def test_info_line_goes_through_logging_where_other_handlers_listen(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("tests.captured_line")
+    with caplog.at_level(logging.INFO):
+        info_line(log, "request done", {"id": "r1", "total_ms": 0.5})
+    [record] = [r for r in caplog.records if r.name == "tests.captured_line"]
+    assert (record.getMessage(), record.id, record.total_ms) == ("request done", "r1", 0.5)  # type: ignore[attr-defined]
