@@ -45,7 +45,7 @@ from .batch_lines import BATCH_TIER
 from .batch_runner import BatchRunner
 from .batch_store import BatchStore
 from .calls import CALLS, Calls
-from .http_shared import GRANT, json_response
+from .http_shared import GATEWAY_HEADER, GRANT, json_response
 from .openai_stream import error_body
 from .queue import RequestQueue
 from .results import READ_BLOCK_MS, ResultReader, Waiters
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 CLOCK_SYNC_S = 30.0
 SAMPLE_S = 0.5  # how often admission's view of queues and worker capacity is refreshed
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-GATEWAY_HEADER = "X-Tiergate-Gateway"  # on every answer: the id of the gateway process that gave it
 
 
 def error_response(status: int, code: str, message: str, path: str = "") -> web.Response:
@@ -71,19 +70,27 @@ def error_response(status: int, code: str, message: str, path: str = "") -> web.
 _HTTP_CODES = {404: NOT_FOUND, 405: "method_not_allowed", 413: PAYLOAD_TOO_LARGE}
 
 
-def front_middleware(body_timeout_s: float) -> Middleware:
+def front_middleware(body_timeout_s: float, gateway_id: str) -> Middleware:
     """The one middleware every request passes: it gives the request the open `Grant` (the auth
-    middleware, with keys on, replaces it), reads its body within `body_timeout_s`, and renders
-    every error as JSON. One layer, not three: each costs every request a coroutine."""
+    middleware, with keys on, replaces it), reads its body within `body_timeout_s`, renders every
+    error as JSON, and names the gateway process in every answer (`GATEWAY_HEADER`: which of the
+    processes sharing a port gave it; a streamed answer, sent before it returns, names it itself).
+    One layer, where three middlewares and a response signal each cost every request a coroutine."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[GRANT] = OPEN_GRANT
         try:
             late = await _read_body(request, body_timeout_s)
-            return late if late is not None else await handler(request)
+            response = late if late is not None else await handler(request)
         except Exception as exc:
-            return _error_answer(request, exc)
+            if isinstance(exc, web.HTTPException) and exc.status < 400:
+                exc.headers[GATEWAY_HEADER] = gateway_id
+                raise
+            response = _error_answer(request, exc)
+        if not response.prepared:
+            response.headers[GATEWAY_HEADER] = gateway_id
+        return response
 
     return middleware
 
@@ -110,7 +117,7 @@ async def _read_body(request: web.Request, timeout_s: float) -> web.Response | N
 
 def _error_answer(request: web.Request, exc: Exception) -> web.Response:
     """The JSON answer to what a handler raised: a `RequestError` as its status and code, aiohttp's
-    HTTP errors in the same shape, anything else as a logged 500. A 3xx is raised on."""
+    HTTP errors in the same shape, anything else as a logged 500."""
     if isinstance(exc, RequestError):
         log.info("request refused", extra=exc.log_fields(request.path))
         response = error_response(exc.status, exc.code, exc.message, request.path)
@@ -123,8 +130,6 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         limit = request.app[STATE].settings.gateway.max_body_bytes
         return error_response(413, PAYLOAD_TOO_LARGE, f"the body exceeds the limit of {limit} bytes", request.path)
     if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         response = error_response(exc.status, code, f"{exc.reason}: {request.method} {request.path}", request.path)
         if "Allow" in exc.headers:  # a 405 names the methods the path has
@@ -142,7 +147,8 @@ def build_app(
     settings: Settings, redis_url: str, gateway_id: str | None = None, tiers: Sequence[str] | None = None
 ) -> web.Application:
     """The gateway's aiohttp application; `tiers` restricts it to those tiers (`Router`)."""
-    middlewares = [front_middleware(settings.gateway.body_timeout_s)]
+    gateway_id = gateway_id or new_gateway_id()
+    middlewares = [front_middleware(settings.gateway.body_timeout_s, gateway_id)]
     if settings.auth.mode == "keys":
         middlewares.append(auth.middleware)
     app = web.Application(client_max_size=settings.gateway.max_body_bytes, middlewares=middlewares)
@@ -155,21 +161,10 @@ def build_app(
     openai_api.add_routes(app)
     batch_api.add_routes(app)
     openapi.add_routes(app, settings, tiers)
-    gateway_id = gateway_id or new_gateway_id()
-    app.on_response_prepare.append(_signed(gateway_id))
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id, tiers))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
     dashboard.add_routes(app)
     return app
-
-
-def _signed(gateway_id: str) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """Name the gateway process in every answer: which of the processes sharing a port gave it."""
-
-    async def sign(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers[GATEWAY_HEADER] = gateway_id
-
-    return sign
 
 
 def _lifecycle(

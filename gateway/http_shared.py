@@ -16,6 +16,7 @@ from core.protocol import OPEN_GRANT, Grant
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 QUEUE_INFO_HEADER = "X-Tiergate-Queue-Info"  # a client sends it (any value) to learn its queue position
 REPLAYED_HEADER = "Idempotent-Replayed"
+GATEWAY_HEADER = "X-Tiergate-Gateway"  # on every answer: the id of the gateway process that gave it
 
 # Where an authenticated request keeps its key's `Grant` (a typed key: aiohttp warns on a string one).
 GRANT: web.RequestKey[Grant] = web.RequestKey("grant", Grant)

@@ -18,6 +18,8 @@ from core import protocol
 from core.errors import RequestError
 
 from .calls import Call
+from .http_shared import GATEWAY_HEADER
+from .state import STATE
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,9 @@ class _Writer:
         await self.response.write(f": {comment}\n\n".encode())
 
     async def _prepare(self, headers: dict[str, str]) -> None:
+        gateway = {GATEWAY_HEADER: self.request.app[STATE].gateway_id}  # sent before the front middleware sees it
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **gateway, **headers}
         )
         await response.prepare(self.request)
         self.response = response
