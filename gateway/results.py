@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from core import protocol
 from core.errors import DeadlineExceeded, RequestError
+from core.settings import tier_rank
 
 from .queue import RequestQueue
 
@@ -197,13 +198,19 @@ class ResultReader:
                 await self._dispatch(entries)
 
     async def _dispatch(self, entries: protocol.StreamEntries) -> None:
+        """Hand each reply read to its request, the strictest tier's first: the handlers they wake
+        resume in that order, so a realtime answer read with a batch's worth of batch answers is
+        rendered and sent ahead of them, not after. Within a tier, in the order they were read."""
+        replies = []
         for entry_id, fields in entries:
             self.last_id = entry_id
             try:
-                reply = protocol.incoming_decoder.decode(fields.get(protocol.PAYLOAD_FIELD, b""))
+                replies.append(protocol.incoming_decoder.decode(fields.get(protocol.PAYLOAD_FIELD, b"")))
             except msgspec.DecodeError:
                 log.error("undecodable reply skipped", extra={"entry_id": entry_id.decode()})
-                continue
+        if len(replies) > 1:
+            replies.sort(key=_strictness)  # stable: a stream's chunks stay in order
+        for reply in replies:
             if isinstance(reply, protocol.Chunk):
                 self.waiters.push(reply)
             elif not self.waiters.resolve(reply):
@@ -215,3 +222,7 @@ class ResultReader:
 
     async def close(self) -> None:
         await self.queue.drop_replies(self.key)
+
+
+def _strictness(reply: protocol.Chunk | protocol.Reply) -> int:
+    return tier_rank(reply.tier)
