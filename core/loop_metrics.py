@@ -66,10 +66,12 @@ class HistogramValue:
 
 
 V = TypeVar("V", CounterValue, GaugeValue, HistogramValue)
+F = TypeVar("F", CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily)
 
 
-class _Family(Collector, Generic[V]):
-    """A metric family of one kind; `labels(*values)` gives (and keeps) the child of those values."""
+class _Family(Collector, Generic[V, F]):
+    """A metric family of one kind; `labels(*values)` gives (and keeps) the child of those values,
+    and a collection renders each child's samples into the family (`_add`)."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self.name = name
@@ -87,48 +89,48 @@ class _Family(Collector, Generic[V]):
             child = self._children[values] = self._new()
         return child
 
-    def _new(self) -> V:
-        raise NotImplementedError
-
-    def _empty(self) -> Metric:
-        raise NotImplementedError
-
     def describe(self) -> Iterator[Metric]:
         yield self._empty()
 
     def collect(self) -> Iterator[Metric]:
+        family = self._empty()
+        for values, child in self._children.items():  # on the loop's thread: nothing changes meanwhile
+            self._add(family, values, child)
+        yield family
+
+    def _new(self) -> V:
+        raise NotImplementedError
+
+    def _empty(self) -> F:
+        raise NotImplementedError
+
+    def _add(self, family: F, values: tuple[str, ...], child: V) -> None:
         raise NotImplementedError
 
 
-class LoopCounter(_Family[CounterValue]):
+class LoopCounter(_Family[CounterValue, CounterMetricFamily]):
     def _new(self) -> CounterValue:
         return CounterValue()
 
     def _empty(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._empty()
-        for values, child in list(self._children.items()):
-            family.add_metric(values, child.value, created=child.created)
-        yield family
+    def _add(self, family: CounterMetricFamily, values: tuple[str, ...], child: CounterValue) -> None:
+        family.add_metric(values, child.value, created=child.created)
 
 
-class LoopGauge(_Family[GaugeValue]):
+class LoopGauge(_Family[GaugeValue, GaugeMetricFamily]):
     def _new(self) -> GaugeValue:
         return GaugeValue()
 
     def _empty(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._empty()
-        for values, child in list(self._children.items()):
-            family.add_metric(values, child.value)
-        yield family
+    def _add(self, family: GaugeMetricFamily, values: tuple[str, ...], child: GaugeValue) -> None:
+        family.add_metric(values, child.value)
 
 
-class LoopHistogram(_Family[HistogramValue]):
+class LoopHistogram(_Family[HistogramValue, HistogramMetricFamily]):
     def __init__(
         self,
         name: str,
@@ -148,14 +150,11 @@ class LoopHistogram(_Family[HistogramValue]):
     def _empty(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._empty()
-        for values, child in list(self._children.items()):
-            cumulative, buckets = 0, []
-            for le, count in zip(self._le, child.counts, strict=True):
-                cumulative += count
-                buckets.append((le, float(cumulative)))
-            family.add_metric(values, buckets, child.sum)
-            labels = dict(zip(self.labelnames, values, strict=True))
-            family.samples.append(Sample(f"{self.name}_created", labels, child.created))
-        yield family
+    def _add(self, family: HistogramMetricFamily, values: tuple[str, ...], child: HistogramValue) -> None:
+        cumulative, buckets = 0, []
+        for le, count in zip(self._le, child.counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        family.add_metric(values, buckets, child.sum)
+        labels = dict(zip(self.labelnames, values, strict=True))
+        family.samples.append(Sample(f"{self.name}_created", labels, child.created))
