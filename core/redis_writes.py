@@ -23,9 +23,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 
 from .redis_client import AnyPipeline, Client, is_cluster
+from .redis_line import Lines
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Writes:
         if not self._commands:
             return []
         try:
-            replies: list[Any] = await self._script(keys=list(self._keys), args=self._args)
+            replies = await self._run()
         except ResponseError as exc:
             if not _refused(exc):
                 raise
@@ -82,13 +83,32 @@ class Writes:
                 raise error
         return replies
 
+    async def _run(self) -> list[Any]:
+        """The script's run, on one of the owner's lines where one is free; the script object
+        when none is, or to load the script into a server that does not hold it (NOSCRIPT)."""
+        keys = list(self._keys)
+        line = await self._owner.lines.take()
+        if line is not None:
+            try:
+                (reply,) = await line.run([("EVALSHA", self._script.sha, len(keys), *keys, *self._args)])
+            finally:
+                self._owner.lines.give(line)
+            if not isinstance(reply, NoScriptError):
+                if isinstance(reply, ResponseError):
+                    raise reply
+                return reply  # type: ignore[no-any-return]
+        return await self._script(keys=keys, args=self._args)  # type: ignore[no-any-return]
+
 
 class ScriptedWrites:
     """Where a client's batches of commands go: one script run on one server, else a pipeline."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, lines: int = 0) -> None:
+        """`lines`: how many batches may run at once on connections of their own (core/redis_line.py);
+        more than that wait for the client's pool."""
         self.client = client
         self._script = None if is_cluster(client) else client.register_script(RUN_COMMANDS)
+        self.lines = Lines(client, lines)
 
     @property
     def scripted(self) -> bool:

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from core import protocol, redis_client
 from core.errors import BackendUnavailable, Cancelled
 from core.redis_client import Client
+from core.redis_line import Line, Lines, stream_reply
 from core.redis_writes import ScriptedWrites
 from core.settings import DeliverySettings, GatewaySettings, Settings
 
@@ -51,7 +52,8 @@ class RequestQueue:
         self._flushing: set[asyncio.Task[None]] = set()
         self._cancelling: set[asyncio.Task[None]] = set()  # fire-and-forget cancels, held until done
         self._scheduled = False
-        self._writes = ScriptedWrites(redis)
+        self._writes = ScriptedWrites(redis, lines=MAX_FLUSHES)  # each pipeline in flight on a line of its own
+        self._reply_line = Lines(redis, 1)  # the reply reader's
 
     async def load(self) -> None:
         """Load the script each tick's requests go in (core/redis_writes.py): at start, once."""
@@ -250,7 +252,13 @@ class RequestQueue:
         With `trim_through`, what the stream holds up to it (read and done with) is dropped first,
         best effort, in the same round trip on one server (a cluster's client pipelines no XREAD:
         there the trim is a command of its own)."""
-        if trim_through is None:
+        line = await self._reply_line.take()
+        if line is not None:
+            try:
+                response = await self._replies_on(line, key, after, count, block_ms, trim_through)
+            finally:
+                self._reply_line.give(line)
+        elif trim_through is None:
             response = await redis_client.xread(self.redis, {key: after}, count, block_ms)
         elif redis_client.is_cluster(self.redis):
             await self.trim_replies(key, trim_through)
@@ -263,6 +271,18 @@ class RequestQueue:
             if isinstance(response, Exception):
                 raise response
         return response[0][1] if response else []
+
+    @staticmethod
+    async def _replies_on(
+        line: Line, key: str, after: bytes | str, count: int, block_ms: int, trim_through: bytes | str | None
+    ) -> protocol.StreamReply | None:
+        """`replies`' trim and read, sent together on the reply reader's own line."""
+        read = ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, after)
+        trim = [] if trim_through is None else [("XTRIM", key, "MINID", trim_through)]
+        *_, response = await line.run([*trim, read], extra_s=block_ms / 1000)
+        if isinstance(response, Exception):
+            raise response
+        return stream_reply(response)
 
     async def trim_replies(self, key: str, through: bytes | str) -> None:
         """Drop what a reply stream holds up to `through` (read and done with); best effort."""

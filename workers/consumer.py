@@ -23,6 +23,7 @@ from core import protocol, redis_client
 from core.errors import WORKER_ERROR
 from core.protocol import Envelope, Failure, Reply
 from core.redis_client import AnyPipeline, Client
+from core.redis_line import Line, Lines, stream_reply
 from core.redis_writes import ScriptedWrites, Writes
 from core.settings import Settings, tier_rank
 
@@ -76,7 +77,10 @@ class Consumer:
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
         self._audit = AuditTrail(settings, pool_name, name)
-        self._writes = ScriptedWrites(redis)  # a batch's replies and acknowledgements, in one script run
+        # A batch's replies and acknowledgements, in one script run: the execute loop's publish
+        # and an answer to entries refused unrun (the read loop's) each on a line of its own.
+        self._writes = ScriptedWrites(redis, lines=2)
+        self._read_line = Lines(redis, 1)  # the read loop's
         # In a cluster the streams of different hash slots cannot share one XREADGROUP.
         self._slot_reads = redis_client.SlotReads(self._read_slot) if redis_client.is_cluster(redis) else None
 
@@ -96,7 +100,13 @@ class Consumer:
         waiting up to `block_ms` for one to arrive (None: not at all). In a cluster a read of
         some streams may still be waiting when this returns: a later call or `drain` collects it."""
         response: protocol.StreamReply | None
-        if self._slot_reads is None:
+        line = await self._read_line.take()
+        if line is not None:
+            try:
+                response = await self._read_on(line, streams or self.streams, count, block_ms)
+            finally:
+                self._read_line.give(line)
+        elif self._slot_reads is None:
             response = await self.redis.xreadgroup(
                 protocol.GROUP, self.name, dict.fromkeys(streams or self.streams, ">"), count=count, block=block_ms
             )  # type: ignore[assignment]
@@ -104,6 +114,16 @@ class Consumer:
             groups = redis_client.slot_groups(self.redis, streams or self.streams)
             response = await self._slot_reads.read(groups, count, block_ms)
         return await self._deliveries(response)
+
+    async def _read_on(
+        self, line: Line, streams: list[str], count: int, block_ms: int | None
+    ) -> protocol.StreamReply | None:
+        block = () if block_ms is None else ("BLOCK", block_ms)
+        command = ("XREADGROUP", "GROUP", protocol.GROUP, self.name, "COUNT", count, *block, "STREAMS", *streams)
+        (response,) = await line.run([(*command, *(">",) * len(streams))], extra_s=(block_ms or 0) / 1000)
+        if isinstance(response, Exception):
+            raise response
+        return stream_reply(response)
 
     async def drain(self) -> list[Delivery]:
         """What the reads still in flight (in a cluster) hand over, once they end."""
@@ -200,7 +220,7 @@ class Consumer:
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()
 
     async def _pubsub(self) -> PubSub:
         """A Pub/Sub connection. A cluster's nodes pass every PUBLISH on to each other: one

@@ -1,0 +1,141 @@
+"""Connections kept apart from a client's pool, each used by one task at a time: the request
+path's own commands (the gateway's per-tick writes and its reply reads, a worker's reads and
+its batch publishes) go through one of these.
+
+A command through redis-py's client takes a connection from the pool and gives it back (a lock
+and a condition each way), checks the connection can still be read, runs under a retry policy
+and writes under `asyncio.wait_for`: about 45 µs of CPU a command on top of the socket work, on
+a host where the whole round trip of a PING costs 55 (bench/redis_line.py). A `Line` holds a
+connection taken from the client's pool for good (the same address, credentials, TLS, database
+and command packing), sends its commands in one write and reads their replies, all under one
+timer. What redis-py's connection does on an error stays as it is: a failed or cancelled read
+or write drops the connection, and the next command connects again.
+
+Only for one server: a cluster's commands go to the node of their slot, and stay with its
+client. `Lines.take` returns None there, and when every line is in use: the caller then uses
+the client as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import protocol
+from .redis_client import Client
+
+Command = tuple[Any, ...]
+IDLE_CHECK_S = 1.0  # a line unused this long is checked before use: the server may have closed it
+
+
+class Line:
+    """One connection for one task at a time: `run` sends commands and reads their replies."""
+
+    def __init__(self, connection: AbstractConnection, timeout_s: float) -> None:
+        self._connection = connection
+        self._timeout_s = timeout_s
+        # No timer of redis-py's around each write and read: `run` times the whole call.
+        connection.socket_timeout = None
+        self._used_at = -math.inf
+
+    async def run(self, commands: Iterable[Command], extra_s: float = 0.0) -> list[Any]:
+        """Each command's reply, in order; an error reply is a `ResponseError` in its place. A
+        connection found closed when writing is opened again and the commands sent once more, as
+        redis-py's own retry does; nothing is resent after they were written. The whole call may
+        take the client's socket timeout, and `extra_s` more (a blocking read's own wait)."""
+        commands = list(commands)
+        packed = self._connection.pack_commands(commands)
+        now = asyncio.get_running_loop().time()
+        idle = now - self._used_at > IDLE_CHECK_S
+        self._used_at = now
+        wait_s = self._timeout_s + extra_s
+        replies: list[Any] = []
+        try:
+            # One timer for the whole call, a connect included. What it cuts short drops the
+            # connection, so no reply is left for the next command to take for its own (redis-py's
+            # own read timeout, passed explicitly, would return None and keep the connection).
+            async with asyncio.timeout(None if math.isinf(wait_s) else wait_s):
+                if idle:
+                    await self._check()
+                try:
+                    await self._connection.send_packed_command(packed, check_health=False)
+                except RedisConnectionError:
+                    await self._connection.send_packed_command(packed, check_health=False)
+                for _ in commands:
+                    try:
+                        replies.append(await self._connection.read_response(timeout=math.inf))
+                    except ResponseError as error:
+                        replies.append(error)
+        except TimeoutError:
+            await self._connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"Redis did not reply within {wait_s:g} s") from None
+        return replies
+
+    async def _check(self) -> None:
+        """Drop the connection if the server closed it (or it holds a stray reply), as the pool
+        does for each connection it hands out; the next write connects again."""
+        connection = self._connection
+        if not connection.is_connected:
+            return
+        try:
+            stale = await connection.can_read()
+        except (RedisConnectionError, OSError):
+            stale = True
+        if stale:
+            await connection.disconnect()
+
+
+class Lines:
+    """Up to `size` lines of a one-server client, and at most a quarter of its pool. Their
+    connections come from the client's pool and are never given back: they count against its
+    `max_connections`, and closing the client closes them. `take` gives None for a cluster's client, or while every line is in use."""
+
+    def __init__(self, client: Client, size: int) -> None:
+        self._client = client if isinstance(client, Redis) else None
+        # At most a quarter of the pool each: the client's other commands keep the rest.
+        share = self._client.connection_pool.max_connections // 4 if self._client is not None else 0
+        self._size = min(size, share)
+        self._made = 0
+        self._free: list[Line] = []
+
+    async def take(self) -> Line | None:
+        if self._free:
+            return self._free.pop()
+        if self._made >= self._size or self._client is None:
+            return None
+        self._made += 1  # before the wait for the pool: a second caller meanwhile uses the client
+        try:
+            pool = self._client.connection_pool
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._made -= 1
+            raise
+        return Line(connection, pool.connection_kwargs.get("socket_timeout") or math.inf)
+
+    def give(self, line: Line) -> None:
+        self._free.append(line)
+
+
+def stream_reply(raw: list[Any] | dict[Any, Any] | None) -> protocol.StreamReply | None:
+    """An XREAD or XREADGROUP reply as it comes from the server (every stream as a pair of its
+    name and its entries, or a map of them in RESP3; every entry's fields as a flat list) in the
+    shape redis-py's client gives it: each entry's fields as a dict."""
+    if raw is None:
+        return None
+    streams = raw.items() if isinstance(raw, dict) else raw
+    return [(stream, [(entry_id, _fields(fields)) for entry_id, fields in entries]) for stream, entries in streams]
+
+
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    if not flat:
+        return {}
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
