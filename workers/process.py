@@ -235,6 +235,8 @@ class WorkerProcess:
                 continue
             self.holds.read(plan.streams, {d.stream for d in deliveries}, loop.time())
             await self._admit(deliveries)
+            if deliveries:
+                await asyncio.sleep(0)  # an idle executor starts them before this loop plans its next read
             if not deliveries and not every_stream and block_ms is None:
                 await self._batch_ends(plan.wait_s)
         with contextlib.suppress(RedisError, OSError):  # unread: reclaimed once this worker is gone
@@ -247,7 +249,8 @@ class WorkerProcess:
         self.batch_done.clear()
         limit_s = self.refill_ms / 1000.0 if wait_s is None else min(wait_s, self.refill_ms / 1000.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.batch_done.wait(), limit_s)
+            async with asyncio.timeout(limit_s):  # no task of its own, as `wait_for` would start
+                await self.batch_done.wait()
 
     def _rooms(self) -> dict[str, int]:
         """How many entries to read from each stream now. A pool that serves several tiers reads
@@ -302,16 +305,17 @@ class WorkerProcess:
                 self.metrics.running = len(batch)
                 replies = await self.executor.execute(batch)
                 self.metrics.running = 0
-                self.metrics.observe(replies)
-                if self.model_clock is not None:
-                    self.metrics.observe_model(self.model_clock.model_seconds())
-                self.batch_done.set()
                 if publishing is not None:
                     await publishing
                 # Busy until the last batch's replies are out: a publish that lags slows the pool.
                 self.capacity.record(loop.time(), self._ran(replies), loop.time() - started)
                 publishing = loop.create_task(self._publish(replies))
-                for _ in range(redis_client.WRITE_PASSES):  # it writes its pipeline now, before the next batch runs
+                await asyncio.sleep(0)  # the replies are written first: the next read and the metrics wait
+                self.batch_done.set()
+                self.metrics.observe(replies)
+                if self.model_clock is not None:
+                    self.metrics.observe_model(self.model_clock.model_seconds())
+                for _ in range(redis_client.WRITE_PASSES - 1):  # it writes its pipeline now, before the next batch runs
                     await asyncio.sleep(0)
         finally:
             if publishing is not None:
