@@ -96,7 +96,8 @@ class Line:
 class Lines:
     """Up to `size` lines of a one-server client, and at most a quarter of its pool. Their
     connections come from the client's pool and are never given back: they count against its
-    `max_connections`, and closing the client closes them. `take` gives None for a cluster's client, or while every line is in use."""
+    `max_connections`, and closing the client closes them. `take` gives None for a cluster's
+    client, or while every line is in use."""
 
     def __init__(self, client: Client, size: int) -> None:
         self._client = client if isinstance(client, Redis) else None
