@@ -29,8 +29,11 @@ TIMER_SLACK_NS = 1000
 async def wait_loosely(
     end_s: float, clock: Clock = time.perf_counter, sleep: Sleep = asyncio.sleep, block: Block = time.sleep
 ) -> None:
-    """Sleep on the event loop until about `end_s`: within a millisecond, and other tasks run meanwhile."""
-    await sleep(max(0.0, end_s - clock()))
+    """Sleep on the event loop until about `end_s`: within a millisecond, and other tasks run
+    meanwhile; an instant already past returns at once, without a pass of the loop."""
+    remaining = end_s - clock()
+    if remaining > 0.0:
+        await sleep(remaining)
 
 
 async def wait_until(
