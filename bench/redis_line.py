@@ -1,9 +1,13 @@
-"""CPU and wall time of one command, one after another, through redis-py's client (its pool,
+"""CPU and wall time of one call, one after another, through redis-py's client (its pool,
 retry policy and timers) and through a `Line` of the same client (core/redis_line.py), against a
-private redis-server: a PING, a request path's XREAD of a reply stream that has an entry, and a
-per-tick write batch (one XADD and an XLEN, as one script run). The two ways alternate in rounds
-of `--number` commands; the table holds each way's median over the rounds and the ratio.
-Run: `python -m bench.redis_line [--number 5000] [--rounds 6]`.
+private redis-server: a PING, a request path's XREAD of a reply stream that has an entry, and the
+write batches of the request path (core/redis_writes.py): a gateway's tick of one request (XADD
+and XLEN), a worker's answer to one request (six commands) and its answer to a batch of 16 (36).
+Through the client a batch is one script run; on a line a batch of up to `LINE_PIPELINE_MAX`
+commands goes as plain commands, a larger one as the script. The two ways alternate in rounds of
+`--number` calls; the table holds each way's median CPU of this process and of redis-server per
+call, the ratio of their sums with its range over the rounds, and the wall time.
+Run: `python -m bench.redis_line [--number 3000] [--rounds 6]`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from redis.asyncio import Redis
 
+from bench.throughput import cpu_s
 from core import protocol, redis_client
 from core.redis_line import Lines
 from core.redis_writes import ScriptedWrites
@@ -27,19 +32,44 @@ REPLIES = protocol.reply_key("gw-bench")
 Call = Callable[[], Awaitable[object]]
 
 
-async def timed(call: Call, number: int) -> tuple[float, float]:
-    """CPU µs and wall µs per call."""
-    cpu, wall = time.process_time(), time.perf_counter()
+async def timed(call: Call, number: int, redis_pid: int) -> tuple[float, float, float]:
+    """This process's CPU µs, redis-server's CPU µs and wall µs per call."""
+    cpu, redis_cpu, wall = time.process_time(), cpu_s(redis_pid), time.perf_counter()
     for _ in range(number):
         await call()
-    return (time.process_time() - cpu) / number * 1e6, (time.perf_counter() - wall) / number * 1e6
+    per_call = 1e6 / number
+    return (
+        (time.process_time() - cpu) * per_call,
+        (cpu_s(redis_pid) - redis_cpu) * per_call,
+        (time.perf_counter() - wall) * per_call,
+    )
 
 
-def write_batch(writes: ScriptedWrites) -> Call:
+def tick(writes: ScriptedWrites) -> Call:
+    """A gateway's per-tick write of one request: its XADD and the stream's length."""
+
     async def call() -> object:
         batch = writes.batch()
-        batch.execute_command("XADD", STREAM, "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"x" * 300)
+        batch.execute_command("XADD", STREAM, "*", protocol.PAYLOAD_FIELD, b"x" * 300)
         batch.execute_command("XLEN", STREAM)
+        return await batch.execute()
+
+    return call
+
+
+def answers(writes: ScriptedWrites, size: int) -> Call:
+    """A worker's publish of a batch of `size`: each answer's reply XADD and result SET NX, then
+    the reply stream's expiry, the audit entry, XACK and XDEL (workers/consumer.py)."""
+
+    async def call() -> object:
+        batch = writes.batch()
+        for n in range(size):
+            batch.execute_command("XADD", REPLIES, "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"y" * 300)
+            batch.execute_command("SET", protocol.request_key(f"r{n}"), b"y" * 300, "EX", 60, "NX")
+        batch.execute_command("PEXPIRE", REPLIES, 60_000)
+        batch.execute_command("XADD", protocol.audit_key(), "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"z")
+        batch.execute_command("XACK", STREAM, protocol.GROUP, *(f"1-{n}" for n in range(size)))
+        batch.execute_command("XDEL", STREAM, *(f"1-{n}" for n in range(size)))
         return await batch.execute()
 
     return call
@@ -57,33 +87,39 @@ async def ways(client: Redis) -> dict[str, dict[str, Call]]:
             "client": lambda: client.xread({REPLIES: "0"}, count=100, block=1000),
             "line": lambda: line.run([("XREAD", "COUNT", 100, "BLOCK", 1000, "STREAMS", REPLIES, "0")], extra_s=1),
         },
-        "XADD + XLEN as one script run": {"client": write_batch(pooled_writes), "line": write_batch(line_writes)},
+        "a tick of one request (2 commands)": {"client": tick(pooled_writes), "line": tick(line_writes)},
+        "an answer to one request (6)": {"client": answers(pooled_writes, 1), "line": answers(line_writes, 1)},
+        "answers to a batch of 16 (36)": {"client": answers(pooled_writes, 16), "line": answers(line_writes, 16)},
     }
 
 
 async def main(args: argparse.Namespace) -> None:
     embedded = EmbeddedRedis()
     url = embedded.start()
+    assert embedded._process is not None, "needs a redis-server, not fakeredis"
+    redis_pid = embedded._process.pid
     client = redis_client.single_node(RedisSettings(), url)
     try:
         table = await ways(client)
-        print(f"{args.number} commands one after another, {args.rounds} rounds; medians, µs per command\n")
-        print("| command | client CPU | line CPU | CPU line/client | client wall | line wall |")
-        print("|---|---|---|---|---|---|")
+        print(f"{args.number} calls one after another, {args.rounds} rounds, alternating; medians, µs per call\n")
+        print(
+            "| call | client: CPU | Redis CPU | line: CPU | Redis CPU | CPU line/client (range)"
+            " | client wall | line wall |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for name, calls in table.items():
-            samples: dict[str, list[tuple[float, float]]] = {way: [] for way in calls}
+            samples: dict[str, list[tuple[float, float, float]]] = {way: [] for way in calls}
             for n in range(args.rounds):
-                order = list(calls) if n % 2 == 0 else list(reversed(calls))
-                for way in order:
-                    await timed(calls[way], args.number // 10)  # warm-up
-                    samples[way].append(await timed(calls[way], args.number))
-            cpu = {way: statistics.median(s[0] for s in runs) for way, runs in samples.items()}
-            wall = {way: statistics.median(s[1] for s in runs) for way, runs in samples.items()}
-            ratios = [line[0] / client[0] for client, line in zip(samples["client"], samples["line"], strict=True)]
-            spread = f"{min(ratios):.2f} to {max(ratios):.2f}"
+                for way in list(calls) if n % 2 == 0 else list(reversed(calls)):
+                    await timed(calls[way], args.number // 10, redis_pid)  # warm-up
+                    samples[way].append(await timed(calls[way], args.number, redis_pid))
+            med = {way: [statistics.median(s[i] for s in runs) for i in range(3)] for way, runs in samples.items()}
+            ratios = [(b[0] + b[1]) / (a[0] + a[1]) for a, b in zip(samples["client"], samples["line"], strict=True)]
+            ratio = (med["line"][0] + med["line"][1]) / (med["client"][0] + med["client"][1])
+            old, new = med["client"], med["line"]
             print(
-                f"| {name} | {cpu['client']:.1f} | {cpu['line']:.1f} | {cpu['line'] / cpu['client']:.2f} ({spread})"
-                f" | {wall['client']:.1f} | {wall['line']:.1f} |"
+                f"| {name} | {old[0]:.1f} | {old[1]:.1f} | {new[0]:.1f} | {new[1]:.1f}"
+                f" | {ratio:.2f} ({min(ratios):.2f} to {max(ratios):.2f}) | {old[2]:.1f} | {new[2]:.1f} |"
             )
     finally:
         await client.aclose()
@@ -92,6 +128,6 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--number", type=int, default=5000, help="commands a round, each way")
+    parser.add_argument("--number", type=int, default=3000, help="calls a round, each way")
     parser.add_argument("--rounds", type=int, default=6)
     uvloop.run(main(parser.parse_args()))
