@@ -236,7 +236,10 @@ class WorkerProcess:
             self.holds.read(plan.streams, {d.stream for d in deliveries}, loop.time())
             await self._admit(deliveries)
             if deliveries:
-                await asyncio.sleep(0)  # an idle executor starts them before this loop plans its next read
+                # An idle executor runs them, and its publish writes their replies, before this loop
+                # plans its next read: a pass for the batch, and one for the publish's first step.
+                for _ in range(2):
+                    await asyncio.sleep(0)
             if not deliveries and not every_stream and block_ms is None:
                 await self._batch_ends(plan.wait_s)
         with contextlib.suppress(RedisError, OSError):  # unread: reclaimed once this worker is gone
