@@ -54,7 +54,10 @@ class Line:
         commands = list(commands)
         packed = self._connection.pack_commands(commands)
         now = asyncio.get_running_loop().time()
-        idle = now - self._used_at > IDLE_CHECK_S
+        # Checked when idle for a while, or when the server is known to have closed it (its
+        # reader saw the end: a restart, `CLIENT KILL`), before anything is written to it.
+        reader = getattr(self._connection, "_reader", None)
+        stale = now - self._used_at > IDLE_CHECK_S or (reader is not None and reader.at_eof())
         self._used_at = now
         wait_s = self._timeout_s + extra_s
         replies: list[Any] = []
@@ -63,7 +66,7 @@ class Line:
             # connection, so no reply is left for the next command to take for its own (redis-py's
             # own read timeout, passed explicitly, would return None and keep the connection).
             async with asyncio.timeout(None if math.isinf(wait_s) else wait_s):
-                if idle:
+                if stale:
                     await self._check()
                 try:
                     await self._connection.send_packed_command(packed, check_health=False)

@@ -77,8 +77,9 @@ class Consumer:
         self._delivery = settings.delivery
         self._reply_ttl_ms = settings.delivery.reply_stream_ttl_s * 1000
         self._audit = AuditTrail(settings, pool_name, name)
-        # A batch's replies and acknowledgements, in one script run: the execute loop's publish
-        # and an answer to entries refused unrun (the read loop's) each on a line of its own.
+        # A batch's replies and acknowledgements, in one round trip (core/redis_writes.py): the
+        # execute loop's publish and an answer to entries refused unrun (the read loop's) each on
+        # a line of its own.
         self._writes = ScriptedWrites(redis, lines=2)
         self._read_line = Lines(redis, 1)  # the read loop's
         # In a cluster the streams of different hash slots cannot share one XREADGROUP.

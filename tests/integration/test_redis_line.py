@@ -85,8 +85,12 @@ async def test_a_read_cut_short_leaves_no_reply_for_the_next_command(client: Red
     assert await line.run([("ECHO", "second")]) == [b"second"]
 
 
-async def test_a_connection_the_server_closed_is_opened_again(client: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_line, "IDLE_CHECK_S", 0.0)  # checked before every use, not after a second idle
+@pytest.mark.parametrize("idle_check_s", [0.0, 3600.0], ids=["checked-when-idle", "seen-closed"])
+async def test_a_connection_the_server_closed_is_opened_again(
+    client: Redis, monkeypatch: pytest.MonkeyPatch, idle_check_s: float
+) -> None:
+    # Checked before every use, or never for idleness: then what tells is the connection's end seen.
+    monkeypatch.setattr(redis_line, "IDLE_CHECK_S", idle_check_s)
     line = await taken(Lines(client, 1))
     (before,) = await line.run([("CLIENT", "ID")])
     assert await client.client_kill_filter(_id=before) == 1
