@@ -199,7 +199,7 @@ async def xread(
         wanted: dict[Any, Any] = dict(streams)
         reply: protocol.StreamReply | None = await client.xread(wanted, count=count, block=block_ms)  # type: ignore[assignment]
         return reply
-    return await _on_slot_node(client, next(iter(streams)), "XREAD", *_read_args(streams, count, block_ms))  # type: ignore[no-any-return]
+    return await _on_slot_node(client, next(iter(streams)), "XREAD", *read_args(streams, count, block_ms))  # type: ignore[no-any-return]
 
 
 async def xreadgroup(
@@ -212,11 +212,12 @@ async def xreadgroup(
             group, consumer, wanted, count=count, block=block_ms
         )  # type: ignore[assignment]
         return reply
-    args = ("XREADGROUP", "GROUP", group, consumer, *_read_args(streams, count, block_ms))
+    args = ("XREADGROUP", "GROUP", group, consumer, *read_args(streams, count, block_ms))
     return await _on_slot_node(client, next(iter(streams)), *args)  # type: ignore[no-any-return]
 
 
-def _read_args(streams: Mapping[str, bytes | str], count: int | None, block_ms: int | None) -> list[Any]:
+def read_args(streams: Mapping[str, bytes | str], count: int | None, block_ms: int | None) -> list[Any]:
+    """The arguments of an XREAD or XREADGROUP after its name (and group): COUNT, BLOCK, STREAMS."""
     args: list[Any] = []
     if count is not None:
         args += ["COUNT", count]

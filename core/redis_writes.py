@@ -96,20 +96,20 @@ class Writes:
         """The commands' replies: on one of the owner's lines where one is free, as they are when
         they are few (`LINE_PIPELINE_MAX`), else as the script's run; through the script object
         when no line is free, or to load the script into a server that does not hold it (NOSCRIPT)."""
-        keys = list(self._keys)
         line = await self._owner.lines.take()
         if line is not None:
             try:
                 if len(self._commands) <= LINE_PIPELINE_MAX:
                     return await line.run(self._commands)
-                (reply,) = await line.run([("EVALSHA", self._script.sha, len(keys), *keys, *self._args)])
+                evalsha = ("EVALSHA", self._script.sha, len(self._keys), *self._keys, *self._args)
+                (reply,) = await line.run([evalsha])
             finally:
                 self._owner.lines.give(line)
             if not isinstance(reply, NoScriptError):
                 if isinstance(reply, ResponseError):
                     raise reply
                 return reply  # type: ignore[no-any-return]
-        return await self._script(keys=keys, args=self._args)  # type: ignore[no-any-return]
+        return await self._script(keys=list(self._keys), args=self._args)  # type: ignore[no-any-return]
 
 
 class ScriptedWrites:

@@ -277,7 +277,7 @@ class RequestQueue:
         line: Line, key: str, after: bytes | str, count: int, block_ms: int, trim_through: bytes | str | None
     ) -> protocol.StreamReply | None:
         """`replies`' trim and read, sent together on the reply reader's own line."""
-        read = ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, after)
+        read = ("XREAD", *redis_client.read_args({key: after}, count, block_ms))
         trim = [] if trim_through is None else [("XTRIM", key, "MINID", trim_through)]
         *_, response = await line.run([*trim, read], extra_s=block_ms / 1000)
         if isinstance(response, Exception):

@@ -119,9 +119,9 @@ class Consumer:
     async def _read_on(
         self, line: Line, streams: list[str], count: int, block_ms: int | None
     ) -> protocol.StreamReply | None:
-        block = () if block_ms is None else ("BLOCK", block_ms)
-        command = ("XREADGROUP", "GROUP", protocol.GROUP, self.name, "COUNT", count, *block, "STREAMS", *streams)
-        (response,) = await line.run([(*command, *(">",) * len(streams))], extra_s=(block_ms or 0) / 1000)
+        wanted = dict.fromkeys(streams, ">")
+        command = ("XREADGROUP", "GROUP", protocol.GROUP, self.name, *redis_client.read_args(wanted, count, block_ms))
+        (response,) = await line.run([command], extra_s=(block_ms or 0) / 1000)
         if isinstance(response, Exception):
             raise response
         return stream_reply(response)
