@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
+from bench import sched_wait
 from bench.scenarios import cpu_times, start_stack, steal_pct
 from core import protocol
 from core.clock import RedisClock
@@ -66,6 +67,7 @@ class Phase:
     elsewhere: int = 0  # answered by another pool sharing the tier's stream
     failed: int = 0
     steal_pct: float | None = None
+    waits: list[sched_wait.Wait] = field(default_factory=list)  # each stack process's wait for a CPU
 
 
 def targets(settings: Settings, ready: dict[str, Any]) -> list[PoolTarget]:
@@ -184,9 +186,11 @@ async def spread(
     requests: int = 2000,
     loads: Sequence[float] = (0.5, 0.8),
     direct: bool = False,
+    stack_pid: int | None = None,
 ) -> list[Phase]:
     """Every deterministic pool's phases against a running stack (`ready`: its ready line), over
-    HTTP, or with `direct` straight through Redis."""
+    HTTP, or with `direct` straight through Redis; with `stack_pid` (`tiergate up`'s), each
+    phase also holds how long each of the stack's processes waited for a CPU."""
     async with contextlib.AsyncExitStack() as stack:
         if direct:
             redis = Redis.from_url(ready["redis"])
@@ -199,24 +203,31 @@ async def spread(
             session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             stack.push_async_callback(session.close)
             send = http_sender(session)
-        return await _phases(send, settings, ready, requests, loads)
+        names = sched_wait.stack_processes(stack_pid) if stack_pid is not None else {}
+        return await _phases(send, settings, ready, requests, loads, names)
 
 
 async def _phases(
-    send: Send, settings: Settings, ready: dict[str, Any], requests: int, loads: Sequence[float]
+    send: Send,
+    settings: Settings,
+    ready: dict[str, Any],
+    requests: int,
+    loads: Sequence[float],
+    names: dict[int, str],
 ) -> list[Phase]:
     phases: list[Phase] = []
     for target in targets(settings, ready):
         for _ in range(WARMUP):
             await _one(send, target, None)
-        before = cpu_times()
-        phases.append(await sequential(send, target, requests))
-        phases[-1].steal_pct = steal_pct(before, cpu_times())
-        for n, share in enumerate(loads):
-            await asyncio.sleep(1.0)
-            before = cpu_times()
-            phases.append(await open_loop(send, target, share, requests, seed=n + 1))
-            phases[-1].steal_pct = steal_pct(before, cpu_times())
+        for n, share in enumerate([None, *loads]):
+            if share is not None:
+                await asyncio.sleep(1.0)
+            before, waits_before = cpu_times(), sched_wait.read(names)
+            run = sequential(send, target, requests) if share is None else open_loop(send, target, share, requests, n)
+            phase = await run
+            phase.steal_pct = steal_pct(before, cpu_times())
+            phase.waits = sched_wait.waits(names, waits_before, sched_wait.read(names))
+            phases.append(phase)
     return phases
 
 
@@ -254,6 +265,17 @@ def table(phases: Sequence[Phase]) -> str:
     return "\n".join(lines)
 
 
+def wait_lines(phases: Sequence[Phase]) -> str:
+    """Per phase, how long the request path's processes waited for a CPU at each wake-up
+    (the kernel's run queue delay, averaged), and how many wake-ups they had."""
+    lines = []
+    for p in phases:
+        if p.waits:
+            path = ("gateway", "redis-server", p.pool)
+            lines.append(f"{p.pool}, {p.name}: waited for a CPU, per wake-up: {sched_wait.line(p.waits, path)}")
+    return "\n".join(lines)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     settings = load_settings(args.config)
     process, ready = start_stack(args.config)
@@ -263,10 +285,12 @@ async def main_async(args: argparse.Namespace) -> None:
         load_before = os.getloadavg()
         started = time.monotonic()
         loads = [float(x) for x in args.loads.split(",")]
-        phases = await spread(settings, ready, args.requests, loads, args.direct)
+        phases = await spread(settings, ready, args.requests, loads, args.direct, process.pid)
         policy = f", the client in scheduling class {args.client_policy}" if args.client_policy != "normal" else ""
         print(f"requests sent {'straight into Redis' if args.direct else 'over HTTP'}{policy}\n")
         print(table(phases))
+        if waits := wait_lines(phases):
+            print(f"\n{waits}")
         elapsed_s = time.monotonic() - started
         load_after = os.getloadavg()
         print(

@@ -29,6 +29,7 @@ import aiohttp
 import uvloop
 from redis.asyncio import Redis
 
+from bench import sched_wait
 from bench.scenarios import cpu_times, drained, start_stack, steal_pct
 from core.cpu import CPU_POLICIES, lower_priority
 from core.settings import Settings, load_settings
@@ -189,6 +190,7 @@ async def run(args: argparse.Namespace) -> None:
                 args.isolation_rounds,
                 args.flood_nice,
                 args.flood_policy,
+                process.pid,
             )
             return
         for tier in args.tiers.split(","):
@@ -225,8 +227,11 @@ async def isolation(
     rounds: int,
     flood_nice: int = 0,
     flood_policy: str = "normal",
+    stack_pid: int | None = None,
 ) -> None:
-    """Realtime and interactive through the one URL, with batch idle, then flooded; alternating rounds."""
+    """Realtime and interactive through the one URL, with batch idle, then flooded; alternating
+    rounds. With `stack_pid` (`tiergate up`'s), it also prints how long the request path's
+    processes waited for a CPU at each wake-up in each kind of phase."""
     flood = f"batch at {FLOOD['rate']:g} req/s (deadline {FLOOD['deadline_ms']} ms) from its own process"
     flood += f" at nice {flood_nice}" if flood_nice else ""
     flood += f", scheduling class {flood_policy}" if flood_policy != "normal" else ""
@@ -238,6 +243,8 @@ async def isolation(
     print("|---" * 11 + "|")
     pooled: dict[str, dict[str, list[float]]] = {}
     per_round: dict[str, list[float]] = {}
+    names = sched_wait.stack_processes(stack_pid) if stack_pid is not None else {}
+    waited: dict[str, list[sched_wait.Wait]] = {}
     for n in range(1, rounds + 1):
         for name in ("batch idle", "batch flood"):
             specs = [
@@ -256,7 +263,9 @@ async def isolation(
                 specs.append(
                     {"url": url, "seconds": seconds, "seed": n, "nice": flood_nice, "policy": flood_policy} | FLOOD
                 )
+            waits_before = sched_wait.read(names)
             rows, steal = await phases(specs)
+            waited.setdefault(name, []).extend(sched_wait.waits(names, waits_before, sched_wait.read(names)))
             for tier, row in zip(ISOLATION_RATES, rows, strict=False):
                 pooled.setdefault(name, {}).setdefault(tier, []).extend(row["latencies_ms"])
                 pooled.setdefault(f"{name} (gateway)", {}).setdefault(tier, []).extend(row["server_ms"])
@@ -279,6 +288,10 @@ async def isolation(
             idle = _pct(sorted(pooled[f"batch idle ({part})"][tier]), 99) or 0.0
             flood = _pct(sorted(pooled[f"batch flood ({part})"][tier]), 99) or 0.0
             print(f"{tier}: {what} p99: batch idle {idle:.2f} ms, batch flood {flood:.2f} ms: {flood / idle:.2f}x")
+    path = ("gateway", "redis-server", "groq-realtime", "cerebras-batch", "inferentia-mixed")
+    for name, phase_waits in waited.items():
+        if phase_waits:
+            print(f"{name}: waited for a CPU, per wake-up: {sched_wait.line(sched_wait.combine(phase_waits), path)}")
 
 
 def print_isolation_row(n: int, name: str, rows: list[dict[str, Any]], steal: float | None) -> None:
