@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -37,6 +38,7 @@ from .tenant_store import Held, TenantStore
 log = logging.getLogger(__name__)
 
 REPLAY_POLL_S = 0.05
+CLAIM_GRACE_S = 1  # an idempotency key held by a request never queued frees itself this long after its deadline
 GONE = (asyncio.CancelledError, ConnectionResetError)  # what ends a call whose client went away
 
 
@@ -161,7 +163,7 @@ class Call:
     """
 
     __slots__ = (
-        "_calls", "_enqueued", "_events", "_held", "_key", "_open", "_reply", "_span",
+        "_calls", "_claimed", "_enqueued", "_events", "_held", "_key", "_open", "_reply", "_span", "_xadd",
         "envelope", "grant", "offered_again", "replayed", "route", "started", "total_ms", "ttft_ms",
     )  # fmt: skip
 
@@ -187,6 +189,8 @@ class Call:
         self.ttft_ms: float | None = None  # a streaming call's time to its first token
         self._events: asyncio.Queue[StreamEvent] | None = None
         self._enqueued: asyncio.Future[bytes] | None = None  # its XADD: set once it is queued
+        self._xadd: asyncio.Future[bytes] | None = None  # its XADD, on either path (`accept` too)
+        self._claimed = False  # it holds its idempotency key (the first request sent with it)
         self._reply: protocol.Reply | None = None
         self._span: RequestSpan | None = None  # with tracing on
         self._open = True
@@ -278,7 +282,8 @@ class Call:
         record = (key, protocol.encoder.encode(accepted), state.settings.gateway.result_ttl_s)
         state.waiters.accept(envelope.id, route.tier, route.deadline_ms / 1000.0)  # before: its reply may come first
         try:
-            entry_id = await state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), record)
+            self._xadd = state.queue.enqueue(route.stream, protocol.encoder.encode(envelope), (record, *self._kept()))
+            entry_id = await self._xadd
         except BaseException:
             state.waiters.take_async(envelope.id)  # not counted (docs/metrics.md, known limits)
             if held is not None:
@@ -308,6 +313,7 @@ class Call:
         if not self._open:
             return
         self._open = False
+        self._release_unqueued()
         self._end_span(exc)
         if self._held is not None:
             self._calls.limits.release(self._held, self._reply)
@@ -329,6 +335,29 @@ class Call:
             self._went_away(enqueued)
         else:
             metrics.abandon(tier)
+
+    def _release_unqueued(self) -> None:
+        """A call that claimed its idempotency key and ends never queued (refused by its key's
+        limits, or its XADD failed) frees the key, so that a retry with it runs rather than
+        waiting on a request that never will. Where it is not known whether the XADD went through
+        (the client left while it was in flight), the claim stays: renewed by the XADD if it did,
+        run out soon after the deadline if it did not."""
+        if not self._claimed:
+            return
+        self._claimed = False
+        xadd = self._xadd
+        if xadd is None or (xadd.done() and not xadd.cancelled() and xadd.exception() is not None):
+            assert self._key is not None
+            self._calls.state.queue.release_idempotency_soon(self._key, self.id)
+
+    def _kept(self) -> tuple[tuple[str, bytes, int], ...]:
+        """With the idempotency key claimed, the SET that keeps the claim as long as the answer is
+        kept, written with the request's XADD: until then the claim lasts only past the deadline."""
+        if not self._claimed:
+            return ()
+        assert self._key is not None
+        ttl_s = self._calls.state.settings.gateway.result_ttl_s
+        return ((protocol.idempotency_key(self._key), self.id.encode(), ttl_s),)
 
     def _end_span(self, exc: BaseException | None) -> None:
         """End the request's span (with tracing on), once, with its reply or what ended it."""
@@ -375,8 +404,9 @@ class Call:
         """Count the request in flight and ask for its XADD (this tick's pipeline), once its
         waiter is registered; the XADD's future, which resolves to the entry id."""
         self._calls.metrics.begin(self.route.tier)
-        enqueued = self._calls.state.queue.enqueue(self.route.stream, protocol.encoder.encode(self.envelope))
-        self._enqueued = enqueued
+        queue = self._calls.state.queue
+        enqueued = queue.enqueue(self.route.stream, protocol.encoder.encode(self.envelope), self._kept())
+        self._enqueued = self._xadd = enqueued
         return enqueued
 
     async def _answer(self) -> protocol.Result:
@@ -404,14 +434,18 @@ class Call:
 
     async def _claim(self) -> str | None:
         """With an idempotency key: None when this request is the first with it (it runs, stamped
-        anew after the claim's round trip), else the first one's id (whose outcome it gets)."""
+        anew after the claim's round trip), else the first one's id (whose outcome it gets). The
+        claim lasts until just past the request's deadline; its XADD makes it last as long as
+        the answer (`_kept`)."""
         if self._key is None:
             return None
         state = self._calls.state
-        first_id = await state.queue.claim_idempotency(self._key, self.id, state.settings.gateway.result_ttl_s)
+        claim_s = math.ceil(self.route.deadline_ms / 1000.0) + CLAIM_GRACE_S
+        first_id = await state.queue.claim_idempotency(self._key, self.id, claim_s)
         if first_id is not None:
             self.replayed = True
             return first_id
+        self._claimed = True
         now_ms = state.clock.now_ms()
         self.envelope = msgspec.structs.replace(
             self.envelope, deadline_at_ms=int(now_ms) + self.route.deadline_ms, sent_at_ms=round(now_ms, 3)

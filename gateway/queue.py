@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError, ResponseError
@@ -27,14 +28,15 @@ from core.settings import DeliverySettings, GatewaySettings, Settings
 log = logging.getLogger(__name__)
 
 
+State = tuple[str, bytes, int]  # (key, value, ttl_s): a SET sent with a request's XADD
+
+
 @dataclass(slots=True)
 class _Pending:
     stream: str
     payload: bytes
     future: asyncio.Future[bytes]
-    state_key: str | None = None
-    state: bytes | None = None
-    state_ttl_s: int = 0
+    states: tuple[State, ...] = ()
 
 
 MAX_FLUSHES = 4  # pipelines in flight at once; each holds one connection
@@ -50,7 +52,7 @@ class RequestQueue:
         self._pending: list[_Pending] = []
         self._restates: list[tuple[str, bytes]] = []  # (key, value) to overwrite, if it still exists
         self._flushing: set[asyncio.Task[None]] = set()
-        self._cancelling: set[asyncio.Task[None]] = set()  # fire-and-forget cancels, held until done
+        self._background: set[asyncio.Task[None]] = set()  # fire-and-forget cancels and releases, held until done
         self._scheduled = False
         self._writes = ScriptedWrites(redis, lines=MAX_FLUSHES)  # each pipeline in flight on a line of its own
         self._reply_line = Lines(redis, 1)  # the reply reader's
@@ -59,20 +61,16 @@ class RequestQueue:
         """Load the script each tick's requests go in (core/redis_writes.py): at start, once."""
         await self._writes.load()
 
-    def enqueue(
-        self, stream: str, payload: bytes, state: tuple[str, bytes, int] | None = None
-    ) -> asyncio.Future[bytes]:
-        """Queue an XADD for this tick's pipeline; the future resolves to the entry id.
+    def enqueue(self, stream: str, payload: bytes, states: tuple[State, ...] = ()) -> asyncio.Future[bytes]:
+        """Queue an XADD for this tick's pipeline, after a SET of each of `states`; the future
+        resolves to the entry id.
 
         No MAXLEN: a trim could drop entries still waiting or pending. Workers XDEL what they
         answered and admission refuses at `max_queue`, which bounds the stream instead.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
-        item = _Pending(stream, payload, future)
-        if state is not None:
-            item.state_key, item.state, item.state_ttl_s = state
-        self._pending.append(item)
+        self._pending.append(_Pending(stream, payload, future, states))
         self._flush_when_free()
         return future
 
@@ -106,8 +104,8 @@ class RequestQueue:
         restates, self._restates = self._restates, []
         pipe = self._writes.batch()  # on one server one script run: one reply to read, not one per request
         for item in batch:
-            if item.state_key is not None:
-                pipe.execute_command("SET", item.state_key, item.state or b"", "EX", item.state_ttl_s)
+            for key, value, ttl_s in item.states:
+                pipe.execute_command("SET", key, value, "EX", ttl_s)
             pipe.execute_command("XADD", item.stream, "*", protocol.PAYLOAD_FIELD, item.payload)
         streams = list(dict.fromkeys(item.stream for item in batch))
         for stream in streams:
@@ -127,7 +125,7 @@ class RequestQueue:
         """Hand each request its XADD reply, and keep the sampled stream lengths."""
         position = 0
         for item in batch:
-            position += item.state_key is not None
+            position += len(item.states)
             reply = replies[position]
             position += 1
             if item.future.done():
@@ -207,9 +205,12 @@ class RequestQueue:
     def cancel_soon(self, queued: protocol.Accepted, enqueued: asyncio.Future[bytes]) -> None:
         """Cancel a request whose client went away, in the background, once its XADD answered
         (`enqueued`, its entry id); nothing to do if it was never queued."""
-        task = asyncio.get_running_loop().create_task(self._cancel_queued(queued, enqueued))
-        self._cancelling.add(task)
-        task.add_done_callback(self._cancelling.discard)
+        self._in_background(self._cancel_queued(queued, enqueued))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _cancel_queued(self, queued: protocol.Accepted, enqueued: asyncio.Future[bytes]) -> None:
         await asyncio.wait([enqueued])
@@ -296,8 +297,8 @@ class RequestQueue:
             await self.redis.delete(key)
 
     async def claim_idempotency(self, key: str, request_id: str, ttl_s: int) -> str | None:
-        """Record `request_id` as the first request sent with `key`; return the first one's id
-        when another request already holds it."""
+        """Record `request_id` as the first request sent with `key`, for `ttl_s`; return the first
+        one's id when another request already holds it."""
         name = protocol.idempotency_key(key)
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -308,6 +309,16 @@ class RequestQueue:
             raise BackendUnavailable(f"Redis is unreachable, the request was not queued: {exc}") from exc
         return None if claimed else holder.decode()
 
+    def release_idempotency_soon(self, key: str, request_id: str) -> None:
+        """Free `key` for a later request, in the background, while `request_id` (never queued)
+        still holds it; best effort: otherwise its claim runs out by itself."""
+        self._in_background(self._release_idempotency(protocol.idempotency_key(key), request_id))
+
+    async def _release_idempotency(self, name: str, request_id: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            if await self.redis.get(name) == request_id.encode():
+                await self.redis.delete(name)
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
@@ -315,8 +326,8 @@ class RequestQueue:
             return False
 
     async def close(self) -> None:
-        if self._flushing or self._cancelling:
-            await asyncio.gather(*self._flushing, *self._cancelling, return_exceptions=True)
+        if self._flushing or self._background:
+            await asyncio.gather(*self._flushing, *self._background, return_exceptions=True)
 
 
 def _fail(batch: list[_Pending], error: BackendUnavailable) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 
 import pytest
@@ -17,7 +18,7 @@ from core.clock import RedisClock
 from core.errors import BackendUnavailable, DeadlineExceeded, QueueFull, WorkerFailed
 from core.protocol import OPEN_GRANT, Grant
 from core.settings import Settings
-from gateway.calls import Call, Calls, gather_results
+from gateway.calls import CLAIM_GRACE_S, Call, Calls, gather_results
 from gateway.metrics import GatewayMetrics
 from gateway.results import Waiters
 from gateway.routing import Route, Router
@@ -32,19 +33,21 @@ class FakeQueue:
     def __init__(self) -> None:
         self.lengths: dict[str, float] = {}
         self.sampled_at: dict[str, float] = {}
-        self.sent: list[tuple[str, bytes, tuple[str, bytes, int] | None]] = []
+        self.sent: list[tuple[str, bytes, tuple[tuple[str, bytes, int], ...]]] = []
         self.restated: list[tuple[str, bytes]] = []
         self.cancelled: list[tuple[protocol.Accepted, asyncio.Future[bytes]]] = []
         self.claims: dict[str, str] = {}
+        self.claim_ttls: dict[str, int] = {}
+        self.released: list[tuple[str, str]] = []
         self.answers: dict[str, protocol.Stored] = {}
         self.fail: BaseException | None = None
         self.hold = False  # leave every XADD unanswered
 
     def enqueue(
-        self, stream: str, payload: bytes, state: tuple[str, bytes, int] | None = None
+        self, stream: str, payload: bytes, states: tuple[tuple[str, bytes, int], ...] = ()
     ) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.sent.append((stream, payload, state))
+        self.sent.append((stream, payload, states))
         if self.fail is not None:
             future.set_exception(self.fail)
         elif not self.hold:
@@ -59,7 +62,15 @@ class FakeQueue:
 
     async def claim_idempotency(self, key: str, request_id: str, ttl_s: int) -> str | None:
         first = self.claims.setdefault(key, request_id)
-        return None if first == request_id else first
+        if first != request_id:
+            return first
+        self.claim_ttls[key] = ttl_s
+        return None
+
+    def release_idempotency_soon(self, key: str, request_id: str) -> None:
+        self.released.append((key, request_id))
+        if self.claims.get(key) == request_id:
+            del self.claims[key]
 
     async def stored(self, request_id: str) -> protocol.Stored | None:
         return self.answers.get(request_id)
@@ -216,6 +227,46 @@ async def test_a_client_that_goes_away_with_an_idempotency_key_leaves_its_reques
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert (gateway.queue.cancelled, gateway.outcomes(), gateway.in_flight()) == ([], {}, 0)
+    assert gateway.queue.released == []  # its XADD went through: the key stays its
+
+
+async def test_a_claimed_key_is_kept_by_the_xadd_and_freed_by_a_call_never_queued(gateway: Gateway) -> None:
+    """The claim lasts just past the deadline until the request's XADD, which carries the SET that
+    keeps it as long as the answer. A call whose XADD failed frees it (waited or `wait: false`),
+    and a retry with the key then runs instead of waiting on a request that never will; a call
+    whose client left while its XADD was in flight keeps it."""
+    first = gateway.call(key="k1")
+    waiting = asyncio.create_task(first.result())
+    await settle()
+    gateway.reply(first)
+    await waiting
+    ((_, _, states),) = gateway.queue.sent
+    kept_s = gateway.calls.state.settings.gateway.result_ttl_s
+    assert states == ((protocol.idempotency_key("k1"), first.id.encode(), kept_s),)
+    assert gateway.queue.claim_ttls["k1"] == math.ceil(gateway.route.deadline_ms / 1000) + CLAIM_GRACE_S
+
+    gateway.queue.fail = BackendUnavailable("Redis refused the request")
+    unqueued, unaccepted = gateway.call(key="k2"), gateway.call(key="k3")
+    with pytest.raises(BackendUnavailable):
+        await unqueued.result()
+    with pytest.raises(BackendUnavailable):
+        await unaccepted.accept()
+    assert gateway.queue.released == [("k2", unqueued.id), ("k3", unaccepted.id)]
+    gateway.queue.fail = None
+    retry = gateway.call(key="k2")
+    waiting = asyncio.create_task(retry.result())
+    await settle()
+    gateway.reply(retry)
+    assert (await waiting).id == retry.id and not retry.replayed
+
+    gateway.queue.hold = True
+    leaving = gateway.call(key="k4")
+    waiting = asyncio.create_task(leaving.result())
+    await settle()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert ("k4", leaving.id) not in gateway.queue.released and gateway.queue.claims["k4"] == leaving.id
 
 
 async def test_a_retry_gets_the_first_outcome_and_counts_nothing(gateway: Gateway) -> None:
@@ -314,8 +365,8 @@ async def test_an_accepted_call_is_counted_when_its_reply_arrives(
     caplog.set_level(logging.INFO, logger="gateway.calls")
     call = gateway.call()
     assert await call.accept() == call.id
-    ((_, _, record),) = gateway.queue.sent
-    assert record is not None and record[0] == protocol.accepted_key(call.id)
+    ((_, _, (record,)),) = gateway.queue.sent
+    assert record[0] == protocol.accepted_key(call.id)
     assert protocol.stored_decoder.decode(gateway.queue.restated[0][1]).entry_id == "1-0"  # type: ignore[union-attr]
     assert (gateway.outcomes(), gateway.in_flight()) == ({}, 0)  # no client waits: not in flight
     assert not gateway.waiters.resolve(result(call.id))  # the reply reader then hands it over once
@@ -420,5 +471,5 @@ async def test_a_tenants_envelope_and_record_say_whose_request_it_is(gateway: Ga
     call = gateway.call(grant=ACME)
     assert (call.envelope.tenant, call.envelope.key_id) == ("acme", "k1")
     await call.accept()
-    ((_, _, record),) = gateway.queue.sent
-    assert record is not None and protocol.stored_decoder.decode(record[1]).tenant == "acme"  # type: ignore[union-attr]
+    ((_, _, (record,)),) = gateway.queue.sent
+    assert protocol.stored_decoder.decode(record[1]).tenant == "acme"  # type: ignore[union-attr]

@@ -39,7 +39,7 @@ async def test_requests_of_one_tick_share_one_pipeline_and_sample_the_length() -
 async def test_a_restated_key_rides_with_the_next_tick_and_keeps_its_ttl() -> None:
     redis = fakeredis.aioredis.FakeRedis()
     queue = RequestQueue(redis)
-    await queue.enqueue(STREAM, b"first", ("tg:{req.a}:accepted", b"without id", 60))
+    await queue.enqueue(STREAM, b"first", (("tg:{req.a}:accepted", b"without id", 60),))
     queue.restate("tg:{req.a}:accepted", b"with id")
     queue.restate("tg:{req.gone}:accepted", b"never written")  # only a key that exists is rewritten
     await queue.enqueue(STREAM, b"second")
