@@ -146,6 +146,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def hang_up(call: Call) -> None:
+    """A waiting client of `call` that goes away once the call is under way."""
+    waiting = asyncio.create_task(call.result())
+    await settle()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "gateway.calls"]
 
@@ -207,11 +216,7 @@ async def test_a_client_that_goes_away_cancels_its_request_once(
     caplog.set_level(logging.INFO, logger="gateway.calls")
     gateway.queue.hold = not queued
     call = gateway.call()
-    waiting = asyncio.create_task(call.result())
-    await settle()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+    await hang_up(call)
     ((queued_as, enqueued),) = gateway.queue.cancelled
     assert (queued_as.id, queued_as.tier, queued_as.reply_to) == (call.id, "realtime", "")
     assert enqueued.done() is queued  # an XADD still in flight is cancelled once it answers
@@ -221,11 +226,7 @@ async def test_a_client_that_goes_away_cancels_its_request_once(
 
 async def test_a_client_that_goes_away_with_an_idempotency_key_leaves_its_request_running(gateway: Gateway) -> None:
     call = gateway.call(key="k1")
-    waiting = asyncio.create_task(call.result())
-    await settle()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+    await hang_up(call)
     assert (gateway.queue.cancelled, gateway.outcomes(), gateway.in_flight()) == ([], {}, 0)
     assert gateway.queue.released == []  # its XADD went through: the key stays its
 
@@ -261,11 +262,7 @@ async def test_a_claimed_key_is_kept_by_the_xadd_and_freed_by_a_call_never_queue
 
     gateway.queue.hold = True
     leaving = gateway.call(key="k4")
-    waiting = asyncio.create_task(leaving.result())
-    await settle()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+    await hang_up(leaving)
     assert ("k4", leaving.id) not in gateway.queue.released and gateway.queue.claims["k4"] == leaving.id
 
 
