@@ -250,11 +250,9 @@ class RequestQueue:
         self, key: str, after: bytes | str, count: int, block_ms: int, trim_through: bytes | str | None = None
     ) -> protocol.StreamEntries:
         """Up to `count` entries of a reply stream after `after`, waiting up to `block_ms` for one.
-        With `trim_through`, what the stream holds before it (read and done with) is dropped, best
-        effort, in the same round trip on one server (a cluster's client pipelines no XREAD: there
-        the trim is a command of its own). The trim is sent after the read: Redis runs it once the
-        read is answered, and both replies arrive together, one wake-up of this process, where a
-        trim ahead of a blocking read would answer at once and wake it twice."""
+        With `trim_through`, what the stream holds up to it (read and done with) is dropped first,
+        best effort, in the same round trip on one server (a cluster's client pipelines no XREAD:
+        there the trim is a command of its own)."""
         line = await self._reply_line.take()
         if line is not None:
             try:
@@ -268,9 +266,9 @@ class RequestQueue:
             response = await redis_client.xread(self.redis, {key: after}, count, block_ms)
         else:
             pipe = self.redis.pipeline(transaction=False)
+            pipe.xtrim(key, minid=trim_through)
             pipe.xread({key: after}, count=count, block=block_ms)
-            pipe.xtrim(key, minid=trim_through, approximate=False)  # exact, as on a line
-            response, _ = await pipe.execute(raise_on_error=False)
+            _, response = await pipe.execute(raise_on_error=False)
             if isinstance(response, Exception):
                 raise response
         return response[0][1] if response else []
@@ -279,10 +277,10 @@ class RequestQueue:
     async def _replies_on(
         line: Line, key: str, after: bytes | str, count: int, block_ms: int, trim_through: bytes | str | None
     ) -> protocol.StreamReply | None:
-        """`replies`' read and trim, sent together on the reply reader's own line."""
+        """`replies`' trim and read, sent together on the reply reader's own line."""
         read = ("XREAD", *redis_client.read_args({key: after}, count, block_ms))
         trim = [] if trim_through is None else [("XTRIM", key, "MINID", trim_through)]
-        response, *_ = await line.run([read, *trim], extra_s=block_ms / 1000)
+        *_, response = await line.run([*trim, read], extra_s=block_ms / 1000)
         if isinstance(response, Exception):
             raise response
         return stream_reply(response)

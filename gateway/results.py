@@ -217,7 +217,7 @@ class ResultReader:
                 tier = self.waiters.take_async(reply.id)
                 if tier is not None and self.on_async is not None:
                     self.on_async(reply, tier)
-        self._trim_through = self.last_id  # the next read's round trip trims them
+        self._trim_through = self.last_id  # the next read trims them, in its own round trip
         await asyncio.sleep(0)  # the requests just answered reply before the next read is sent
 
     async def close(self) -> None:

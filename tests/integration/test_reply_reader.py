@@ -1,6 +1,6 @@
 """The gateway's reply reader against a real Redis and a Redis Cluster: every waiting request gets
 its own reply, the strictest tier's first among those read together, and what was read is trimmed
-from the reply stream (approximately: whole nodes) by the read after it, once that read is answered."""
+from the reply stream (approximately: whole nodes) by the read after it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from core import protocol, redis_client
 from core.redis_client import Client
-from core.settings import RedisSettings, Settings
+from core.settings import Settings
 from gateway.queue import RequestQueue
 from gateway.results import ResultReader, Waiters
 from tests.integration.conftest import wait_until
@@ -76,31 +76,3 @@ async def test_the_strictest_tiers_replies_are_handed_over_first_within_a_read(c
     finally:
         stop.set()
         await running
-
-
-@pytest.mark.parametrize("max_connections", [64, 3], ids=["on its line", "without a line"])
-async def test_the_trim_runs_once_the_blocking_read_is_answered(redis_url: str, max_connections: int) -> None:
-    """The trim goes after the read in the same round trip: while the read blocks nothing is
-    trimmed (a trim ahead of it would have answered, and woken the gateway, at once); the entry
-    that answers the read brings the trim's reply with it. A pool too small for a line of its
-    own sends the same pipeline through the client."""
-    client = redis_client.single_node(RedisSettings(max_connections=max_connections), redis_url)
-    queue, key = RequestQueue(client), protocol.reply_key(GATEWAY)
-    try:
-        done_with = await client.xadd(key, {protocol.PAYLOAD_FIELD: b"1"})
-        last_read = await client.xadd(key, {protocol.PAYLOAD_FIELD: b"2"})
-        reading = asyncio.create_task(queue.replies(key, last_read, 10, 5000, trim_through=last_read))
-
-        async def blocked() -> bool:
-            return any(c["cmd"] == "xread" for c in await client.client_list())
-
-        await wait_until(blocked, timeout_s=5.0)
-        assert await client.xlen(key) == 2  # the trim waits behind the blocked read
-        answer = await client.xadd(key, {protocol.PAYLOAD_FIELD: b"3"})
-        entries = await asyncio.wait_for(reading, 5.0)
-        assert [entry_id for entry_id, _ in entries] == [answer]
-        remaining = [entry_id for entry_id, _ in await client.xrange(key)]
-        assert done_with not in remaining and remaining == [last_read, answer]
-    finally:
-        await client.delete(key)
-        await client.aclose()
