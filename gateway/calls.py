@@ -29,6 +29,7 @@ from .admission import Admission
 from .auth import authorize
 from .limits import Limits
 from .metrics import GatewayMetrics
+from .queue import State
 from .results import StreamEvent, Waiters
 from .routing import Route
 from .shares import Shares
@@ -350,7 +351,7 @@ class Call:
             assert self._key is not None
             self._calls.state.queue.release_idempotency_soon(self._key, self.id)
 
-    def _kept(self) -> tuple[tuple[str, bytes, int], ...]:
+    def _kept(self) -> tuple[State, ...]:
         """With the idempotency key claimed, the SET that keeps the claim as long as the answer is
         kept, written with the request's XADD: until then the claim lasts only past the deadline."""
         if not self._claimed:
