@@ -2,28 +2,31 @@
 retry policy and timers) and through a `Line` of the same client (core/redis_line.py), against a
 private redis-server: a PING, a request path's XREAD of a reply stream that has an entry, and the
 write batches of the request path (core/redis_writes.py): a gateway's tick of one request (XADD
-and XLEN), a worker's answer to one request (six commands) and its answer to a batch of 16 (36).
-Through the client a batch is one script run; on a line a batch of up to `LINE_PIPELINE_MAX`
-commands goes as plain commands, a larger one as the script. The two ways alternate in rounds of
-`--number` calls; the table holds each way's median CPU of this process and of redis-server per
-call, the ratio of their sums with its range over the rounds, and the wall time.
+and XLEN), a worker's answer to one request (six commands) and its answers to batches of 16 (36)
+and 64 (132). Through the client a batch is one script run; on a line it goes as its commands,
+and for the batches also as one script run on the same line (the second table), the way lines
+sent a batch of more than eight commands before their replies were parsed in one pass. The ways
+alternate in rounds of `--number` calls; the tables hold each way's median CPU of this process and
+of redis-server per call, the ratio of their sums with its range over the rounds, and the wall time.
 Run: `python -m bench.redis_line [--number 3000] [--rounds 6]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvloop
 from redis.asyncio import Redis
 
 from bench.throughput import cpu_s
 from core import protocol, redis_client
-from core.redis_line import Lines
-from core.redis_writes import ScriptedWrites
+from core.redis_line import Line, Lines
+from core.redis_writes import RUN_COMMANDS, ScriptedWrites
 from core.settings import RedisSettings
 from ops.embedded import EmbeddedRedis
 
@@ -57,30 +60,58 @@ def tick(writes: ScriptedWrites) -> Call:
     return call
 
 
-def answers(writes: ScriptedWrites, size: int) -> Call:
+def answer_commands(size: int) -> list[tuple[Any, ...]]:
     """A worker's publish of a batch of `size`: each answer's reply XADD and result SET NX, then
     the reply stream's expiry, the audit entry, XACK and XDEL (workers/consumer.py)."""
+    commands: list[tuple[Any, ...]] = []
+    for n in range(size):
+        commands.append(("XADD", REPLIES, "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"y" * 300))
+        commands.append(("SET", protocol.request_key(f"r{n}"), b"y" * 300, "EX", 60, "NX"))
+    commands.append(("PEXPIRE", REPLIES, 60_000))
+    commands.append(("XADD", protocol.audit_key(), "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"z"))
+    commands.append(("XACK", STREAM, protocol.GROUP, *(f"1-{n}" for n in range(size))))
+    commands.append(("XDEL", STREAM, *(f"1-{n}" for n in range(size))))
+    return commands
 
+
+def answers(writes: ScriptedWrites, size: int) -> Call:
     async def call() -> object:
         batch = writes.batch()
-        for n in range(size):
-            batch.execute_command("XADD", REPLIES, "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"y" * 300)
-            batch.execute_command("SET", protocol.request_key(f"r{n}"), b"y" * 300, "EX", 60, "NX")
-        batch.execute_command("PEXPIRE", REPLIES, 60_000)
-        batch.execute_command("XADD", protocol.audit_key(), "MAXLEN", "~", 1000, "*", protocol.PAYLOAD_FIELD, b"z")
-        batch.execute_command("XACK", STREAM, protocol.GROUP, *(f"1-{n}" for n in range(size)))
-        batch.execute_command("XDEL", STREAM, *(f"1-{n}" for n in range(size)))
+        for command in answer_commands(size):
+            batch.execute_command(*command)
         return await batch.execute()
 
     return call
 
 
+def answers_scripted(line: Line, size: int) -> Call:
+    """`answers` as one run of the batch script on `line`, as `core/redis_writes.Writes` builds it."""
+    sha = hashlib.sha1(RUN_COMMANDS.encode()).hexdigest()
+
+    async def call() -> object:
+        commands = answer_commands(size)
+        keys = list(dict.fromkeys(command[1] for command in commands))
+        args = [arg for command in commands for arg in (len(command), *command)]
+        (reply,) = await line.run([("EVALSHA", sha, len(keys), *keys, *args)])
+        return reply
+
+    return call
+
+
 async def ways(client: Redis) -> dict[str, dict[str, Call]]:
-    line = await Lines(client, 1).take()
-    assert line is not None
+    line, script_line = await Lines(client, 2).take(), await Lines(client, 2).take()
+    assert line is not None and script_line is not None
     await client.xadd(REPLIES, {protocol.PAYLOAD_FIELD: b"y" * 300})
     pooled_writes, line_writes = ScriptedWrites(client), ScriptedWrites(client, lines=1)
     await pooled_writes.load()
+
+    def batches(size: int) -> dict[str, Call]:
+        return {
+            "client": answers(pooled_writes, size),
+            "line": answers(line_writes, size),
+            "line, one script run": answers_scripted(script_line, size),
+        }
+
     return {
         "PING": {"client": lambda: client.ping(), "line": lambda: line.run([("PING",)])},
         "XREAD of one reply": {
@@ -88,8 +119,9 @@ async def ways(client: Redis) -> dict[str, dict[str, Call]]:
             "line": lambda: line.run([("XREAD", "COUNT", 100, "BLOCK", 1000, "STREAMS", REPLIES, "0")], extra_s=1),
         },
         "a tick of one request (2 commands)": {"client": tick(pooled_writes), "line": tick(line_writes)},
-        "an answer to one request (6)": {"client": answers(pooled_writes, 1), "line": answers(line_writes, 1)},
-        "answers to a batch of 16 (36)": {"client": answers(pooled_writes, 16), "line": answers(line_writes, 16)},
+        "an answer to one request (6)": batches(1),
+        "answers to a batch of 16 (36)": batches(16),
+        "answers to a batch of 64 (132)": batches(64),
     }
 
 
@@ -102,28 +134,36 @@ async def main(args: argparse.Namespace) -> None:
     try:
         table = await ways(client)
         print(f"{args.number} calls one after another, {args.rounds} rounds, alternating; medians, µs per call\n")
-        print(
-            "| call | client: CPU | Redis CPU | line: CPU | Redis CPU | CPU line/client (range)"
-            " | client wall | line wall |"
-        )
-        print("|---|---|---|---|---|---|---|---|")
+        medians = {}
         for name, calls in table.items():
             samples: dict[str, list[tuple[float, float, float]]] = {way: [] for way in calls}
             for n in range(args.rounds):
                 for way in list(calls) if n % 2 == 0 else list(reversed(calls)):
                     await timed(calls[way], args.number // 10, redis_pid)  # warm-up
                     samples[way].append(await timed(calls[way], args.number, redis_pid))
-            med = {way: [statistics.median(s[i] for s in runs) for i in range(3)] for way, runs in samples.items()}
-            ratios = [(b[0] + b[1]) / (a[0] + a[1]) for a, b in zip(samples["client"], samples["line"], strict=True)]
-            ratio = (med["line"][0] + med["line"][1]) / (med["client"][0] + med["client"][1])
-            old, new = med["client"], med["line"]
-            print(
-                f"| {name} | {old[0]:.1f} | {old[1]:.1f} | {new[0]:.1f} | {new[1]:.1f}"
-                f" | {ratio:.2f} ({min(ratios):.2f} to {max(ratios):.2f}) | {old[2]:.1f} | {new[2]:.1f} |"
-            )
+            medians[name] = samples
+        compare(medians, "client", "line", "CPU line/client")
+        print()
+        scripted = {name: samples for name, samples in medians.items() if "line, one script run" in samples}
+        compare(scripted, "line, one script run", "line", "CPU as commands/as script")
     finally:
         await client.aclose()
         embedded.stop()
+
+
+def compare(medians: dict[str, dict[str, list[tuple[float, float, float]]]], old: str, new: str, ratio: str) -> None:
+    """A table of two ways of each call: CPU here and in Redis, their sums' ratio, wall time."""
+    print(f"| call | {old}: CPU | Redis CPU | {new}: CPU | Redis CPU | {ratio} (range) | {old} wall | {new} wall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, samples in medians.items():
+        med = {way: [statistics.median(s[i] for s in runs) for i in range(3)] for way, runs in samples.items()}
+        ratios = [(b[0] + b[1]) / (a[0] + a[1]) for a, b in zip(samples[old], samples[new], strict=True)]
+        a, b = med[old], med[new]
+        print(
+            f"| {name} | {a[0]:.1f} | {a[1]:.1f} | {b[0]:.1f} | {b[1]:.1f}"
+            f" | {(b[0] + b[1]) / (a[0] + a[1]):.2f} ({min(ratios):.2f} to {max(ratios):.2f})"
+            f" | {a[2]:.1f} | {b[2]:.1f} |"
+        )
 
 
 if __name__ == "__main__":

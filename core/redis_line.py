@@ -8,8 +8,11 @@ and writes under `asyncio.wait_for`: about 45 µs of CPU a command on top of the
 a host where the whole round trip of a PING costs 55 (bench/redis_line.py). A `Line` holds a
 connection taken from the client's pool for good (the same address, credentials, TLS, database
 and command packing), sends its commands in one write and reads their replies, all under one
-timer. What redis-py's connection does on an error stays as it is: a failed or cancelled read
-or write drops the connection, and the next command connects again.
+timer. The replies are parsed by a hiredis reader of the line's own, fed straight from the
+socket: redis-py's `read_response` costs about 4 µs a reply on top of the parsing itself
+(bench/redis_line.py), which a worker's answer of six commands pays six times. As redis-py's
+connection does, a failed or cancelled read or write drops the connection, and the next command
+connects again.
 
 Only for one server: a cluster's commands go to the node of their slot, and stay with its
 client. `Lines.take` returns None there, and when every line is in use: the caller then uses
@@ -23,10 +26,11 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol
@@ -34,6 +38,7 @@ from .redis_client import Client
 
 Command = tuple[Any, ...]
 IDLE_CHECK_S = 1.0  # a line unused this long is checked before use: the server may have closed it
+READ_SIZE = 65536  # bytes taken from the socket at once, as redis-py's connections read
 
 
 class Line:
@@ -45,6 +50,11 @@ class Line:
         # No timer of redis-py's around each write and read: `run` times the whole call.
         connection.socket_timeout = None
         self._used_at = -math.inf
+        # Replies as bytes (the request path's clients) are parsed here; a connection that
+        # decodes them to str reads through redis-py.
+        self._direct = not connection.encoder.decode_responses
+        self._stream: asyncio.StreamReader | None = None  # the socket the parser below reads
+        self._parser: hiredis.Reader | None = None
 
     async def run(self, commands: Iterable[Command], extra_s: float = 0.0) -> list[Any]:
         """Each command's reply, in order; an error reply is a `ResponseError` in its place. A
@@ -52,7 +62,7 @@ class Line:
         redis-py's own retry does; nothing is resent after they were written. The whole call may
         take the client's socket timeout, and `extra_s` more (a blocking read's own wait)."""
         commands = list(commands)
-        packed = self._connection.pack_commands(commands)
+        packed = self._pack(commands)
         now = asyncio.get_running_loop().time()
         # Checked when idle for a while, or when the server is known to have closed it (its
         # reader saw the end: a restart, `CLIENT KILL`), before anything is written to it.
@@ -72,14 +82,61 @@ class Line:
                     await self._connection.send_packed_command(packed, check_health=False)
                 except RedisConnectionError:
                     await self._connection.send_packed_command(packed, check_health=False)
-                for _ in commands:
-                    try:
-                        replies.append(await self._connection.read_response(timeout=math.inf))
-                    except ResponseError as error:
-                        replies.append(error)
+                if self._direct:
+                    replies = await self._read(len(commands))
+                else:
+                    for _ in commands:
+                        try:
+                            replies.append(await self._connection.read_response(timeout=math.inf))
+                        except ResponseError as error:
+                            replies.append(error)
         except TimeoutError:
             await self._connection.disconnect(nowait=True)
             raise RedisTimeoutError(f"Redis did not reply within {wait_s:g} s") from None
+        return replies
+
+    def _pack(self, commands: list[Command]) -> bytes | list[bytes]:
+        """The commands in Redis's protocol, packed by hiredis in one pass (each argument a word:
+        no command name is split at its spaces here); what hiredis cannot pack (a bool) goes to
+        redis-py's packer, which names the argument."""
+        try:
+            return b"".join([hiredis.pack_command(command) for command in commands])
+        except TypeError:
+            return self._connection.pack_commands(commands)
+
+    async def _read(self, count: int) -> list[Any]:
+        """`count` replies, parsed by this line's hiredis reader (an error reply as the exception
+        redis-py would raise for it). Anything that cuts the read short drops the connection and
+        what was read of it, as redis-py's `read_response` does."""
+        connection = self._connection
+        stream = connection._reader
+        if stream is None:  # dropped since the write (another task closed the client)
+            raise RedisConnectionError("Connection closed before its replies were read.")
+        if stream is not self._stream or self._parser is None:  # connected again since
+            self._stream = stream
+            self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=connection._parser.parse_error)
+        parser = self._parser
+        replies: list[Any] = []
+        try:
+            while len(replies) < count:
+                reply = parser.gets()
+                if reply is False:
+                    data = await stream.read(READ_SIZE)
+                    if not data:
+                        raise RedisConnectionError("Connection closed by server.")
+                    parser.feed(data)
+                elif isinstance(reply, RedisConnectionError):  # LOADING: raised, as redis-py does
+                    raise reply
+                elif isinstance(reply, hiredis.PushNotification):
+                    continue  # RESP3 pushes are not replies; a line subscribes to nothing
+                else:
+                    replies.append(reply)
+        except BaseException as exc:
+            self._parser = None
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(f"Error while reading from Redis: {exc}") from exc
+            raise
         return replies
 
     async def _check(self) -> None:

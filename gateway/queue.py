@@ -58,7 +58,7 @@ class RequestQueue:
         self._reply_line = Lines(redis, 1)  # the reply reader's
 
     async def load(self) -> None:
-        """Load the script each tick's requests go in (core/redis_writes.py): at start, once."""
+        """Load the script a tick's requests go in when every line is busy (core/redis_writes.py): at start, once."""
         await self._writes.load()
 
     def enqueue(self, stream: str, payload: bytes, states: tuple[State, ...] = ()) -> asyncio.Future[bytes]:
@@ -102,7 +102,7 @@ class RequestQueue:
         self._scheduled = False
         batch, self._pending = self._pending, []
         restates, self._restates = self._restates, []
-        pipe = self._writes.batch()  # on one server one script run: one reply to read, not one per request
+        pipe = self._writes.batch()  # on one server a line of its own, whose replies are parsed in one pass
         for item in batch:
             for key, value, ttl_s in item.states:
                 pipe.execute_command("SET", key, value, "EX", ttl_s)

@@ -87,7 +87,7 @@ class Consumer:
 
     async def setup(self) -> None:
         """Create each stream's consumer group (and the stream) unless it exists, and load the
-        script that publishes batches."""
+        script that publishes a batch when every line is busy."""
         await self._writes.load()
         for stream in self.streams:
             try:
@@ -157,7 +157,7 @@ class Consumer:
         worker was presumed dead, then answered after all) never turns a result into a failure.
         Commands are queued as `execute_command` arguments: redis-py's keyword wrappers cost
         about as much again as packing the command, and this runs for every answer. On one
-        server they go as one script run (core/redis_writes.py), in a cluster as a pipeline.
+        server they go on the publish's own line (core/redis_writes.py), in a cluster as a pipeline.
         """
         pipe = self._writes.batch()
         last = {delivery.envelope.reply_to: n for n, (delivery, _) in enumerate(replies)}

@@ -1,7 +1,8 @@
 """Lines (core/redis_line.py), the request path's connections kept apart from the pool, against a
-real Redis: replies in order with errors in place, a read cut short leaves nothing behind, a
-connection the server closed is opened again, a server that stops answering fails in time, a
-script the server lost is loaded again, and the client's close closes them."""
+real Redis: replies in order with errors in place (of redis-py's classes), a reply larger than a
+read and many replies at once parsed whole, a read cut short leaves nothing behind, a connection
+the server closed is opened again, a server that stops answering fails in time, a batch on a line
+goes as its commands, and the client's close closes them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import redis_client, redis_line
@@ -132,18 +133,41 @@ async def test_stream_replies_take_the_shape_of_the_clients(client: Redis) -> No
     assert stream_reply(nothing) is None
 
 
-async def test_a_batch_is_run_again_through_the_script_object_when_the_server_lost_the_script(client: Redis) -> None:
+async def test_replies_larger_than_one_read_and_many_at_once_are_parsed_whole(client: Redis) -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB: four reads of the socket
+    line = await taken(Lines(client, 1))
+    many = [("SET", f"k{n}", big if n == 7 else n) for n in range(500)]
+    assert await line.run(many) == [b"OK"] * 500
+    replies = await line.run([("GET", f"k{n}") for n in range(500)])
+    assert replies == [big if n == 7 else str(n).encode() for n in range(500)]
+
+
+async def test_an_error_reply_is_the_exception_redis_py_raises_for_it(client: Redis) -> None:
+    await client.set("k", "v")
+    line = await taken(Lines(client, 1))
+    missing, wrong = await line.run([("EVALSHA", "0" * 40, 0), ("XLEN", "k")])
+    assert isinstance(missing, NoScriptError)  # what a caller tells apart by its class
+    assert type(wrong) is ResponseError and "WRONGTYPE" in str(wrong)
+
+
+async def test_an_argument_redis_cannot_take_is_named_and_nothing_is_sent(client: Redis) -> None:
+    line = await taken(Lines(client, 1))
+    with pytest.raises(DataError, match="bool"):
+        await line.run([("SET", "a", "1"), ("SET", "b", True)])
+    assert (await client.exists("a"), await line.run([("ECHO", "next")])) == (0, [b"next"])
+
+
+async def test_a_batch_on_a_line_runs_as_its_commands_not_the_script(client: Redis) -> None:
     writes = ScriptedWrites(client, lines=1)
     await writes.load()
-    await client.script_flush()
+    await client.config_resetstat()
     batch = writes.batch()
-    batch.execute_command("SET", "k", "1")
-    batch.execute_command("INCR", "k")
-    assert await batch.execute() == [b"OK", 2]
-    assert await client.get("k") == b"2"  # ran once, not twice
-    again = writes.batch()
-    again.execute_command("INCR", "k")
-    assert await again.execute() == [3]  # loaded again: the line runs it from now on
+    for n in range(200):  # a batch of any size
+        batch.execute_command("SET", f"k{n}", n)
+    batch.execute_command("INCR", "k7")
+    assert await batch.execute() == [b"OK"] * 200 + [8]
+    stats = await client.info("commandstats")
+    assert ("cmdstat_evalsha" in stats, stats["cmdstat_set"]["calls"]) == (False, 200)
 
 
 async def test_closing_the_client_closes_its_lines(redis_url: str) -> None:
