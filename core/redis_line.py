@@ -51,7 +51,7 @@ class Line:
         connection.socket_timeout = None
         self._used_at = -math.inf
         # Replies as bytes (the request path's clients) are parsed here; a connection that
-        # decodes them to str reads through redis-py.
+        # decodes them to str, or a fake one (fakeredis), reads through redis-py.
         self._direct = not connection.encoder.decode_responses
         self._stream: asyncio.StreamReader | None = None  # the socket the parser below reads
         self._parser: hiredis.Reader | None = None
@@ -70,7 +70,6 @@ class Line:
         stale = now - self._used_at > IDLE_CHECK_S or (reader is not None and reader.at_eof())
         self._used_at = now
         wait_s = self._timeout_s + extra_s
-        replies: list[Any] = []
         try:
             # One timer for the whole call, a connect included. What it cuts short drops the
             # connection, so no reply is left for the next command to take for its own (redis-py's
@@ -82,14 +81,7 @@ class Line:
                     await self._connection.send_packed_command(packed, check_health=False)
                 except RedisConnectionError:
                     await self._connection.send_packed_command(packed, check_health=False)
-                if self._direct:
-                    replies = await self._read(len(commands))
-                else:
-                    for _ in commands:
-                        try:
-                            replies.append(await self._connection.read_response(timeout=math.inf))
-                        except ResponseError as error:
-                            replies.append(error)
+                replies = await self._read(len(commands))
         except TimeoutError:
             await self._connection.disconnect(nowait=True)
             raise RedisTimeoutError(f"Redis did not reply within {wait_s:g} s") from None
@@ -110,8 +102,8 @@ class Line:
         what was read of it, as redis-py's `read_response` does."""
         connection = self._connection
         stream = connection._reader
-        if stream is None:  # dropped since the write (another task closed the client)
-            raise RedisConnectionError("Connection closed before its replies were read.")
+        if not self._direct or not isinstance(stream, asyncio.StreamReader):  # or a fake's
+            return await self._read_each(count)
         if stream is not self._stream or self._parser is None:  # connected again since
             self._stream = stream
             self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=connection._parser.parse_error)
@@ -137,6 +129,16 @@ class Line:
             if isinstance(exc, OSError):
                 raise RedisConnectionError(f"Error while reading from Redis: {exc}") from exc
             raise
+        return replies
+
+    async def _read_each(self, count: int) -> list[Any]:
+        """`count` replies, each read by redis-py's connection."""
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(await self._connection.read_response(timeout=math.inf))
+            except ResponseError as error:
+                replies.append(error)
         return replies
 
     async def _check(self) -> None:
@@ -198,5 +200,7 @@ def stream_reply(raw: list[Any] | dict[Any, Any] | None) -> protocol.StreamReply
 def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
     if not flat:
         return {}
+    if len(flat) == 2:  # the request path's entries: one field
+        return {flat[0]: flat[1]}
     it = iter(flat)
     return dict(zip(it, it, strict=True))

@@ -1,34 +1,36 @@
-"""The gateway's enqueue path: one pipeline per event-loop tick, with the stream lengths sampled."""
+"""The gateway's enqueue path: one round trip per event-loop tick, with the stream lengths sampled."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import fakeredis
+import pytest
 
 from core import protocol
+from core.redis_line import Line
 from gateway.queue import RequestQueue
 from tests.conftest import default_lane
-
-
-class CountingRedis(fakeredis.aioredis.FakeRedis):
-    pipelines = 0
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        type(self).pipelines += 1
-        return super().pipeline(*args, **kwargs)
-
 
 LANE = protocol.lane_name("batch", "default", ["cerebras-batch"])
 STREAM = protocol.stream_key(LANE)
 
 
-async def test_requests_of_one_tick_share_one_pipeline_and_sample_the_length() -> None:
-    redis = CountingRedis()
+async def test_requests_of_one_tick_share_one_round_trip_and_sample_the_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[list[Any]] = []
+    run = Line.run
+
+    async def counted(line: Line, commands: Iterable[Any], extra_s: float = 0.0) -> list[Any]:
+        sent.append(list(commands))
+        return await run(line, sent[-1], extra_s)
+
+    monkeypatch.setattr(Line, "run", counted)
+    redis = fakeredis.aioredis.FakeRedis()
     queue = RequestQueue(redis)
     ids = await asyncio.gather(*(queue.enqueue(STREAM, b"%d" % i) for i in range(10)))
-    assert CountingRedis.pipelines == 1
+    assert [[command[0] for command in commands] for commands in sent] == [["XADD"] * 10 + ["XLEN"]]
     assert len(set(ids)) == 10
     assert queue.lengths == {STREAM: 10}
     entries = await redis.xrange(STREAM)
