@@ -39,6 +39,7 @@ from .redis_client import Client
 Command = tuple[Any, ...]
 IDLE_CHECK_S = 1.0  # a line unused this long is checked before use: the server may have closed it
 READ_SIZE = 65536  # bytes taken from the socket at once, as redis-py's connections read
+_INCOMPLETE = object()  # what the reply parser gives until a whole reply is in (False is a RESP3 reply)
 
 
 class Line:
@@ -106,13 +107,15 @@ class Line:
             return await self._read_each(count)
         if stream is not self._stream or self._parser is None:  # connected again since
             self._stream = stream
-            self._parser = hiredis.Reader(protocolError=InvalidResponse, replyError=connection._parser.parse_error)
+            self._parser = hiredis.Reader(
+                protocolError=InvalidResponse, replyError=connection._parser.parse_error, notEnoughData=_INCOMPLETE
+            )
         parser = self._parser
         replies: list[Any] = []
         try:
             while len(replies) < count:
                 reply = parser.gets()
-                if reply is False:
+                if reply is _INCOMPLETE:
                     data = await stream.read(READ_SIZE)
                     if not data:
                         raise RedisConnectionError("Connection closed by server.")

@@ -142,6 +142,13 @@ async def test_replies_larger_than_one_read_and_many_at_once_are_parsed_whole(cl
     assert replies == [big if n == 7 else str(n).encode() for n in range(500)]
 
 
+async def test_a_false_reply_is_a_reply_not_a_wait_for_more(client: Redis) -> None:
+    line = await taken(Lines(client, 1))
+    false = "redis.setresp(3); return false"  # a RESP3 boolean, where the connection speaks RESP3
+    replies = await line.run([("EVAL", false, 0), ("ECHO", "after")])
+    assert replies == [await client.eval(false, 0), b"after"]
+
+
 async def test_an_error_reply_is_the_exception_redis_py_raises_for_it(client: Redis) -> None:
     await client.set("k", "v")
     line = await taken(Lines(client, 1))
