@@ -8,11 +8,11 @@ and writes under `asyncio.wait_for`: about 45 µs of CPU a command on top of the
 a host where the whole round trip of a PING costs 55 (bench/redis_line.py). A `Line` holds a
 connection taken from the client's pool for good (the same address, credentials, TLS, database
 and command packing), sends its commands in one write and reads their replies, all under one
-timer. The replies are parsed by a hiredis reader of the line's own, fed straight from the
-socket: redis-py's `read_response` costs about 4 µs a reply on top of the parsing itself
-(bench/redis_line.py), which a worker's answer of six commands pays six times. As redis-py's
-connection does, a failed or cancelled read or write drops the connection, and the next command
-connects again.
+timer. The commands are packed by hiredis in one pass, and the replies parsed by a hiredis reader
+of the line's own, fed straight from the socket: redis-py's `read_response` adds a few µs a reply
+to the parse itself (a timer's context, the text of its error messages, its checks), which a
+worker's answer of six commands paid six times. As redis-py's connection does, a failed or
+cancelled read or write drops the connection, and the next command connects again.
 
 Only for one server: a cluster's commands go to the node of their slot, and stay with its
 client. `Lines.take` returns None there, and when every line is in use: the caller then uses
