@@ -3,8 +3,9 @@
 Rows: a bare aiohttp "hello"; a bare stream round trip (one XADD per request); the same with
 XADDs pipelined per event-loop tick; tiergate's `POST /v1/infer` with a zero-latency processor
 (gateway log level INFO and WARNING); and tiergate refusing requests with 429 (a full queue).
-Each app is one process; Redis is a private redis-server. Each row also prints the CPU time per
-answered request of the app, its worker and redis-server (from /proc, over the measured run).
+Each app is one process; Redis is a private redis-server. Each row also prints the CPU time and
+the wake-ups per answered request of the app, its worker and redis-server (from /proc, over the
+measured run).
 With `--rounds N` every row runs N times, the order reversed every other round, and the table
 holds each row's medians, followed by the ratios the request path is judged by, each with its
 range over the rounds (on a shared host one round's noise is larger than these differences).
@@ -62,13 +63,20 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
+def runs(pid: int) -> int:
+    """How many times the scheduler has put a process's main thread on a CPU (/proc/PID/schedstat,
+    third field): its wake-ups, for an event loop that blocks in between."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
+
+
 def measured(url: str, duration_s: int, connections: int, pids: dict[str, int]) -> dict[str, float]:
-    """One wrk run, with the CPU µs per answered request of each process in `pids`."""
-    before = {role: cpu_s(pid) for role, pid in pids.items()}
+    """One wrk run, with the CPU µs and the wake-ups per answered request of each process in `pids`."""
+    before = {role: (cpu_s(pid), runs(pid)) for role, pid in pids.items()}
     result = wrk(url, duration_s, connections)
     requests = max(1.0, result["rps"] * duration_s)
     for role, pid in pids.items():
-        result[f"cpu_{role}"] = (cpu_s(pid) - before[role]) / requests * 1e6
+        result[f"cpu_{role}"] = (cpu_s(pid) - before[role][0]) / requests * 1e6
+        result[f"runs_{role}"] = (runs(pid) - before[role][1]) / requests
     return result
 
 
@@ -167,6 +175,9 @@ RATIOS = [
     ("req/s: tiergate at INFO / at WARNING", TIERGATE_INFO, TIERGATE, "rps"),
     ("gateway CPU/request / floor app's", TIERGATE, FLOOR, "cpu_app"),
     ("worker CPU/request / floor worker's", TIERGATE, FLOOR, "cpu_worker"),
+    ("gateway wake-ups/request / floor app's", TIERGATE, FLOOR, "runs_app"),
+    ("worker wake-ups/request / floor worker's", TIERGATE, FLOOR, "runs_worker"),
+    ("redis wake-ups/request / floor's", TIERGATE, FLOOR, "runs_redis"),
 ]
 
 
@@ -192,16 +203,22 @@ def main() -> None:
     hello = rows[0][1]["rps"]
     what = f"medians of {args.rounds} rounds" if args.rounds > 1 else "one round"
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, POST {BODY}; {what}\n")
-    print("CPU: µs of CPU per answered request of the app (gateway or floor app), its worker, and redis-server\n")
+    print(
+        "CPU: µs of CPU per answered request of the app (gateway or floor app), its worker, and redis-server;"
+        " wake-ups: times each was put on a CPU per answered request, which unlike CPU time does not"
+        " depend on the host's speed\n"
+    )
     head = ["scenario".ljust(34), "req/s".rjust(8), "x hello", " p50 ms", " p99 ms", "non-2xx"]
-    head += ["app µs", "worker µs", "redis µs"]
+    head += ["app µs", "worker µs", "redis µs", "app wake-ups", "worker wake-ups", "redis wake-ups"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("-" * (len(h) + 2) for h in head) + "|")
     for name, r in rows:
         worker = f"{r['cpu_worker']:>9.0f}" if "cpu_worker" in r else " " * 9
+        worker_runs = f"{r['runs_worker']:>15.2f}" if "runs_worker" in r else " " * 15
         print(
             f"| {name:<34} | {r['rps']:>8.0f} | {r['rps'] / hello:>7.2f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} "
-            f"| {r['non2xx']:>7.0f} | {r['cpu_app']:>6.0f} | {worker} | {r['cpu_redis']:>8.0f} |"
+            f"| {r['non2xx']:>7.0f} | {r['cpu_app']:>6.0f} | {worker} | {r['cpu_redis']:>8.0f} "
+            f"| {r['runs_app']:>12.2f} | {worker_runs} | {r['runs_redis']:>14.2f} |"
         )
     print()
     for label, top, bottom, key in RATIOS:

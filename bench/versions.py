@@ -26,11 +26,6 @@ from ops.embedded import EmbeddedRedis, free_port
 MEASURES = ("rps", "p50", "cpu_gateway", "cpu_worker", "cpu_redis", "runs_gateway")
 
 
-def runs(pid: int) -> int:
-    """How many times the scheduler has run a process (/proc/PID/schedstat, third field)."""
-    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
-
-
 def one(tree: Path, redis_url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, float]:
     python = str(tree / ".venv" / "bin" / "python")
     config = ["--config", str(tree / "bench" / "throughput.toml"), "--redis-url", redis_url, "--log-level", "WARNING"]
@@ -42,11 +37,10 @@ def one(tree: Path, redis_url: str, redis_pid: int, args: argparse.Namespace) ->
         url = f"http://127.0.0.1:{port}"
         time.sleep(0.5)
         wrk(url, 2, args.connections)  # warm-up
-        before, host = runs(gateway.pid), cpu_times()
+        host = cpu_times()
         row = measured(
             url, args.duration, args.connections, {"gateway": gateway.pid, "worker": worker.pid, "redis": redis_pid}
         )
-        row["runs_gateway"] = (runs(gateway.pid) - before) / max(1.0, row["rps"] * args.duration)
         row["steal"] = steal_pct(host, cpu_times()) or 0.0
         return row
     finally:
