@@ -222,8 +222,9 @@ async def test_audit_tail_follows_new_entries(sovereign_stack: Stack, redis_url:
     status, first = await infer_as(s, "beta", model="sim-echo", input="before")
     assert status == 200
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops", "audit", "tail", "--redis-url", redis_url, "--tenant", "beta", "--since", "10m",
-        "--follow", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-X", "faulthandler", "-m", "ops", "audit", "tail", "--redis-url", redis_url,
+        "--tenant", "beta", "--since", "10m", "--follow",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
     try:
@@ -239,4 +240,15 @@ async def test_audit_tail_follows_new_entries(sovereign_stack: Stack, redis_url:
         )
     finally:
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        try:
+            code: int | None = await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()  # never left running
+                await proc.wait()
+            code = None
+        stderr = (await proc.stderr.read()).decode(errors="replace") if proc.stderr is not None else ""
+        assert code == 0, f"audit tail --follow after SIGINT: exit status {code}, stderr:\n{stderr[-4000:]}"
