@@ -2,8 +2,8 @@
 
 An operator command with its own Redis I/O (XREVRANGE, XRANGE, XREAD on `protocol.audit_key()`):
 the last entries, or every entry since a time, optionally of one tenant, as JSON lines; with
-`--follow` it then prints new entries as they arrive until interrupted. A stream entry holds one
-request's `AuditEntry` or a batch's `AuditBatch`: either way, one line per request.
+`--follow` it then prints new entries as they arrive until SIGINT (Ctrl-C) or SIGTERM. A stream
+entry holds one request's `AuditEntry` or a batch's `AuditBatch`: either way, one line per request.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -91,9 +92,12 @@ async def since(redis: Client, start_ms: int, tenant: str | None = None) -> list
         lower = "(" + raw[-1][0].decode()
 
 
-async def follow(redis: Client, after_id: str, tenant: str | None = None) -> AsyncIterator[Entry]:
-    """Entries appended after `after_id` (of `tenant`), as they arrive; runs until cancelled."""
-    while True:
+async def follow(
+    redis: Client, after_id: str, tenant: str | None = None, stop: asyncio.Event | None = None
+) -> AsyncIterator[Entry]:
+    """Entries appended after `after_id` (of `tenant`), as they arrive, until cancelled or, at the
+    latest one XREAD block after it is set, until `stop` is set."""
+    while stop is None or not stop.is_set():
         reply: protocol.StreamReply | None = await redis.xread(
             {protocol.audit_key(): after_id}, count=PAGE, block=FOLLOW_BLOCK_MS
         )  # type: ignore[assignment]
@@ -123,33 +127,65 @@ def _later(a: str, b: str) -> str:
 
 
 async def run(settings: Settings, redis_url: str, args: argparse.Namespace) -> int:
-    """`tiergate audit tail`: print the chosen entries, then follow with `--follow`."""
-    redis = await redis_client.connect(settings.redis, redis_url)
+    """`tiergate audit tail`: print the chosen entries, then follow with `--follow`, until SIGINT
+    (Ctrl-C) or SIGTERM, which end it with status 0 whenever they come."""
+    stop = _stop_on_signals()
     try:
-        # Following goes on from the stream's end as it was before the history was read (or from
-        # the last entry printed, if later): an entry appended in between is printed once.
-        start = await newest_id(redis) if args.follow else "0-0"
-        if args.since is None:
-            entries = await last(redis, args.count, args.tenant)
-        else:
-            clock = RedisClock()
-            await clock.sync(redis)
-            try:
-                start_ms = since_ms(args.since, clock.now_ms())
-            except ValueError as exc:
-                print(f"tiergate audit tail: {exc}", file=sys.stderr)
-                return 2
-            entries = await since(redis, start_ms, args.tenant)
-        for entry_id, entry in entries:
-            print(line(entry_id, entry), flush=True)
-        if args.follow:
-            after = _later(start, entries[-1][0]) if entries else start
-            async for entry_id, entry in follow(redis, after, args.tenant):
-                print(line(entry_id, entry), flush=True)
+        redis = await redis_client.connect(settings.redis, redis_url)
+        try:
+            return await _tail(redis, args, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # the stop we asked for
         return 0
-    finally:
-        with contextlib.suppress(Exception):
-            await redis.aclose()
+
+
+async def _tail(redis: Client, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    # Following goes on from the stream's end as it was before the history was read (or from
+    # the last entry printed, if later): an entry appended in between is printed once.
+    start = await newest_id(redis) if args.follow else "0-0"
+    if args.since is None:
+        entries = await last(redis, args.count, args.tenant)
+    else:
+        clock = RedisClock()
+        await clock.sync(redis)
+        try:
+            start_ms = since_ms(args.since, clock.now_ms())
+        except ValueError as exc:
+            print(f"tiergate audit tail: {exc}", file=sys.stderr)
+            return 2
+        entries = await since(redis, start_ms, args.tenant)
+    for entry_id, entry in entries:
+        print(line(entry_id, entry), flush=True)
+    if args.follow:
+        after = _later(start, entries[-1][0]) if entries else start
+        async for entry_id, entry in follow(redis, after, args.tenant, stop):
+            print(line(entry_id, entry), flush=True)
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An Event that SIGINT or SIGTERM sets, cancelling the running task too so that a blocked
+    XREAD ends now. The Event is what ends `follow` for sure, and before it starts: on Python 3.11
+    redis-py sends each command under `asyncio.wait_for`, which absorbs a cancel that lands as the
+    send completes."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stop = asyncio.Event()
+
+    def stopping(sig: signal.Signals) -> None:
+        if not stop.is_set() and task is not None:
+            stop.set()
+            task.cancel()
+        loop.remove_signal_handler(sig)  # a second Ctrl-C is Python's own KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping, sig)
+    return stop
 
 
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -162,7 +198,9 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
         "--since", default=None, help="every entry since a duration ago (90s, 15m, 2h, 1d) or an ISO 8601 time"
     )
     tail.add_argument("--count", type=int, default=20, help="without --since: the last N entries (default: 20)")
-    tail.add_argument("--follow", action="store_true", help="then print new entries as they arrive (Ctrl-C stops)")
+    tail.add_argument(
+        "--follow", action="store_true", help="then print new entries as they arrive (Ctrl-C or SIGTERM stops)"
+    )
 
 
 def main(args: argparse.Namespace, settings: Settings, redis_url: str) -> int:

@@ -239,16 +239,42 @@ async def test_audit_tail_follows_new_entries(sovereign_stack: Stack, redis_url:
             True,
         )
     finally:
-        proc.send_signal(signal.SIGINT)
+        await stops_cleanly(proc, signal.SIGINT)
+
+
+async def test_audit_tail_follow_stops_on_sigterm(redis_url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "faulthandler", "-m", "ops", "audit", "tail", "--redis-url", redis_url, "--follow",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # Following: blocked in its XREAD on the (empty) audit stream, its signal handlers set.
+        await wait_until(lambda: _blocked_in_xread(client), timeout_s=30)
+    finally:
+        await client.aclose()
+        await stops_cleanly(proc, signal.SIGTERM)
+
+
+async def _blocked_in_xread(client: aioredis.Redis) -> bool:
+    clients: list[dict[str, Any]] = await client.client_list()  # type: ignore[assignment]
+    return any(entry["cmd"] == "xread" and "b" in entry["flags"] for entry in clients)
+
+
+async def stops_cleanly(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Send `sig` and expect exit status 0 within 30 s. One still running by then gets SIGABRT
+    (faulthandler writes every thread's stack to stderr), then SIGKILL: never left running, and
+    the failure carries its stderr."""
+    proc.send_signal(sig)
+    try:
+        code: int | None = await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.send_signal(signal.SIGABRT)
         try:
-            code: int | None = await asyncio.wait_for(proc.wait(), 30)
+            await asyncio.wait_for(proc.wait(), 10)
         except TimeoutError:
-            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()  # never left running
-                await proc.wait()
-            code = None
-        stderr = (await proc.stderr.read()).decode(errors="replace") if proc.stderr is not None else ""
-        assert code == 0, f"audit tail --follow after SIGINT: exit status {code}, stderr:\n{stderr[-4000:]}"
+            proc.kill()
+            await proc.wait()
+        code = None
+    stderr = (await proc.stderr.read()).decode(errors="replace") if proc.stderr is not None else ""
+    assert code == 0, f"audit tail --follow after {sig.name}: exit status {code}, stderr:\n{stderr[-4000:]}"

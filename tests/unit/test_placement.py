@@ -3,6 +3,7 @@ cleared for its class, and one no pool may serve is refused naming the rule."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from core.errors import ConfigError, InvalidRequest, PlacementRefused, from_code
 from core.protocol import Envelope, Failure
 from core.settings import Settings, parse_settings
 from gateway.routing import Router
-from ops.audit import since_ms
+from ops.audit import follow, since_ms
 from tests.conftest import default_raw
 from workers.backends import Completion
 from workers.consumer import Delivery
@@ -158,3 +159,39 @@ def test_the_direct_load_driver_uses_the_lowest_class_lane() -> None:
     assert driver.streams["interactive", "sim-echo"] == (
         "tg:{interactive.default.h100-interactive+inferentia-mixed+tpu-interactive}:requests"
     )
+
+
+async def test_audit_follow_ends_on_its_stop_even_when_a_cancel_is_absorbed() -> None:
+    # On Python 3.11 redis-py sends each command under asyncio.wait_for, which absorbs a cancel
+    # that lands as the send completes: the command's reply then comes back as if none was sent.
+    class Absorbing:
+        reads = 0
+        absorbing = True
+        reading = asyncio.Event()
+
+        async def xread(self, streams: dict[str, str], count: int, block: int) -> list[Any]:
+            self.reads += 1
+            self.reading.set()
+            try:
+                await asyncio.sleep(block / 1000)
+            except asyncio.CancelledError:
+                if not self.absorbing:
+                    raise
+            return []
+
+    client = Absorbing()
+    stop = asyncio.Event()
+
+    async def follow_all() -> list[Any]:
+        return [entry async for entry in follow(client, "0-0", stop=stop)]  # type: ignore[arg-type]
+
+    following = asyncio.create_task(follow_all())
+    await asyncio.wait_for(client.reading.wait(), 5)
+    stop.set()
+    following.cancel()  # absorbed, as above
+    done, _ = await asyncio.wait({following}, timeout=5)
+    client.absorbing = False  # a follower that missed its stop is cancelled for good, then fails
+    following.cancel()
+    assert done == {following}, "follow went on reading after its stop was set"
+    assert following.result() == []
+    assert client.reads == 1
