@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from core import protocol
+from core.clock import round_ms
 from core.errors import DeadlineExceeded, QueueFull, RateLimited, RequestError, for_request, from_code
 from core.logs import info_line
 from core.protocol import OPEN_GRANT, Grant
@@ -89,7 +90,7 @@ class Calls:
             region=route.region,
             reply_to=self.state.gateway_id,
             deadline_at_ms=int(now_ms) + route.deadline_ms,
-            sent_at_ms=round(now_ms, 3),
+            sent_at_ms=round_ms(now_ms),
             tenant=grant.tenant,
             key_id=grant.key_id,
             sensitivity=data_class,
@@ -449,7 +450,7 @@ class Call:
         self._claimed = True
         now_ms = state.clock.now_ms()
         self.envelope = msgspec.structs.replace(
-            self.envelope, deadline_at_ms=int(now_ms) + self.route.deadline_ms, sent_at_ms=round(now_ms, 3)
+            self.envelope, deadline_at_ms=int(now_ms) + self.route.deadline_ms, sent_at_ms=round_ms(now_ms)
         )
         return None
 
@@ -511,4 +512,4 @@ def _now_s() -> float:
 
 
 def _elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000.0, 3)
+    return round_ms((time.perf_counter() - started) * 1000.0)

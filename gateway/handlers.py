@@ -17,6 +17,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from core import protocol
+from core.clock import round_ms
 from core.errors import CANCELLED, NOT_READY, REDIS_UNAVAILABLE, AlreadyFinished, Cancelled, NotFound, from_code
 
 from . import usage
@@ -85,7 +86,7 @@ def result_body(state: GatewayState, result: protocol.Result, total_ms: float, s
         processor=result.processor,
         pool=result.pool,
         batch_size=result.batch_size,
-        timings=Timings(result.queue_ms, result.service_ms, round(total_ms, 3)),
+        timings=Timings(result.queue_ms, result.service_ms, round_ms(total_ms)),
         slo_met=total_ms <= slo.latency_ms,
         energy_j=result.energy_j,
         cost=result.cost,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from core.clock import RedisClock
+from core.clock import RedisClock, round_ms
 from core.errors import CANCELLED, DEADLINE_EXCEEDED, MODEL_NOT_FOUND, PLACEMENT_REFUSED, WORKER_ERROR
 from core.logs import info_line
 from core.protocol import Envelope, Failure, Reply, Result
@@ -161,7 +161,7 @@ class Executor:
                 "pool": self.pool_name,
                 "worker": self.worker,
                 "batch_size": len(runnable),
-                "service_ms": round(service_ms, 3),
+                "service_ms": round_ms(service_ms),
                 "request_ids": [d.envelope.id for d in runnable],
             },
         )
@@ -184,8 +184,8 @@ class Executor:
             worker=self.worker,
             batch_size=size,
             enqueued_at_ms=d.enqueued_at_ms,
-            queue_ms=round(max(0.0, started_ms - d.sent_at_ms), 3),
-            service_ms=round(service_ms, 3),
+            queue_ms=round_ms(max(0.0, started_ms - d.sent_at_ms)),
+            service_ms=round_ms(service_ms),
             finished_at_ms=finished_ms,
             energy_j=done.energy_j,
             cost=done.cost,

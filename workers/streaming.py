@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from core.clock import RedisClock
+from core.clock import RedisClock, round_ms
 from core.protocol import Chunk
 
 from .consumer import Delivery
@@ -46,8 +46,8 @@ class ChunkStream:
             id=d.envelope.id,
             seq=seq,
             text=text,
-            produced_at_ms=round(self._clock.now_ms(), 3),
-            queue_ms=round(max(0.0, self._started_ms - d.sent_at_ms), 3) if seq == 0 else 0.0,
+            produced_at_ms=round_ms(self._clock.now_ms()),
+            queue_ms=round_ms(max(0.0, self._started_ms - d.sent_at_ms)) if seq == 0 else 0.0,
             tier=d.envelope.tier if seq == 0 else "",
             pool=self._pool if seq == 0 else "",
             choices=choices,

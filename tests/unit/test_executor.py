@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from core.clock import RedisClock
+from core.clock import RedisClock, round_ms
 from core.protocol import Envelope, Failure, Result
 from core.settings import Settings
 from workers.backends import Completion
@@ -83,6 +84,17 @@ async def test_queue_wait_counts_from_the_send_stamp_else_from_the_entry_id(
     assert isinstance(stamped, Result) and stamped.queue_ms == 10.75
     assert isinstance(old, Result) and old.queue_ms == 10.0  # no stamp: the entry id's whole ms
     assert stamped.enqueued_at_ms == old.enqueued_at_ms == 1_000_000
+
+
+def test_round_ms_rounds_to_the_microsecond_as_round_does() -> None:
+    rng = random.Random(7)
+    for ms in [rng.uniform(0.0, 10_000.0) for _ in range(20_000)]:
+        gap = abs(round_ms(ms) - round(ms, 3))
+        tie = abs(ms * 1000.0 % 1.0 - 0.5) < 1e-6  # where the two may round a half differently
+        assert gap < 1e-9 or (tie and abs(gap - 1e-3) < 1e-9), ms
+        assert len(repr(round_ms(ms)).partition(".")[2]) <= 3, ms  # short in JSON
+    assert [round_ms(v) for v in (0.0, 10.75, 0.87342, 999.9996, 5)] == [0.0, 10.75, 0.873, 1000.0, 5.0]
+    assert abs(round_ms(1_765_139_381_234.5678) - 1_765_139_381_234.568) < 1e-3
 
 
 async def test_a_cancelled_request_is_answered_without_running(make_settings: Callable[..., Settings]) -> None:
