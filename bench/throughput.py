@@ -80,8 +80,8 @@ def measured(url: str, duration_s: int, connections: int, pids: dict[str, int]) 
     return result
 
 
-def start(argv: list[str], ready: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent)
+def start(argv: list[str], ready: str, cwd: Path = HERE.parent) -> subprocess.Popen[str]:
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=cwd)
     assert process.stdout is not None
     for line in process.stdout:
         if ready in line:
