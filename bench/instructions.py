@@ -33,7 +33,7 @@ from pathlib import Path
 
 import redis
 
-from bench.throughput import BODY, FLOOR, TIERGATE, scenarios, start, stop
+from bench.throughput import BODY, FLOOR, TIERGATE, scenarios, start, stop, wrk
 from ops.embedded import EmbeddedRedis, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -41,21 +41,12 @@ OLD = "tiergate /v1/infer, --old tree"
 WARM_S = 3
 
 
-def wrk(url: str, duration_s: float, connections: int) -> int:
-    """Requests answered in `duration_s` (wrk's own count); a request that takes 30 s fails the run."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f"wrk.method = 'POST'\nwrk.body = '{BODY}'\nwrk.headers['Content-Type'] = 'application/json'\n")
-    try:
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "30s", "-s", script.name,
-             f"{url}/v1/infer"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    finally:
-        Path(script.name).unlink()
-    if "Non-2xx" in out or re.search(r"Socket errors: .*timeout [1-9]", out):
-        raise RuntimeError(f"requests failed under callgrind:\n{out}")
-    return int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+def answered(url: str, duration_s: float, connections: int) -> int:
+    """Requests answered in `duration_s`; any that failed, or took 30 s, fails the run."""
+    result = wrk(url, duration_s, connections, timeout_s=30)
+    if result["non2xx"] or result["timeouts"]:
+        raise RuntimeError(f"requests failed under callgrind: {result}")
+    return int(result["requests"])
 
 
 def callgrind(pid: int, *command: str) -> None:
@@ -84,12 +75,12 @@ def run_row(argvs: list[list[str]], cwd: Path, redis_url: str, args: argparse.Na
                 app = n == len(argvs) - 1
                 processes.append(start([*valgrind, *argv] if app else argv, "ready", cwd))
             url = f"http://127.0.0.1:{port}"
-            wrk(url, WARM_S, args.connections)
+            answered(url, WARM_S, args.connections)
             time.sleep(1)
             callgrind(processes[-1].pid, "--instr=on")
             time.sleep(args.idle)
             callgrind(processes[-1].pid, "--dump=idle")  # counting goes on from zero
-            requests = wrk(url, args.duration, args.connections)
+            requests = answered(url, args.duration, args.connections)
             callgrind(processes[-1].pid, "--instr=off")
         finally:
             stop(processes)  # callgrind writes the loaded window's counts as the app exits

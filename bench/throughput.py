@@ -33,14 +33,19 @@ HERE = Path(__file__).resolve().parent
 BODY = '{"model": "sim-echo", "input": "hello tiergate", "tier": "interactive"}'
 
 
-def wrk(url: str, duration_s: int, connections: int) -> dict[str, float]:
+def wrk(url: str, duration_s: float, connections: int, timeout_s: float = 2.0) -> dict[str, float]:
+    """`wrk -t1` POSTing BODY for `duration_s`: req/s, p50 and p99 (ms), non-2xx answers, requests
+    answered, and requests that took longer than `timeout_s` (wrk's socket timeouts)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f"wrk.method = 'POST'\nwrk.body = '{BODY}'\nwrk.headers['Content-Type'] = 'application/json'\n")
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script.name, f"{url}/v1/infer"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    Path(script.name).unlink()
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", f"{timeout_s:g}s", "--latency",
+             "-s", script.name, f"{url}/v1/infer"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        Path(script.name).unlink()
 
     def ms(label: str) -> float:
         match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -49,9 +54,18 @@ def wrk(url: str, duration_s: int, connections: int) -> dict[str, float]:
         value, unit = float(match.group(1)), match.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": ms("50%"), "p99": ms("99%"), "non2xx": float(errors.group(1)) if errors else 0.0}
+    def count(pattern: str) -> float:
+        match = re.search(pattern, out)
+        return float(match.group(1)) if match else 0.0
+
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": ms("50%"),
+        "p99": ms("99%"),
+        "non2xx": count(r"Non-2xx or 3xx responses: (\d+)"),
+        "requests": count(r"(\d+) requests in"),
+        "timeouts": count(r"Socket errors: .*timeout (\d+)"),
+    }
 
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
