@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from core.errors import QueueFull
 from core.protocol import HEARTBEAT_STALE_MS, Heartbeat
 
@@ -48,8 +50,7 @@ def pools_without_workers(pools: Iterable[str], beats: Mapping[str, Iterable[Hea
     return sorted(set(pools) - live)
 
 
-@dataclass(slots=True, frozen=True)
-class Admission:
+class Admission(msgspec.Struct, frozen=True):  # one per request: a Struct is built in C
     position: int  # requests ahead of this one
     wait_ms: float | None  # estimated queue wait, None when unknown
 

@@ -46,23 +46,18 @@ def hash_key(key: str) -> str:
 
 def authorize(grant: Grant, tier: str, model: str, region: str, sensitivity: str = "") -> None:
     """Raise `Forbidden` naming the first thing `grant` does not allow (an empty list allows all)."""
-    refused = [
-        (what, value, allowed)
-        for what, value, allowed in (("tier", tier, grant.tiers), ("model", model, grant.models))
-        if allowed and value not in allowed
-    ]
-    if grant.regions and region not in grant.regions:
-        refused.append(("region", region, grant.regions))
-    for what, value, allowed in refused:
-        raise Forbidden(f"this API key may not use the {what} {value!r} (it allows {', '.join(allowed)})")
-    if sensitivity and _rank(sensitivity) > _rank(grant.max_sensitivity):
+    limits = (("tier", tier, grant.tiers), ("model", model, grant.models), ("region", region, grant.regions))
+    for what, value, allowed in limits:
+        if allowed and value not in allowed:
+            raise Forbidden(f"this API key may not use the {what} {value!r} (it allows {', '.join(allowed)})")
+    if sensitivity and _RANKS.get(sensitivity, _UNKNOWN_RANK) > _RANKS.get(grant.max_sensitivity, _UNKNOWN_RANK):
         raise Forbidden(
             f"this API key may not send {sensitivity!r} data (its highest class is {grant.max_sensitivity!r})"
         )
 
 
-def _rank(sensitivity: str) -> int:
-    return SENSITIVITY_CLASSES.index(sensitivity) if sensitivity in SENSITIVITY_CLASSES else len(SENSITIVITY_CLASSES)
+_RANKS = {name: rank for rank, name in enumerate(SENSITIVITY_CLASSES)}
+_UNKNOWN_RANK = len(SENSITIVITY_CLASSES)  # an unknown class ranks above every known one
 
 
 def bearer_key(header: str | None) -> str:

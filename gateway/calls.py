@@ -28,7 +28,7 @@ from core.tracing import TRACEPARENT_HEADER, RequestSpan, Tracing
 
 from .admission import Admission
 from .auth import authorize
-from .limits import Limits
+from .limits import Limits, has_limits
 from .metrics import GatewayMetrics
 from .queue import State
 from .results import StreamEvent, Waiters
@@ -67,9 +67,10 @@ class Calls:
         tier's admission; a refusal (429) is counted shed (deferred: a batch line `offered_again`
         later is not lost), then raised."""
         authorize(grant, route.tier, model, route.region, route.sensitivity)
-        capacity = self.state.capacity.get(route.stream)
         try:
-            self.shares.check(route.stream, route.tier, grant.tenant, grant.weight, capacity, _now_s())
+            if grant.tenant:  # only a tenant's requests are held to a share
+                capacity = self.state.capacity.get(route.stream)
+                self.shares.check(route.stream, route.tier, grant.tenant, grant.weight, capacity, _now_s())
             return self.state.admit(route)
         except QueueFull:
             self.metrics.refused(route.tier, offered_again)
@@ -114,7 +115,8 @@ class Calls:
         if idempotency_key is not None and grant.tenant:  # one tenant's keys never replay another's
             idempotency_key = f"{grant.tenant}/{idempotency_key}"
         call = Call(self, route, envelope, started, idempotency_key, grant)
-        self.shares.admitted(route.stream, grant.tenant, grant.weight, _now_s())
+        if grant.tenant:
+            self.shares.admitted(route.stream, grant.tenant, grant.weight, _now_s())
         if self.tracing is not None:
             parent = headers.get(TRACEPARENT_HEADER, "") if headers is not None else ""
             call._span, traceparent = self.tracing.request(parent, envelope)
@@ -315,17 +317,19 @@ class Call:
         if not self._open:
             return
         self._open = False
-        self._release_unqueued()
+        if self._claimed:
+            self._release_unqueued()
         self._end_span(exc)
         if self._held is not None:
             self._calls.limits.release(self._held, self._reply)
             self._held = None
-        self._calls.shares.ended(self.route.stream, self.grant.tenant)
+        if self.grant.tenant:  # only a tenant's requests are held to a share
+            self._calls.shares.ended(self.route.stream, self.grant.tenant)
         enqueued = self._enqueued
         if enqueued is None:
             return
         metrics, tier, reply = self._calls.metrics, self.route.tier, self._reply
-        self._calls.state.waiters.discard(self.id)
+        self._calls.state.waiters.discard(self.envelope.id)
         if isinstance(reply, protocol.Result):
             self._done(reply, _elapsed_ms(self.started) if total_ms is None else total_ms)
         elif isinstance(reply, protocol.Failure):
@@ -370,6 +374,8 @@ class Call:
     def _done(self, result: protocol.Result, total_ms: float) -> None:
         self.total_ms = total_ms
         self._calls.metrics.done(result, total_ms)
+        if not log.isEnabledFor(logging.INFO):  # the line's fields are not even gathered
+            return
         if self._events is not None:
             info_line(log, "stream done", {"id": self.id, "tier": result.tier, "pool": result.pool})
             return
@@ -407,21 +413,24 @@ class Call:
         waiter is registered; the XADD's future, which resolves to the entry id."""
         self._calls.metrics.begin(self.route.tier)
         queue = self._calls.state.queue
-        enqueued = queue.enqueue(self.route.stream, protocol.encoder.encode(self.envelope), self._kept())
+        kept = self._kept() if self._claimed else ()
+        enqueued = queue.enqueue(self.route.stream, protocol.encoder.encode(self.envelope), kept)
         self._enqueued = self._xadd = enqueued
         return enqueued
 
     async def _answer(self) -> protocol.Result:
         """The Result, the call left open to be closed done; a failure closes it first."""
-        first_id = await self._claim()
-        if first_id is not None:
-            return await self._replay(first_id)
-        self._held = await self._calls.hold(self.grant, self.envelope, self.route, self.offered_again)
-        waiters = self._calls.state.waiters
-        waiting = waiters.add(self.id, self.route.deadline_ms / 1000.0)
+        if self._key is not None:  # (tested here: each coroutine awaited costs every request)
+            first_id = await self._claim()
+            if first_id is not None:
+                return await self._replay(first_id)
+        if has_limits(self.grant):
+            self._held = await self._calls.hold(self.grant, self.envelope, self.route, self.offered_again)
+        waiters, request_id = self._calls.state.waiters, self.envelope.id
+        waiting = waiters.add(request_id, self.route.deadline_ms / 1000.0)
         # The call waits for its reply alone: an XADD that fails fails the wait, and a hang-up
         # leaves the XADD running (its cancel needs the entry id). One wake-up, not two.
-        self._submit().add_done_callback(functools.partial(_fail_unqueued, waiters, self.id))
+        self._submit().add_done_callback(functools.partial(_fail_unqueued, waiters, request_id))
         try:
             reply = await waiting
         except BaseException as exc:
@@ -429,7 +438,7 @@ class Call:
             raise
         self._reply = reply
         if isinstance(reply, protocol.Failure):
-            error = for_request(from_code(reply.code, reply.message), self.id)
+            error = for_request(from_code(reply.code, reply.message), request_id)
             self.close(error)
             raise error
         return reply

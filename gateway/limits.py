@@ -34,6 +34,11 @@ def over_limit(grant: Grant, over: str, now_ms: int) -> RateLimited:
     )
 
 
+def has_limits(grant: Grant) -> bool:
+    """Whether `grant`'s key is held to any limit (an open gateway's never is)."""
+    return bool(grant.rpm or grant.tpm or grant.max_concurrency)
+
+
 class Limits:
     def __init__(self, clock: RedisClock, store: TenantStore | None) -> None:
         self.clock = clock
@@ -44,7 +49,7 @@ class Limits:
     async def hold(self, grant: Grant, envelope: protocol.Envelope) -> Held | None:
         """Count a request against its key's limits; None for a key without limits. Over one,
         `RateLimited` is raised and nothing is counted."""
-        if self.store is None or not (grant.rpm or grant.tpm or grant.max_concurrency):
+        if self.store is None or not has_limits(grant):
             return None
         now_ms = int(self.clock.now_ms())
         held = Held(grant.key_id, envelope.id, now_ms // 60_000, envelope.deadline_at_ms)

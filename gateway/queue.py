@@ -31,8 +31,7 @@ log = logging.getLogger(__name__)
 State = tuple[str, bytes, int]  # (key, value, ttl_s): a SET sent with a request's XADD
 
 
-@dataclass(slots=True)
-class _Pending:
+class _Pending(msgspec.Struct):  # one per request: a Struct is built in C
     stream: str
     payload: bytes
     future: asyncio.Future[bytes]

@@ -39,22 +39,18 @@ class GatewayState:
         Between samples the backlog drains at the workers' capacity and grows by each request
         admitted here. Without the projection a tier at its limit would refuse everything until
         the next sample, however fast its pools drained, and leave them idle meanwhile."""
-        capacity = self.capacity.get(route.stream)
-        backlog = self._backlog(route.stream, capacity)
+        stream, lengths, sampled_at = route.stream, self.queue.lengths, self.queue.sampled_at
+        capacity = self.capacity.get(stream)
+        now = asyncio.get_running_loop().time()
+        backlog = admission.projected_backlog(lengths.get(stream, 0.0), capacity, now - sampled_at.get(stream, now))
+        lengths[stream], sampled_at[stream] = backlog, now
         decision = admission.admit(route.tier, math.ceil(backlog), capacity, route.max_queue, route.deadline_ms)
-        self.queue.lengths[route.stream] = backlog + 1
+        lengths[stream] = backlog + 1
         return decision
 
     def withdraw(self, route: Route) -> None:
         """Take back a request admitted to `route` and then refused (over its key's limits)."""
         self.queue.lengths[route.stream] = max(0.0, self.queue.lengths.get(route.stream, 0.0) - 1)
-
-    def _backlog(self, stream: str, capacity: admission.Capacity | None) -> float:
-        now = asyncio.get_running_loop().time()
-        elapsed_s = now - self.queue.sampled_at.get(stream, now)
-        backlog = admission.projected_backlog(self.queue.lengths.get(stream, 0.0), capacity, elapsed_s)
-        self.queue.lengths[stream], self.queue.sampled_at[stream] = backlog, now
-        return backlog
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

@@ -46,8 +46,17 @@ class UsageCounts:
         self._hours: Hours = {}
 
     def add(self, epoch_s: int, key: UsageKey, tokens: int, energy_j: float, cost: float) -> None:
-        cell = self._hours.setdefault(epoch_s // HOUR_S, {}).setdefault(key, Counts())
-        cell.add(Counts(1, tokens, energy_j, cost))
+        """One answered request (on every answer: nothing is built unless its hour or key is new)."""
+        hour = self._hours.get(epoch_s // HOUR_S)
+        if hour is None:
+            hour = self._hours[epoch_s // HOUR_S] = {}
+        cell = hour.get(key)
+        if cell is None:
+            cell = hour[key] = Counts()
+        cell.requests += 1
+        cell.tokens += tokens
+        cell.energy_j += energy_j
+        cell.cost += cost
 
     def drain(self) -> Hours:
         hours, self._hours = self._hours, {}
