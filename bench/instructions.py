@@ -10,14 +10,15 @@ CONNECTIONS`, and divides the instructions of the loaded window, less the idle r
 timers of background loops: under callgrind they weigh on each of the few requests answered a
 second as they never do natively), by the requests answered in it. With `--old TREE` a third
 row runs the gateway of another checkout (sharing this one's virtual environment), as
-`bench.versions` does for CPU time.
+`bench.versions` does for CPU time; with `--info` another runs this gateway logging each request
+(`--log-level INFO`, its lines written to /dev/null), for the log line's cost.
 
 Instructions are not time: a cache miss costs more than an add, and the kernel's work (socket
 calls, wake-ups) is not counted, so read the ratio beside `bench.throughput`'s CPU, not instead
 of it. Under callgrind the app runs about fifty times slower than its worker, so at c=64 it is
 the bottleneck, as the gateway is at c=64 natively, and each tick carries many requests.
 
-    python -m bench.instructions --rounds 3 [--duration 20] [--connections 64] [--old ../tiergate-OLD]
+    python -m bench.instructions --rounds 3 [--duration 20] [--connections 64] [--info] [--old ../tiergate-OLD]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import redis
 
-from bench.throughput import BODY, FLOOR, TIERGATE, scenarios, start, stop, wrk
+from bench.throughput import BODY, FLOOR, TIERGATE, TIERGATE_INFO, scenarios, start, stop, wrk
 from ops.embedded import EmbeddedRedis, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="runs of every row, alternating the order")
     parser.add_argument("--old", type=Path, default=None, help="another checkout whose gateway gets a row too")
+    parser.add_argument("--info", action="store_true", help="a row for the gateway logging each request (INFO)")
     args = parser.parse_args()
     for tool in ("wrk", "valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -112,6 +114,8 @@ def main() -> None:
         FLOOR: (every[FLOOR], HERE.parent),
         TIERGATE: (every[TIERGATE], HERE.parent),
     }
+    if args.info:
+        rows[TIERGATE_INFO] = (every[TIERGATE_INFO], HERE.parent)
     if args.old is not None:
         rows[OLD] = (every[TIERGATE], args.old.resolve())
     names = list(rows)
@@ -138,7 +142,10 @@ def main() -> None:
         median = statistics.median(result[name]["ir"] for result in results)
         print(f"| {name:<34} | {'med.':>5} | {'':>8} | {'':>19} | {'':>11} | {median:>20,.0f} |")
     print()
-    for top, bottom in [(TIERGATE, FLOOR)] + ([(TIERGATE, OLD)] if args.old is not None else []):
+    pairs = [(TIERGATE, FLOOR)]
+    pairs += [(TIERGATE_INFO, TIERGATE)] if args.info else []
+    pairs += [(TIERGATE, OLD)] if args.old is not None else []
+    for top, bottom in pairs:
         each = [result[top]["ir"] / result[bottom]["ir"] for result in results]
         spread = ", ".join(f"{x:.3f}" for x in each)
         print(f"instructions/request: {top} / {bottom}: median {statistics.median(each):.3f} (rounds: {spread})")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import redis
 
+from bench.scenarios import cpu_times, steal_pct
 from ops.embedded import EmbeddedRedis, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +87,9 @@ def runs(pid: int) -> int:
 def measured(url: str, duration_s: int, connections: int, pids: dict[str, int]) -> dict[str, float]:
     """One wrk run, with the CPU µs and the wake-ups per answered request of each process in `pids`."""
     before = {role: (cpu_s(pid), runs(pid)) for role, pid in pids.items()}
+    host_before = cpu_times()
     result = wrk(url, duration_s, connections)
+    result["steal"] = steal_pct(host_before, cpu_times()) or 0.0
     requests = max(1.0, result["rps"] * duration_s)
     for role, pid in pids.items():
         result[f"cpu_{role}"] = (cpu_s(pid) - before[role][0]) / requests * 1e6
@@ -200,6 +203,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per row")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1, help="runs of every row, alternating the order")
+    parser.add_argument(
+        "--targets", action="store_true", help="only the rows the targets compare: hello, the pipelined floor, tiergate"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
@@ -207,6 +213,8 @@ def main() -> None:
     redis_url = embedded.start()
     redis_pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
     names = list(scenarios(redis_url))
+    if args.targets:
+        names = [name for name in names if name in ("aiohttp hello", FLOOR, TIERGATE, TIERGATE_INFO)]
     rounds = []
     try:
         for n in range(args.rounds):
@@ -223,7 +231,7 @@ def main() -> None:
         " depend on the host's speed\n"
     )
     head = ["scenario".ljust(34), "req/s".rjust(8), "x hello", " p50 ms", " p99 ms", "non-2xx"]
-    head += ["app µs", "worker µs", "redis µs", "app wake-ups", "worker wake-ups", "redis wake-ups"]
+    head += ["app µs", "worker µs", "redis µs", "app wake-ups", "worker wake-ups", "redis wake-ups", "steal %"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("-" * (len(h) + 2) for h in head) + "|")
     for name, r in rows:
@@ -232,8 +240,10 @@ def main() -> None:
         print(
             f"| {name:<34} | {r['rps']:>8.0f} | {r['rps'] / hello:>7.2f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} "
             f"| {r['non2xx']:>7.0f} | {r['cpu_app']:>6.0f} | {worker} | {r['cpu_redis']:>8.0f} "
-            f"| {r['runs_app']:>12.2f} | {worker_runs} | {r['runs_redis']:>14.2f} |"
+            f"| {r['runs_app']:>12.2f} | {worker_runs} | {r['runs_redis']:>14.2f} | {r['steal']:>7.1f} |"
         )
+    worst = max(r[name]["steal"] for r in rounds for name in names)
+    print(f"\nsteal: median per row above; at most {worst:.1f} % in any one run")
     print()
     for label, top, bottom, key in RATIOS:
         each = [r[top][key] / r[bottom][key] for r in rounds]
