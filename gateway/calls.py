@@ -420,7 +420,7 @@ class Call:
 
     async def _answer(self) -> protocol.Result:
         """The Result, the call left open to be closed done; a failure closes it first."""
-        if self._key is not None:  # (tested here: each coroutine awaited costs every request)
+        if self._key is not None:  # awaited only where there is a key: a coroutine costs every request
             first_id = await self._claim()
             if first_id is not None:
                 return await self._replay(first_id)
