@@ -96,7 +96,8 @@ def result_body(state: GatewayState, result: protocol.Result, total_ms: float, s
 
 async def infer(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    state, calls = request.app[STATE], request.app[CALLS]
+    calls = request.app[CALLS]
+    state = calls.state  # one lookup in the app, not two: this runs on every request
     body = decode_body(await request.read())
     grant = grant_of(request)
     region, data_class = placement(grant, body.region, body.sensitivity)
