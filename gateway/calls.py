@@ -347,9 +347,7 @@ class Call:
         limits, or its XADD failed) frees the key, so that a retry with it runs rather than
         waiting on a request that never will. Where it is not known whether the XADD went through
         (the client left while it was in flight), the claim stays: renewed by the XADD if it did,
-        run out soon after the deadline if it did not."""
-        if not self._claimed:
-            return
+        run out soon after the deadline if it did not. Called only with the key claimed."""
         self._claimed = False
         xadd = self._xadd
         if xadd is None or (xadd.done() and not xadd.cancelled() and xadd.exception() is not None):
@@ -413,8 +411,7 @@ class Call:
         waiter is registered; the XADD's future, which resolves to the entry id."""
         self._calls.metrics.begin(self.route.tier)
         queue = self._calls.state.queue
-        kept = self._kept() if self._claimed else ()
-        enqueued = queue.enqueue(self.route.stream, protocol.encoder.encode(self.envelope), kept)
+        enqueued = queue.enqueue(self.route.stream, protocol.encoder.encode(self.envelope), self._kept())
         self._enqueued = self._xadd = enqueued
         return enqueued
 

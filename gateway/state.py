@@ -43,7 +43,7 @@ class GatewayState:
         capacity = self.capacity.get(stream)
         now = asyncio.get_running_loop().time()
         backlog = admission.projected_backlog(lengths.get(stream, 0.0), capacity, now - sampled_at.get(stream, now))
-        lengths[stream], sampled_at[stream] = backlog, now
+        lengths[stream], sampled_at[stream] = backlog, now  # what stays if it is refused
         decision = admission.admit(route.tier, math.ceil(backlog), capacity, route.max_queue, route.deadline_ms)
         lengths[stream] = backlog + 1
         return decision
