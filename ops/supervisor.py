@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 STDERR_TAIL_BYTES = 8192  # of each child's stderr, kept to quote its last error
 STDERR_TAIL_LINES = 5
 READ_CHUNK_BYTES = 65536
+MAX_HELD_BYTES = 1 << 20  # of a child's stderr line not yet ended
 
 
 class StartFailed(Exception):
@@ -107,11 +108,24 @@ class Child:
             sys.stdout.flush()
 
     async def _forward_stderr(self, stream: asyncio.StreamReader) -> None:
-        """Copy the child's stderr to ours as it comes, keeping its last few KiB."""
+        """Copy the child's stderr to ours as it comes, whole lines only (every child writes to
+        the same stderr: a chunk cut mid-line would splice another child's line into this one's),
+        keeping its last few KiB. A line longer than `MAX_HELD_BYTES` goes out in pieces."""
+        partial = b""  # the end of the last chunk, after its last newline
         while chunk := await stream.read(READ_CHUNK_BYTES):
-            sys.stderr.buffer.write(chunk)
-            sys.stderr.flush()
             self._stderr_tail = (self._stderr_tail + chunk)[-STDERR_TAIL_BYTES:]
+            end = chunk.rfind(b"\n") + 1
+            if end == 0 and len(partial) + len(chunk) <= MAX_HELD_BYTES:
+                partial += chunk
+                continue
+            if end == 0:
+                end = len(chunk)
+            sys.stderr.buffer.write(partial + chunk[:end])
+            sys.stderr.flush()
+            partial = chunk[end:]
+        if partial:  # its last line, which it did not end
+            sys.stderr.buffer.write(partial + b"\n")
+            sys.stderr.flush()
 
     def stderr_tail(self) -> list[str]:
         """The last lines the child wrote to stderr (its current or last run)."""
