@@ -1,4 +1,4 @@
-"""Builds the aiohttp application and runs it: routes, the front middleware (errors as JSON), and
+"""Builds the aiohttp application and runs it: routes, each behind the front (errors as JSON), and
 the background tasks (reply reader, clock sync) in `cleanup_ctx`. `serve` binds (`--port 0` works; an
 address it cannot listen on raises `ListenError`; with `reuse_port` several processes share one
 port), prints one ready line with the real URL, and shuts down gracefully on SIGTERM or SIGINT.
@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from redis.exceptions import RedisError
 
 from core import protocol, redis_client
@@ -70,19 +69,25 @@ def error_response(status: int, code: str, message: str, path: str = "") -> web.
 _HTTP_CODES = {404: NOT_FOUND, 405: "method_not_allowed", 413: PAYLOAD_TOO_LARGE}
 
 
-def front_middleware(body_timeout_s: float, gateway_id: str) -> Middleware:
-    """The one middleware every request passes: it gives the request the open `Grant` (the auth
-    middleware, with keys on, replaces it), reads its body within `body_timeout_s`, renders every
-    error as JSON, and names the gateway process in every answer (`GATEWAY_HEADER`: which of the
-    processes sharing a port gave it; a streamed answer, sent before it returns, names it itself).
-    One layer, where three middlewares and a response signal each cost every request a coroutine."""
+def front(handler: Handler, body_timeout_s: float, gateway_id: str, keys: bool) -> Handler:
+    """`handler` behind the front every request passes: it gives the request the open `Grant`, or
+    with `keys` on its key's (`auth.attach_grant`), reads its body within `body_timeout_s`, renders
+    every error as JSON, and names the gateway process in every answer (`GATEWAY_HEADER`: which of
+    the processes sharing a port gave it; a streamed answer, sent before it returns, names it
+    itself). Each route's handler is wrapped, rather than the app given a middleware, because
+    aiohttp runs a middleware of its own beside any: two coroutines more on every request."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def answer(request: web.Request) -> web.StreamResponse:
         request[GRANT] = OPEN_GRANT
+        response: web.StreamResponse
         try:
             late = await _read_body(request, body_timeout_s)
-            response = late if late is not None else await handler(request)
+            if late is not None:
+                response = late
+            else:
+                if keys:
+                    await auth.attach_grant(request)
+                response = await handler(request)
         except Exception as exc:
             if isinstance(exc, web.HTTPException) and exc.status < 400:
                 exc.headers[GATEWAY_HEADER] = gateway_id
@@ -92,7 +97,29 @@ def front_middleware(body_timeout_s: float, gateway_id: str) -> Middleware:
             response.headers[GATEWAY_HEADER] = gateway_id
         return response
 
-    return middleware
+    return answer
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """Every path and method no other route takes (the last route): 405 with the methods its path
+    has, or 404, raised for the front to answer in JSON like every other error."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+NATIVE_ROUTES = [
+    web.post("/v1/infer", handlers.infer),
+    web.get("/v1/requests/{id}", handlers.request_status),
+    web.delete("/v1/requests/{id}", handlers.cancel_request),
+    web.get("/v1/usage", handlers.usage_report),
+    web.get("/healthz", handlers.healthz),
+    web.get("/readyz", handlers.readyz),
+]
 
 
 async def _read_body(request: web.Request, timeout_s: float) -> web.Response | None:
@@ -148,22 +175,18 @@ def build_app(
 ) -> web.Application:
     """The gateway's aiohttp application; `tiers` restricts it to those tiers (`Router`)."""
     gateway_id = gateway_id or new_gateway_id()
-    middlewares = [front_middleware(settings.gateway.body_timeout_s, gateway_id)]
-    if settings.auth.mode == "keys":
-        middlewares.append(auth.middleware)
-    app = web.Application(client_max_size=settings.gateway.max_body_bytes, middlewares=middlewares)
-    app.router.add_post("/v1/infer", handlers.infer)
-    app.router.add_get("/v1/requests/{id}", handlers.request_status)
-    app.router.add_delete("/v1/requests/{id}", handlers.cancel_request)
-    app.router.add_get("/v1/usage", handlers.usage_report)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    openai_api.add_routes(app)
-    batch_api.add_routes(app)
-    openapi.add_routes(app, settings, tiers)
+    app = web.Application(client_max_size=settings.gateway.max_body_bytes)
+    app[openapi.OPENAPI] = openapi.document(settings, tiers)
+    app[dashboard.SLO_CACHE] = {}
+    routes = [*NATIVE_ROUTES, *openai_api.ROUTES, *batch_api.ROUTES, *openapi.ROUTES, *dashboard.ROUTES]
+    routes.append(web.route("*", "/{path:.*}", unmatched))
+    keys = settings.auth.mode == "keys"
+    timeout_s = settings.gateway.body_timeout_s
+    app.add_routes(
+        web.RouteDef(r.method, r.path, front(r.handler, timeout_s, gateway_id, keys), r.kwargs) for r in routes
+    )
     app.cleanup_ctx.append(_lifecycle(settings, redis_url, gateway_id, tiers))
     metrics.install(app, settings)  # after the lifecycle context: its tasks use the gateway's Redis
-    dashboard.add_routes(app)
     return app
 
 

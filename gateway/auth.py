@@ -1,4 +1,4 @@
-"""API keys at the front door: with `[auth] mode = "keys"`, a middleware turns each request's
+"""API keys at the front door: with `[auth] mode = "keys"`, the front (`app.py`) turns each request's
 `Authorization: Bearer <key>` into its key's `Grant` (kept at `request[GRANT]`) or a 401, and
 `authorize` refuses (403) a tier, model, region or data class the Grant does not allow. Keys are
 known by their SHA-256 only: from the config, or looked up through `TenantStore` and cached, the
@@ -11,7 +11,6 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -31,7 +30,6 @@ OPEN_WARNING = (
     '[auth] mode = "open": anyone who can reach this port may use every tier, model and region, '
     'and read any request by id; set [auth] mode = "keys" to require API keys'
 )
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def new_key() -> tuple[str, str]:
@@ -113,14 +111,12 @@ class Authenticator:
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Attach the request's Grant, or refuse it with 401 (paths in `exempt_paths` pass as they are)."""
+async def attach_grant(request: web.Request) -> None:
+    """Give the request its key's Grant, or refuse it with 401 (paths in `exempt_paths` keep the
+    open Grant the front gave them)."""
     auth = request.app[AUTH]
     if not auth.exempt(request.path):
-        grant = await auth.grant(bearer_key(request.headers.get("Authorization")))
-        request[GRANT] = grant
-    return await handler(request)
+        request[GRANT] = await auth.grant(bearer_key(request.headers.get("Authorization")))
 
 
 def warn_if_open(settings: AuthSettings) -> None:

@@ -285,13 +285,14 @@ async def cancel_batch(request: web.Request) -> web.StreamResponse:
     return json_response(batch_object(record, counts, cancel_at or now))
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post(UPLOAD_PATH, create_file)
-    app.router.add_get("/v1/files", list_files)
-    app.router.add_get("/v1/files/{file_id}", retrieve_file)
-    app.router.add_get("/v1/files/{file_id}/content", file_content)
-    app.router.add_delete("/v1/files/{file_id}", delete_file)
-    app.router.add_post("/v1/batches", create_batch)
-    app.router.add_get("/v1/batches", list_batches)
-    app.router.add_get("/v1/batches/{batch_id}", retrieve_batch)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel_batch)
+ROUTES = [
+    web.post(UPLOAD_PATH, create_file),
+    web.get("/v1/files", list_files),
+    web.get("/v1/files/{file_id}", retrieve_file),
+    web.get("/v1/files/{file_id}/content", file_content),
+    web.delete("/v1/files/{file_id}", delete_file),
+    web.post("/v1/batches", create_batch),
+    web.get("/v1/batches", list_batches),
+    web.get("/v1/batches/{batch_id}", retrieve_batch),
+    web.post("/v1/batches/{batch_id}/cancel", cancel_batch),
+]

@@ -1,6 +1,6 @@
 """Observability endpoints: `GET /metrics` (Prometheus text), `GET /v1/slo` (per-tier windows
-merged from every gateway through Redis), `GET /dashboard` and its static assets, all served
-by the gateway itself. Redis I/O goes through `SloStore`; the window math is in `slo`.
+merged from every gateway through Redis), `GET /dashboard` and its static assets (`/static/`),
+all served by the gateway itself. Redis I/O goes through `SloStore`; the window math is in `slo`.
 """
 
 from __future__ import annotations
@@ -21,15 +21,8 @@ from .metrics import METRICS, SLO_STORE
 from .state import STATE
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-_SLO_CACHE: web.AppKey[dict[str, Any]] = web.AppKey("slo_cache", dict)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/slo", slo_report)
-    app.router.add_get("/dashboard", dashboard)
-    app.router.add_static("/static/", STATIC_DIR, append_version=False)
-    app[_SLO_CACHE] = {}
+STATIC_FILES = {path.name: path for path in STATIC_DIR.iterdir() if path.is_file()}
+SLO_CACHE: web.AppKey[dict[str, Any]] = web.AppKey("slo_cache", dict)  # set empty by the app's builder
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -39,7 +32,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def slo_report(request: web.Request) -> web.Response:
     app = request.app
-    state, gauges, cache = app[STATE], app[METRICS], app[_SLO_CACHE]
+    state, gauges, cache = app[STATE], app[METRICS], app[SLO_CACHE]
     now = time.monotonic()
     if cache.get("at", -1.0) + state.settings.metrics.slo_cache_s > now and "report" in cache:
         return json_response(cache["report"])
@@ -61,3 +54,19 @@ async def slo_report(request: web.Request) -> web.Response:
 
 async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "dashboard.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """The dashboard's assets, by name from a fixed list: no path from a request reaches the disk."""
+    path = STATIC_FILES.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+ROUTES = [
+    web.get("/metrics", metrics),
+    web.get("/v1/slo", slo_report),
+    web.get("/dashboard", dashboard),
+    web.get("/static/{name}", static_file),
+]

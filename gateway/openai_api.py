@@ -403,8 +403,9 @@ async def models(request: web.Request) -> web.StreamResponse:
     return json_response({"object": "list", "data": data})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
+ROUTES = [
+    web.post("/v1/chat/completions", chat_completions),
+    web.post("/v1/completions", completions),
+    web.post("/v1/embeddings", embeddings),
+    web.get("/v1/models", models),
+]

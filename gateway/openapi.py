@@ -315,6 +315,4 @@ async def serve(request: web.Request) -> web.Response:
     return json_response(request.app[OPENAPI])
 
 
-def add_routes(app: web.Application, settings: Settings, tiers: Sequence[str] | None = None) -> None:
-    app[OPENAPI] = document(settings, tiers)
-    app.router.add_get("/openapi.json", serve)
+ROUTES = [web.get("/openapi.json", serve)]  # the document, set as `app[OPENAPI]` by the app's builder

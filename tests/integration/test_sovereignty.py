@@ -1,8 +1,8 @@
 """Data regions and classes against a real Redis: tenants of two regions and three data classes
 overload the EU pools while the default region's pools have room; every request is answered by
 a pool of its region cleared for its class or refused, never sent elsewhere, and the audit
-stream shows where each one ran. The tenants' grants are set by a test middleware, where an
-authenticating middleware puts them.
+stream shows where each one ran. The tenants' grants are taken from a test header, by a stand-in
+for the key lookup (`auth.attach_grant`) of a gateway with keys on.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import json
 import signal
 import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import openai
 import pytest
 from aiohttp import web
@@ -25,6 +26,7 @@ from redis import asyncio as aioredis
 from core import protocol
 from core.protocol import Grant
 from core.settings import Settings, clears, parse_settings
+from gateway import auth
 from gateway.app import build_app
 from gateway.http_shared import GRANT
 from ops import audit
@@ -52,17 +54,21 @@ def overloaded_eu() -> Settings:
     return parse_settings(raw)
 
 
-@web.middleware
-async def grants_by_header(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> Any:
+async def grant_by_header(request: web.Request) -> None:
+    """`auth.attach_grant` for these tests: the Grant of the tenant named in TENANT_HEADER, or,
+    with no header, the open one the front gave the request."""
     tenant = request.headers.get(TENANT_HEADER)
     if tenant:
         # GRANT is a plain string key, which aiohttp warns about (a web.RequestKey would not).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", web.NotAppKeyWarning)
             request[GRANT] = GRANTS[tenant]
-    return await handler(request)
+
+
+def grants_by_header(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """`settings` with keys on, each request's Grant taken from TENANT_HEADER instead of a key."""
+    monkeypatch.setattr(auth, "attach_grant", grant_by_header)
+    return msgspec.structs.replace(settings, auth=msgspec.structs.replace(settings.auth, mode="keys"))
 
 
 async def forget_streams(redis_url: str, settings: Settings) -> None:
@@ -76,11 +82,10 @@ async def forget_streams(redis_url: str, settings: Settings) -> None:
 
 
 @pytest.fixture
-async def sovereign_stack(redis_url: str) -> AsyncIterator[Stack]:
-    settings = overloaded_eu()
+async def sovereign_stack(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    settings = grants_by_header(overloaded_eu(), monkeypatch)
     await forget_streams(redis_url, settings)
     app = build_app(settings, redis_url)
-    app.middlewares.append(grants_by_header)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     s = Stack(settings, redis_url, server, aiohttp.ClientSession())

@@ -34,8 +34,7 @@ async def usage_stack(redis_url: str, make_settings: Any, monkeypatch: pytest.Mo
     settings: Settings = make_settings(usage__tenants=[ACME])
     grants = {ACME: Grant(key_id="k1", tenant=ACME), BETA: Grant(key_id="k2", tenant=BETA)}
     monkeypatch.setattr(test_sovereignty, "GRANTS", grants)
-    app = build_app(settings, redis_url)
-    app.middlewares.append(grants_by_header)
+    app = build_app(grants_by_header(settings, monkeypatch), redis_url)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     s = Stack(settings, redis_url, server, aiohttp.ClientSession())
