@@ -81,7 +81,8 @@ def front(handler: Handler, body_timeout_s: float, gateway_id: str, keys: bool) 
         request[GRANT] = OPEN_GRANT
         response: web.StreamResponse
         try:
-            late = await _read_body(request, body_timeout_s)
+            # No body, or one that arrived with its headers (nearly all): nothing to wait for.
+            late = None if request.content.is_eof() else await _read_body(request, body_timeout_s)
             if late is not None:
                 response = late
             else:
@@ -124,11 +125,10 @@ NATIVE_ROUTES = [
 
 async def _read_body(request: web.Request, timeout_s: float) -> web.Response | None:
     """Read the body within `timeout_s`, or the 408 that closes the connection: a client that
-    sends its body slowly holds a connection, never a handler, for longer. A body that arrived
-    with its headers (nearly all) is read at once, with no timer; a file upload is read in parts
-    by its handler, against its own limit and timer."""
+    sends its body slowly holds a connection, never a handler, for longer. A file upload is read
+    in parts by its handler, against its own limit and timer."""
     upload = request.path == batch_api.UPLOAD_PATH and request.method == "POST"
-    if not request.body_exists or upload or request.content.is_eof():
+    if not request.body_exists or upload:
         return None
     try:
         async with asyncio.timeout(timeout_s):

@@ -26,8 +26,10 @@ _json = msgspec.json.Encoder()
 
 def grant_of(request: web.Request) -> Grant:
     """The `Grant` of the key that sent `request`; `OPEN_GRANT` where none was checked."""
-    grant: Grant = request.get(GRANT, OPEN_GRANT)
-    return grant
+    try:
+        return request[GRANT]  # `Mapping.get` would cost two Python calls more
+    except KeyError:
+        return OPEN_GRANT
 
 
 def placement(grant: Grant, region: str | None, sensitivity: str | None) -> tuple[str | None, str | None]:

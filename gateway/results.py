@@ -208,7 +208,7 @@ class ResultReader:
                 replies.append(protocol.incoming_decoder.decode(fields.get(protocol.PAYLOAD_FIELD, b"")))
             except msgspec.DecodeError:
                 log.error("undecodable reply skipped", extra={"entry_id": entry_id.decode()})
-        if len(replies) > 1:
+        if len(replies) > 1 and len({reply.tier for reply in replies}) > 1:  # one tier: nothing to sort
             replies.sort(key=_strictness)  # stable: a stream's chunks stay in order
         for reply in replies:
             if isinstance(reply, protocol.Chunk):
