@@ -3,7 +3,7 @@ health checks.
 
 Each handler decodes, routes, admits, hands the request to its `Call` (gateway/calls.py) and
 renders the outcome; all Redis I/O is behind `RequestQueue` and `ResultReader`. Errors are
-raised as `RequestError`s and rendered by the front middleware in `app.py`.
+raised as `RequestError`s and rendered by the front in `app.py`.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class _Writer:
         await self.response.write(f": {comment}\n\n".encode())
 
     async def _prepare(self, headers: dict[str, str]) -> None:
-        gateway = {GATEWAY_HEADER: self.request.app[STATE].gateway_id}  # sent before the front middleware sees it
+        gateway = {GATEWAY_HEADER: self.request.app[STATE].gateway_id}  # sent before the front (app.py) sees it
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **gateway, **headers}
         )
