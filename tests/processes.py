@@ -48,13 +48,21 @@ class Proc:
     def logged(self, msg: str, timeout_s: float = 30, **fields: object) -> dict:  # type: ignore[type-arg]
         """The first JSON log line on stderr with this `msg` and these fields, waiting for it."""
 
+        def record(line: str) -> dict:  # type: ignore[type-arg]
+            if not line.startswith("{"):
+                return {}
+            try:
+                return json.loads(line)  # type: ignore[no-any-return]
+            except json.JSONDecodeError:
+                raise AssertionError(f"a stderr line is not one whole JSON log line: {line[:300]!r}") from None
+
         def match(line: str) -> bool:
-            record = json.loads(line) if line.startswith("{") else {}
-            return bool(record.get("msg") == msg and all(record.get(k) == v for k, v in fields.items()))
+            found = record(line)
+            return bool(found.get("msg") == msg and all(found.get(k) == v for k, v in fields.items()))
 
         deadline = time.monotonic() + timeout_s
         while True:
-            found = next((json.loads(line) for line in list(self.errors) if match(line)), None)
+            found = next((record(line) for line in list(self.errors) if match(line)), None)
             if found is not None:
                 return found  # type: ignore[no-any-return]
             if time.monotonic() > deadline:
