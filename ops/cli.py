@@ -520,3 +520,6 @@ def main(argv: list[str] | None = None) -> None:
         commands[args.command](args, settings)
     except RedisAccessError as exc:  # retrying cannot help: say what is wrong, without a traceback
         raise SystemExit(f"tiergate {args.command}: {exc}") from None
+    except KeyboardInterrupt:  # Ctrl-C of a command that is not a server: the shell's status, no traceback
+        print(f"tiergate {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

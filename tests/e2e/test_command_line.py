@@ -1,7 +1,8 @@
 """The `tiergate` command as users type it: `config check` on good and bad files, the environment
 overrides (TIERGATE_CONFIG, TIERGATE_HOST, TIERGATE_REGION) taking effect in a running stack, and
 `tiergate loadtest` with `--report`, `--stream`, `--direct`, `--find-capacity` and `--agents`
-against a real `tiergate up` (short runs, low rates, local only).
+against a real `tiergate up` (short runs, low rates, local only), and a Ctrl-C of a command
+waiting on Redis.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -240,3 +243,28 @@ def test_loadtest_agents_split_the_load_and_merge_their_parts(stack: Proc, confi
         for agent in agents:
             agent.stop()
     _all_ok(result)
+
+
+def test_ctrl_c_of_a_command_waiting_on_redis_exits_130_without_a_traceback(config: Path) -> None:
+    """`tiergate dlq list` against a server that accepts and never answers, interrupted."""
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        port = mute.getsockname()[1]
+        argv = [sys.executable, "-m", "ops", "dlq", "list", "--config", str(config)]
+        argv += ["--redis-url", f"redis://127.0.0.1:{port}"]
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            mute.settimeout(30)
+            connection, _ = mute.accept()
+            with connection:
+                connection.settimeout(30)
+                assert connection.recv(4096)  # its first command: it now waits for an answer
+                process.send_signal(signal.SIGINT)
+                _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "tiergate dlq: interrupted" and "Traceback" not in stderr
