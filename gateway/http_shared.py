@@ -27,7 +27,7 @@ _json = msgspec.json.Encoder()
 def grant_of(request: web.Request) -> Grant:
     """The `Grant` of the key that sent `request`; `OPEN_GRANT` where none was checked."""
     try:
-        return request[GRANT]  # `Mapping.get` would cost two Python calls more
+        return request[GRANT]  # `Mapping.get` would cost a Python call more
     except KeyError:
         return OPEN_GRANT
 
