@@ -205,6 +205,12 @@ def file_data_key(file_id: str) -> str:
     return f"{KEY_PREFIX}:{{file.{file_id}}}:data"
 
 
+def file_upload_key(file_id: str, writer: str) -> str:
+    """A file's content while one writer stores it, a piece at a time; renamed to `file_data_key`
+    once whole (its hash slot), so a reader never sees part of it."""
+    return f"{KEY_PREFIX}:{{file.{file_id}}}:partial.{writer}"
+
+
 def file_index_key(tenant: str) -> str:
     """One tenant's files, newest last (a sorted set: file id -> its place in `file_sequence_key`)."""
     return f"{KEY_PREFIX}:{{files.{tenant}}}:index"

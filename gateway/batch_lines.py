@@ -7,8 +7,10 @@ endpoint renders it. No Redis I/O of its own (its calls' is `RequestQueue`'s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -34,7 +36,9 @@ ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
 MAX_ERRORS = 1000  # a refused batch names at most this many bad lines
 RETRY = (QueueFull, BackendUnavailable)  # a line refused with one of these is offered again later
 ATTEMPTS = 3  # idempotency keys a line goes through when it finds its first copies never queued
-HOLD_S = 0.001  # judging a file gives the event loop back this often (20,000 lines take about 0.1 s)
+# Judging a file works this long, then rests as long: the requests on the event loop wait at most
+# this, and get at least half of it (a 100 MB file takes 2 s; see docs/benchmarks.md).
+HOLD_S = 0.001
 
 
 class _Shape(msgspec.Struct):
@@ -55,37 +59,41 @@ class Line:
 
 
 async def parse(
-    settings: Settings, router: Router, endpoint: str, data: bytes
+    settings: Settings, router: Router, endpoint: str, pieces: AsyncIterable[bytes]
 ) -> tuple[list[Line], list[protocol.BatchError]]:
-    """Every line of an input file and, when any is bad, what is wrong with each (1-based lines).
+    """Every line of an input file, given as `pieces` of its bytes in order, and, when any line is
+    bad, what is wrong with each (1-based lines).
 
-    It runs on the event loop and lets the requests in flight run at least every `HOLD_S`. A
-    thread would not spare them: it holds the GIL for the interpreter's switch interval (5 ms)
+    It runs on the event loop, `HOLD_S` at a time with as long a rest between. A thread would not
+    spare the requests in flight: it holds the GIL for the interpreter's switch interval (5 ms)
     at a time, and the loop waits for it."""
     lines: list[Line] = []
     errors: list[protocol.BatchError] = []
     seen: set[str] = set()
     limits = settings.batches
     held_since = time.perf_counter()
-    for number, raw in enumerate(data.splitlines()):
-        if time.perf_counter() - held_since > HOLD_S:
-            await asyncio.sleep(0)
-            held_since = time.perf_counter()
-        if not raw.strip():
-            continue
-        try:
-            line = _judge(settings, router, endpoint, number, raw)
-            if line.custom_id in seen:
-                raise _Bad(
-                    "duplicate_custom_id", f"custom_id {line.custom_id!r} is used by an earlier line", "custom_id"
-                )
-        except _Bad as bad:
-            errors.append(protocol.BatchError(bad.code, bad.message, number + 1, bad.param))
-            if len(errors) >= MAX_ERRORS:
-                break
-            continue
-        seen.add(line.custom_id)
-        lines.append(line)
+    number = -1
+    async with contextlib.aclosing(_lines(pieces)) as raws:
+        async for raw in raws:
+            number += 1
+            if time.perf_counter() - held_since > HOLD_S:
+                await asyncio.sleep(HOLD_S)
+                held_since = time.perf_counter()
+            if not raw.strip():
+                continue
+            try:
+                line = _judge(settings, router, endpoint, number, raw)
+                if line.custom_id in seen:
+                    raise _Bad(
+                        "duplicate_custom_id", f"custom_id {line.custom_id!r} is used by an earlier line", "custom_id"
+                    )
+            except _Bad as bad:
+                errors.append(protocol.BatchError(bad.code, bad.message, number + 1, bad.param))
+                if len(errors) >= MAX_ERRORS:
+                    break
+                continue
+            seen.add(line.custom_id)
+            lines.append(line)
     if not lines and not errors:
         errors.append(protocol.BatchError("empty_file", "the input file holds no lines"))
     if len(lines) > limits.max_lines:
@@ -93,6 +101,24 @@ async def parse(
             protocol.BatchError("too_many_lines", f"the file holds {len(lines)} lines; the limit is {limits.max_lines}")
         )
     return lines, errors
+
+
+async def _lines(pieces: AsyncIterable[bytes]) -> AsyncGenerator[bytes, None]:
+    """The lines of a file given in pieces cut anywhere, as `bytes.splitlines` would give them from
+    the whole file: a piece is split up to its last newline, and what follows waits for the
+    next. The whole file is never split at once (a 100 MB file took 60 ms)."""
+    held: list[bytes] = []  # the start of a line that goes on in a later piece
+    async for piece in pieces:
+        end = piece.rfind(b"\n") + 1
+        if not end:
+            held.append(piece)
+            continue
+        head = b"".join((*held, piece[:end])) if held else piece[:end]
+        held = [piece[end:]] if end < len(piece) else []
+        for raw in head.splitlines():
+            yield raw
+    for raw in b"".join(held).splitlines():
+        yield raw
 
 
 class _Bad(Exception):

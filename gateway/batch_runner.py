@@ -22,7 +22,7 @@ from . import batch_lines
 from .batch_lines import Line
 from .batch_metrics import BatchMetrics
 from .batch_pace import HELD, Observation, PaceController, stricter_tiers
-from .batch_store import OUTCOMES_WRITTEN_AT_ONCE, BatchStore
+from .batch_store import OUTCOMES_WRITTEN_AT_ONCE, BatchStore, FileGone
 from .calls import Calls
 from .loop_lag import LoopLag
 
@@ -166,10 +166,14 @@ class BatchRunner:
             await self.store.finish(found[0], self.owner)
             return
         record, _, cancel = found
-        data = await self.store.content(record.input_file_id)
         state = self.calls.state
-        lines, errors = await batch_lines.parse(state.settings, state.router, record.endpoint, data or b"")
-        if data is None:
+        try:
+            content = await self.store.content(record.input_file_id)
+            if content is None:
+                raise FileGone
+            lines, errors = await batch_lines.parse(state.settings, state.router, record.endpoint, content.pieces)
+        except FileGone:
+            lines = []
             errors = [protocol.BatchError("file_not_found", f"input file {record.input_file_id} no longer exists")]
         if record.status == VALIDATING:
             if cancel or errors:
@@ -302,14 +306,14 @@ class BatchRunner:
         the batch's own, so a runner finishing a batch again writes the same files."""
         ids = []
         for kind, failed in (("output", False), ("error", True)):
-            data = b"".join(o.json + b"\n" for o in outcomes if o.failed == failed)
-            if not data:
+            parts = [part for o in outcomes if o.failed == failed for part in (o.json, b"\n")]
+            if not parts:
                 ids.append("")
                 continue
             file_id = f"file-{record.id.removeprefix('batch_')}-{kind}"
             name = f"{record.id}_{kind}.jsonl"
-            file = protocol.FileRecord(file_id, len(data), now, name, "batch_output", record.tenant)
-            await self.store.put_file(file, data)
+            file = protocol.FileRecord(file_id, sum(map(len, parts)), now, name, "batch_output", record.tenant)
+            await self.store.put_file(file, parts)
             ids.append(file_id)
         return ids[0], ids[1]
 

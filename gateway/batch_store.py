@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ from core.settings import BatchSettings
 OUTCOMES_READ_AT_ONCE = 1000  # a batch's outcomes read in one step when it is closed
 OUTCOMES_WRITTEN_AT_ONCE = 100  # outcomes recorded in one pipeline (an expired or cancelled batch's rest)
 FILES_READ_AT_ONCE = 100  # index entries read in one step while a listing looks for files of one purpose
+# A file's content goes to and comes from Redis this much a command. One 100 MB value in one
+# command held the event loop for 0.2 s to pack it and as long to parse it (bench/batch_upload.py).
+FILE_PIECE_BYTES = 1 << 20
+UPLOAD_TTL_S = 3600  # a piece-by-piece write a dead gateway left unfinished is dropped after this
 _RECORD = """
 if redis.call('HEXISTS', KEYS[2], 'closed') == 1 then return 0 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -40,6 +45,12 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# A file's content, whole, takes its place and the files' lifetime. KEYS: the writer's own key,
+# the content's key. ARGV: the lifetime in seconds.
+_PLACE = """
+redis.call('RENAME', KEYS[1], KEYS[2])
+return redis.call('EXPIRE', KEYS[2], ARGV[1])
+"""
 # A new member of a tenant's index, placed after every earlier one whatever the gateways' clocks
 # say. KEYS: the index, its counter. ARGV: the member.
 _INDEX = """
@@ -47,6 +58,19 @@ redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), ARGV[1])
 return 1
 """
 COMPLETED, FAILED, CLOSED = "completed", "failed", "closed"
+
+
+class FileGone(Exception):
+    """A file's content was deleted while it was being read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A stored file's content: its size, and its bytes in pieces of at most FILE_PIECE_BYTES,
+    read as they are taken (`FileGone` if the file is deleted meanwhile)."""
+
+    size: int
+    pieces: AsyncIterator[bytes]
 
 
 @contextlib.asynccontextmanager
@@ -65,41 +89,81 @@ class BatchStore:
         self._record = redis.register_script(_RECORD)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._place = redis.register_script(_PLACE)
         self.bucket = Bucket(settings) if settings.storage == "s3" else None
 
     # ------------------------------------------------------------ files
 
-    async def put_file(self, record: protocol.FileRecord, data: bytes) -> None:
-        """Keep a file: its content first, then its record and its place in the tenant's list."""
+    async def put_file(self, record: protocol.FileRecord, parts: Sequence[bytes]) -> None:
+        """Keep a file (its content in `parts`, in order): its content first, then its record and
+        its place in the tenant's list."""
         if self.settings.storage == "directory":
-            await asyncio.to_thread(_write, Path(self.settings.directory) / record.id, data)
+            await asyncio.to_thread(_write, Path(self.settings.directory) / record.id, parts)
         elif self.bucket is not None:
-            await self.bucket.put(record.id, data)
+            await self.bucket.put(record.id, parts)
         async with _redis("the file was not stored"):
-            pipe = self.redis.pipeline(transaction=False)
             if self.settings.storage == "redis":
-                pipe.set(protocol.file_data_key(record.id), data, ex=self.ttl_s)
+                await self._put_content(record.id, parts)
+            pipe = self.redis.pipeline(transaction=False)
             pipe.set(protocol.file_key(record.id), protocol.encoder.encode(record), ex=self.ttl_s)
             keys = (protocol.file_index_key(record.tenant), protocol.file_sequence_key(record.tenant))
             pipe.eval(_INDEX, 2, *keys, record.id)
             await pipe.execute()
+
+    async def _put_content(self, file_id: str, parts: Sequence[bytes]) -> None:
+        """Store a file's content a piece at a time under a key of this writer's own, then rename
+        it into place whole: a second writer of the same file (a runner finishing a batch again)
+        replaces it, never mixes with it. The key gets the file's whole size first and each piece
+        is copied into place: APPENDing would make Redis grow, and copy, the value at every piece.
+        Each piece goes as a memoryview, which the client sends as it is (core/redis_client.py)."""
+        partial = protocol.file_upload_key(file_id, protocol.new_request_id())
+        size = sum(map(len, parts))
+        await self.redis.set(partial, b"", ex=UPLOAD_TTL_S)
+        try:
+            if size:
+                await self.redis.setrange(partial, size - 1, b"\0")
+            offset = 0
+            for piece in _pieces(parts):
+                await self.redis.setrange(partial, offset, piece)
+                offset += len(piece)
+            await self._place(keys=[partial, protocol.file_data_key(file_id)], args=[self.ttl_s])
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.delete(partial)
+            raise
 
     async def file(self, file_id: str) -> protocol.FileRecord | None:
         async with _redis("the file was not read"):
             raw = await self.redis.get(protocol.file_key(file_id))
         return None if raw is None else protocol.file_decoder.decode(_bytes(raw))
 
-    async def content(self, file_id: str) -> bytes | None:
+    async def content(self, file_id: str) -> Content | None:
+        """A file's content, or None where it is no longer stored."""
+        data: bytes | None = None
         if self.bucket is not None:
-            return await self.bucket.get(file_id)
-        if self.settings.storage == "directory":
+            data = await self.bucket.get(file_id)
+        elif self.settings.storage == "directory":
             path = Path(self.settings.directory) / file_id
             with contextlib.suppress(FileNotFoundError):
-                return await asyncio.to_thread(path.read_bytes)
-            return None
-        async with _redis("the file was not read"):
-            data = await self.redis.get(protocol.file_data_key(file_id))
-        return None if data is None else _bytes(data)
+                data = await asyncio.to_thread(path.read_bytes)
+        else:
+            key = protocol.file_data_key(file_id)
+            async with _redis("the file was not read"):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.exists(key)
+                pipe.strlen(key)
+                exists, size = await pipe.execute()
+            return Content(size, self._ranges(key, size)) if exists else None
+        return None if data is None else Content(len(data), _sliced(data))
+
+    async def _ranges(self, key: str, size: int) -> AsyncIterator[bytes]:
+        for start in range(0, size, FILE_PIECE_BYTES):
+            end = min(start + FILE_PIECE_BYTES, size)
+            async with _redis("the file was not read"):
+                piece = _bytes(await self.redis.getrange(key, start, end - 1))
+            if len(piece) != end - start:
+                raise FileGone(f"the file was deleted while it was read, at byte {start}")
+            yield piece
 
     async def delete_file(self, record: protocol.FileRecord) -> None:
         async with _redis("the file was not deleted"):
@@ -289,7 +353,8 @@ class Bucket:
                 return None
             raise BackendUnavailable(f"the file bucket {self.name!r} did not answer: {exc}") from exc
 
-    async def put(self, file_id: str, data: bytes) -> None:
+    async def put(self, file_id: str, parts: Sequence[bytes]) -> None:
+        data = await asyncio.to_thread(b"".join, parts)  # a large join lets go of the GIL
         await self._call("put_object", Key=self.prefix + file_id, Body=data)
 
     async def get(self, file_id: str) -> bytes | None:
@@ -311,8 +376,37 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def _write(path: Path, data: bytes) -> None:
+def _pieces(parts: Sequence[bytes]) -> Iterator[memoryview]:
+    """`parts` as consecutive pieces of FILE_PIECE_BYTES (the last one shorter), none copied
+    where a part holds a whole piece; an empty file has none."""
+    held: list[bytes] = []
+    size = 0
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            if not held and len(view) >= FILE_PIECE_BYTES:
+                yield view[:FILE_PIECE_BYTES]
+                view = view[FILE_PIECE_BYTES:]
+                continue
+            take = view[: FILE_PIECE_BYTES - size]
+            held.append(take.tobytes())
+            size += len(take)
+            view = view[len(take) :]
+            if size == FILE_PIECE_BYTES:
+                yield memoryview(b"".join(held))
+                held, size = [], 0
+    if held:
+        yield memoryview(b"".join(held))
+
+
+async def _sliced(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), FILE_PIECE_BYTES):
+        yield data[start : start + FILE_PIECE_BYTES]
+
+
+def _write(path: Path, parts: Sequence[bytes]) -> None:
     """Write a file whole or not at all: to a temporary name, then renamed."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
+    with partial.open("wb") as out:
+        out.writelines(parts)
     partial.replace(path)

@@ -26,6 +26,7 @@ import redis
 
 from core import protocol
 from core.settings import Settings
+from gateway import batch_store
 from gateway.batch_lines import idempotency_key
 from tests.integration.conftest import Stack
 from tests.integration.test_tenants import make_key
@@ -245,6 +246,30 @@ async def test_files_are_listed_read_deleted_and_limited(
         await aio.batches.create(input_file_id=small[1].id, endpoint=CHAT, completion_window="2d")  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="endpoint"):
         await aio.batches.create(input_file_id=small[1].id, endpoint="/v1/responses", completion_window="24h")  # type: ignore[arg-type]
+    await aio.close()
+
+
+async def test_files_larger_than_a_piece_are_judged_run_and_sent_back_whole(
+    stack: StartStack, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch_store, "FILE_PIECE_BYTES", 700)  # each line is cut by a piece's end somewhere
+    s: Stack = await stack(settings_for_batches(make_settings, max_in_flight_per_batch=16), pools=BATCH)
+    aio = client(s)
+    texts = {f"line-{i}": f"question {i} " + "x" * (i % 13) for i in range(60)}
+    data = b"".join(json.dumps(chat_line(k, v)).encode() + b"\r\n" for k, v in texts.items())
+    batch = await run_batch(aio, data)
+    assert (await aio.files.content(batch.input_file_id)).content == data
+    done = await until_status(aio, batch.id, "completed", "failed")
+    assert (done.status, done.request_counts.completed) == ("completed", 60), done
+    output = await lines_of(aio, done.output_file_id)
+    assert {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]["content"] for line in output} == {
+        k: v[::-1] for k, v in texts.items()
+    }
+    stored = await aio.files.retrieve(done.output_file_id)
+    async with s.http.get(f"{s.url}/v1/files/{done.output_file_id}/content") as response:
+        body = await response.read()
+        assert (response.content_length, len(body), stored.bytes) == (len(body), stored.bytes, len(body))
+        assert response.headers["X-Tiergate-Gateway"]
     await aio.close()
 
 

@@ -51,6 +51,8 @@ LANE = protocol.lane_name("realtime", "eu-west", ["groq-b", "groq-a"])
         protocol.accepted_key("0123abcd"),
         protocol.cancel_channel(LANE),
         protocol.idempotency_key("k"),
+        protocol.file_data_key("file-1"),
+        protocol.file_upload_key("file-1", "w1"),
     ],
 )
 def test_every_key_has_one_cluster_hash_tag(key: str) -> None:

@@ -116,3 +116,12 @@ def test_connections_pack_commands_as_redis_py_does_whatever_the_transport(url: 
     for wrong in (True, None):
         with pytest.raises(DataError, match="Invalid input"):
             packed.pack_command("SET", "k", wrong)
+
+
+def test_a_memoryview_value_is_sent_as_it_is_not_copied() -> None:
+    pool = redis_client.single_node(RedisSettings(), "redis://db:6379/0").connection_pool
+    packed = pool.connection_class(**pool.connection_kwargs)
+    piece = memoryview(b"\x00\xff" * 500_000)
+    parts = packed.pack_command("APPEND", "k", piece)
+    assert any(part is piece for part in parts)
+    assert b"".join(parts) == b"".join(packed.pack_command("APPEND", "k", piece.tobytes()))
