@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from core import protocol
-from core.errors import BackendUnavailable, ConfigError
+from core.errors import BackendUnavailable, ConfigError, InvalidRequest
 from core.redis_client import Client
 from core.settings import BatchSettings
 
@@ -25,7 +25,7 @@ from core.settings import BatchSettings
 # the count to increment ("completed" or "failed").
 OUTCOMES_READ_AT_ONCE = 1000  # a batch's outcomes read in one step when it is closed
 OUTCOMES_WRITTEN_AT_ONCE = 100  # outcomes recorded in one pipeline (an expired or cancelled batch's rest)
-FILES_READ_AT_ONCE = 100  # index entries read in one step while a listing looks for files of one purpose
+FILES_READ_AT_ONCE = 100  # index entries read in one step while a listing looks past skipped ones
 # A file's content goes to and comes from Redis this much a command. One 100 MB value in one
 # command held the event loop for 0.2 s to pack it and as long to parse it (bench/batch_upload.py).
 FILE_PIECE_BYTES = 1 << 20
@@ -181,28 +181,52 @@ class BatchStore:
         self, tenant: str, after: str | None, limit: int, purpose: str | None = None
     ) -> tuple[list[protocol.FileRecord], bool]:
         """Up to `limit` of a tenant's files (of `purpose`, if given), newest first, after the one
-        named `after`; and whether more follow. The index is read on past files of another purpose
-        and files whose record expired, so a page is short only at the end."""
-        index, records = protocol.file_index_key(tenant), []
-        while True:  # until one file beyond the page is found, or the index ends
-            ids, more = await self._page(index, after, max(limit, FILES_READ_AT_ONCE))
+        named `after`; and whether more follow."""
+
+        async def load(ids: list[str]) -> list[protocol.FileRecord | None]:
             async with _redis("the files were not read"):
                 raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
-            found = (protocol.file_decoder.decode(_bytes(raw)) for raw in raws if raw is not None)
-            records += [record for record in found if purpose in (None, record.purpose)]
-            if len(records) > limit or not more:
-                return records[:limit], len(records) > limit
-            after = ids[-1]
+            return [None if raw is None else protocol.file_decoder.decode(_bytes(raw)) for raw in raws]
 
-    async def _page(self, index: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        index = protocol.file_index_key(tenant)
+        return await self._listing(index, after, limit, load, lambda r: purpose in (None, r.purpose))
+
+    async def _listing(
+        self, index: str, after: str | None, limit: int, load: Callable[[list[str]], Awaitable[list[Any]]],
+        keep: Callable[[Any], bool] = lambda _: True,
+    ) -> tuple[list[Any], bool]:  # fmt: skip
+        """Up to `limit` of an index's members as `load` gives them, newest first, after the one
+        named `after`, skipping those `keep` refuses; and whether more follow. The index is read on
+        past skipped members and those whose record expired (which it drops, so it does not grow
+        forever), so a page is short only at the end. `InvalidRequest` if `after` is not listed."""
+        below = await self._place_of(index, after)
+        found: list[Any] = []
+        while True:  # until one member beyond the page is found, or the index ends
+            async with _redis("the list was not read"):
+                raw: list[Any] = await self.redis.zrevrangebyscore(
+                    index, f"({below}", "-inf", start=0, num=max(limit, FILES_READ_AT_ONCE) + 1, withscores=True
+                )
+            more = len(raw) > max(limit, FILES_READ_AT_ONCE)
+            page = raw[: max(limit, FILES_READ_AT_ONCE)]
+            ids = [_text(member) for member, _ in page]
+            loaded = await load(ids)
+            if gone := [i for i, item in zip(ids, loaded, strict=True) if item is None]:
+                async with _redis("the list was not pruned"):
+                    await self.redis.zrem(index, *gone)
+            found += [item for item in loaded if item is not None and keep(item)]
+            if len(found) > limit or not more:
+                return found[:limit], len(found) > limit
+            below = page[-1][1]  # by place, not by id: the member may have just been dropped
+
+    async def _place_of(self, index: str, after: str | None) -> float | str:
+        """The place in `index` that a page after `after` starts below ("+inf": from the newest)."""
+        if not after:
+            return "+inf"
         async with _redis("the list was not read"):
-            start = 0
-            if after:
-                rank: Any = await self.redis.zrevrank(index, after)
-                start = 0 if rank is None else int(rank) + 1
-            raw: list[Any] = await self.redis.zrevrange(index, start, start + limit)
-        ids = [_text(item) for item in raw]
-        return ids[:limit], len(ids) > limit
+            place = await self.redis.zscore(index, after)
+        if place is None:
+            raise InvalidRequest(f"after is {after!r}, which is not in this list (deleted, or expired) - at `$.after`")
+        return float(place)
 
     # ------------------------------------------------------------ batches
 
@@ -232,9 +256,11 @@ class BatchStore:
 
     async def list_batches(self, tenant: str, after: str | None, limit: int) -> tuple[list[Any], bool]:
         """A tenant's batches as `batch` gives each, newest first, after `after`; whether more follow."""
-        ids, more = await self._page(protocol.batch_index_key(tenant), after, limit)
-        found = await asyncio.gather(*(self.batch(i) for i in ids))
-        return [item for item in found if item is not None], more
+
+        async def load(ids: list[str]) -> list[Any]:
+            return list(await asyncio.gather(*(self.batch(i) for i in ids)))
+
+        return await self._listing(protocol.batch_index_key(tenant), after, limit, load)
 
     async def save(self, record: protocol.BatchRecord) -> None:
         async with _redis("the batch was not saved"):

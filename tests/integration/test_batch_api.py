@@ -503,7 +503,35 @@ async def test_files_listed_by_purpose_come_in_full_pages(
     assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:6]]  # the output between skipped
     held = redis.Redis.from_url(s.redis_url)
     held.delete(protocol.file_key(newest_first[1]))  # its record expired; the index still names it
-    held.close()
     page = await aio.files.list(limit=2)
     assert ([f.id for f in page.data], page.has_more) == ([newest_first[0], newest_first[2]], True)
+    index = [i.decode() for i in held.zrange(protocol.file_index_key(protocol.OPEN_GRANT.tenant), 0, -1)]
+    assert newest_first[2] in index and newest_first[1] not in index  # the expired one dropped from it
+    held.close()
+    await aio.files.delete(newest_first[2])
+    with pytest.raises(openai.BadRequestError, match=f"after is '{newest_first[2]}', which is not in this list"):
+        await aio.files.list(limit=2, after=newest_first[2])  # not the first page again: a client would loop
+    await aio.close()
+
+
+async def test_batches_listed_past_expired_records_come_in_full_pages(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    s: Stack = await stack(settings_for_batches(make_settings), pools=[])
+    aio = client(s)
+    data = jsonl([chat_line("only", "one line")])
+    newest_first = [(await run_batch(aio, data)).id for _ in range(5)][::-1]
+    held = redis.Redis.from_url(s.redis_url)
+    held.delete(protocol.batch_key(newest_first[1]), protocol.batch_key(newest_first[2]))  # expired
+    pages = []
+    page = await aio.batches.list(limit=2)
+    while True:
+        pages.append([b.id for b in page.data])
+        if not page.has_more:
+            break
+        page = await aio.batches.list(limit=2, after=page.data[-1].id)
+    assert pages == [[newest_first[0], newest_first[3]], [newest_first[4]]]
+    index = held.zrange(protocol.batch_index_key(protocol.OPEN_GRANT.tenant), 0, -1)
+    assert sorted(i.decode() for i in index) == sorted([newest_first[0], newest_first[3], newest_first[4]])
+    held.close()
     await aio.close()
