@@ -226,6 +226,7 @@ def _lifecycle(
         if settings.auth.mode == "keys":
             tasks.append(asyncio.create_task(every(auth.REFRESH_S, stop, authenticator.refresh)))
         if BATCH_TIER in state.router.tiers:  # a gateway serving the batch tier runs batches
+            app[batch_api.RUNNER] = runner
             tasks.append(asyncio.create_task(every(settings.batches.poll_interval_s, stop, runner.look)))
             if settings.batches.pace == "adaptive":
                 tasks.append(asyncio.create_task(runner.loop_lag.run(stop)))

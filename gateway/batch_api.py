@@ -19,7 +19,7 @@ from msgspec import Meta
 from core import protocol
 from core.errors import InvalidRequest, NotFound, PayloadTooLarge
 
-from .batch_runner import CANCELLING, IN_PROGRESS, TERMINAL, VALIDATING, window_s
+from .batch_runner import CANCELLING, IN_PROGRESS, TERMINAL, VALIDATING, BatchRunner, window_s
 from .batch_store import COMPLETED, FAILED, BatchStore, FileGone
 from .http_shared import GATEWAY_HEADER, decode_json, grant_of, json_response
 from .openai_api import openai_errors
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PREFIXES = ("/v1/files", "/v1/batches")  # the paths of this dialect: errors in OpenAI's shape
 UPLOAD_PATH = "/v1/files"  # its body is read here, in parts, against the file size limit
 STORE: web.AppKey[BatchStore] = web.AppKey("batch_store", BatchStore)
+RUNNER: web.AppKey[BatchRunner] = web.AppKey("batch_runner", BatchRunner)  # where this gateway runs batches
 PAGE_DEFAULT, PAGE_MAX = 20, 100
 UPLOAD_CHUNK_BYTES = 262_144  # an upload is read this much at a time: 18 % less CPU than 64 KiB, no more with 1 MiB
 
@@ -277,6 +278,8 @@ async def create_batch(request: web.Request) -> web.StreamResponse:
         grant=grant_of(request) if tenant else None,
     )
     await store.create(record)
+    if (runner := request.app.get(RUNNER)) is not None:
+        await runner.take(record.id)
     return json_response(batch_object(record, {}, 0))
 
 

@@ -108,10 +108,19 @@ class BatchRunner:
         away, the next step tries again."""
         with contextlib.suppress(BackendUnavailable):
             for batch_id in await self.store.active():
-                if self.stopping.is_set():
-                    return
-                if batch_id not in self.running and await self.store.acquire(batch_id, self.owner):
-                    self._start(batch_id)
+                await self._take(batch_id)
+
+    async def take(self, batch_id: str) -> None:
+        """Start a batch just created through this gateway now, rather than at the next look
+        (up to `poll_interval_s` later), if its lease is free; with Redis away, a look takes it."""
+        with contextlib.suppress(BackendUnavailable):
+            await self._take(batch_id)
+
+    async def _take(self, batch_id: str) -> None:
+        if self.stopping.is_set() or batch_id in self.running:
+            return
+        if await self.store.acquire(batch_id, self.owner):
+            self._start(batch_id)
 
     def _start(self, batch_id: str) -> None:
         task = asyncio.create_task(self._hold(batch_id))

@@ -28,6 +28,7 @@ from core import protocol
 from core.settings import Settings
 from gateway import batch_store
 from gateway.batch_lines import idempotency_key
+from gateway.batch_runner import BatchRunner
 from tests.integration.conftest import Stack
 from tests.integration.test_tenants import make_key
 from workers.models import embed
@@ -122,6 +123,17 @@ async def test_a_batch_of_chat_lines_completes_with_every_answer_once(
     assert 'tiergate_batches_total{status="completed"} 1.0' in metrics
     assert 'tiergate_batch_lines_total{outcome="completed"} 120.0' in metrics
     assert "tiergate_batches_running 0.0" in metrics
+    await aio.close()
+
+
+async def test_a_batch_starts_at_once_on_the_gateway_it_was_created_through(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    s: Stack = await stack(make_settings(batches__poll_interval_s=3600.0), pools=BATCH)
+    aio = client(s)
+    batch = await run_batch(aio, jsonl([chat_line(f"line-{i}", f"question {i}") for i in range(5)]))
+    done = await until_status(aio, batch.id, "completed", "failed", timeout_s=30)  # no look within the hour
+    assert (done.status, done.request_counts.completed) == ("completed", 5)
     await aio.close()
 
 
@@ -297,11 +309,16 @@ async def test_batches_take_turns_and_files_may_live_in_a_directory(
 
 
 async def test_a_line_whose_first_copy_was_never_queued_runs_under_its_next_key(
-    stack: StartStack, make_settings: Callable[..., Settings], redis_url: str
+    stack: StartStack, make_settings: Callable[..., Settings], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A runner that died between claiming a line's idempotency key and queueing it left the key
     naming a request that never ran: the line waits for it one deadline, then runs anew."""
     settings = make_settings(batches__poll_interval_s=0.5, tiers__batch__default_deadline_ms=1500)
+
+    async def created_elsewhere(self: BatchRunner, batch_id: str) -> None:
+        """As if created through another gateway: a look takes it up, after the key below is set."""
+
+    monkeypatch.setattr(BatchRunner, "take", created_elsewhere)
     s: Stack = await stack(settings, pools=BATCH)
     aio = client(s)
     texts = {f"k{i}": f"key {i}" for i in range(5)}
