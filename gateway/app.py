@@ -35,7 +35,7 @@ from core.errors import (
 )
 from core.heap import freeze_startup_heap
 from core.protocol import OPEN_GRANT
-from core.settings import Settings
+from core.settings import BatchSettings, Settings
 from core.tracing import start as start_tracing
 
 from . import auth, batch_api, dashboard, handlers, metrics, openai_api, openapi
@@ -227,10 +227,7 @@ def _lifecycle(
             tasks.append(asyncio.create_task(every(auth.REFRESH_S, stop, authenticator.refresh)))
         if BATCH_TIER in state.router.tiers:  # a gateway serving the batch tier runs batches
             app[batch_api.RUNNER] = runner
-            tasks.append(asyncio.create_task(every(settings.batches.poll_interval_s, stop, runner.look)))
-            if settings.batches.pace == "adaptive":
-                tasks.append(asyncio.create_task(runner.loop_lag.run(stop)))
-                tasks.append(asyncio.create_task(every(settings.batches.pace_interval_s, stop, runner.steer)))
+            tasks += _running_batches(runner, settings.batches, stop)
         yield
         stop.set()
         await runner.close(settings.gateway.shutdown_grace_s)
@@ -244,6 +241,15 @@ def _lifecycle(
             await asyncio.to_thread(tracing.close)  # its last spans' export may take a while
 
     return context
+
+
+def _running_batches(runner: BatchRunner, batches: BatchSettings, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The loops of a gateway that runs batches: its look for batches, and the adaptive pace's."""
+    tasks = [asyncio.create_task(every(batches.poll_interval_s, stop, runner.look))]
+    if batches.pace == "adaptive":
+        tasks.append(asyncio.create_task(runner.loop_lag.run(stop)))
+        tasks.append(asyncio.create_task(every(batches.pace_interval_s, stop, runner.steer)))
+    return tasks
 
 
 def _sampler(state: GatewayState, gauges: metrics.GatewayMetrics) -> Callable[[], Awaitable[None]]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import openai
 import pytest
 
 from core.settings import DEFAULT_CONFIG_PATH, load_settings
@@ -127,8 +128,32 @@ def test_up_on_fakeredis_says_latency_targets_do_not_hold() -> None:
         answers, lost = asyncio.run(send_all(up.url, 30))
         assert lost == 0
         check_answers(answers, 30)
+        assert batch_answers(up.url, ["first", "second"]) == ["tsrif", "dnoces"]  # its scripts run too
     finally:
         assert up.stop() == 0
+
+
+def batch_answers(url: str, texts: list[str], timeout_s: float = 30) -> list[str]:
+    """The answers of a Batch API batch of one chat line per text, in order, through the SDK."""
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=10)
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "sim-echo", "messages": [{"role": "user", "content": text}]}}
+        for i, text in enumerate(texts)
+    ]  # fmt: skip
+    uploaded = sdk.files.create(
+        file=("in.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()), purpose="batch"
+    )
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + timeout_s
+    while batch.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        batch = sdk.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id, batch
+    output = [json.loads(line) for line in sdk.files.content(batch.output_file_id).text.splitlines()]
+    sdk.close()
+    assert [line["custom_id"] for line in output] == [f"c{i}" for i in range(len(texts))]
+    return [line["response"]["body"]["choices"][0]["message"]["content"] for line in output]
 
 
 def warned(proc: Proc, logger: str, timeout_s: float = 10) -> str:
