@@ -1,6 +1,6 @@
 """Batch API files kept in a real Redis a piece at a time: what is read back is what was stored,
 cut into pieces of FILE_PIECE_BYTES; a write that fails leaves nothing behind; a file deleted while
-it is read says so instead of ending short."""
+it is read says so instead of ending short. On one Redis server and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from core.settings import BatchSettings, RedisSettings
 from gateway import batch_store
 from gateway.batch_store import BatchStore, FileGone
 
-pytestmark = pytest.mark.redis_server
+pytestmark = [pytest.mark.redis_server, pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)]
 
 PIECE = 1000
 
@@ -23,7 +23,7 @@ PIECE = 1000
 @pytest.fixture
 async def store(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BatchStore]:
     monkeypatch.setattr(batch_store, "FILE_PIECE_BYTES", PIECE)
-    client = redis_client.single_node(RedisSettings(), redis_url)
+    client = await redis_client.connect(RedisSettings(), redis_url)
     yield BatchStore(client, BatchSettings())
     await client.aclose()
 
