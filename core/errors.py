@@ -47,6 +47,7 @@ TIER_NOT_SERVED = "tier_not_served"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 QUEUE_FULL = "queue_full"
 RATE_LIMITED = "rate_limited"
+UPLOADS_FULL = "uploads_full"
 REDIS_UNAVAILABLE = "redis_unavailable"
 DEADLINE_EXCEEDED = "deadline_exceeded"
 WORKER_ERROR = "worker_error"
@@ -177,6 +178,12 @@ class RateLimited(QueueFull):
     the message names the limit, `retry_after_s` says when it has room again."""
 
     code = RATE_LIMITED
+
+
+class UploadsFull(QueueFull):
+    """A gateway already takes in `[batches] max_uploading_bytes` of file uploads at once."""
+
+    code = UPLOADS_FULL
 
 
 class BackendUnavailable(RequestError):

@@ -269,6 +269,9 @@ class BatchSettings(_Frozen, frozen=True):
     """The OpenAI Batch API (docs/batch.md): limits on its files, and how its runner feeds lines."""
 
     max_file_bytes: PositiveInt = 104_857_600  # an uploaded file's size limit
+    # Bytes of file uploads one gateway takes in at once, each counted at its Content-Length (at
+    # max_file_bytes without one): an upload is held in memory until it is stored.
+    max_uploading_bytes: PositiveInt = 419_430_400
     max_lines: PositiveInt = 50_000  # lines of one batch's input file
     max_line_bytes: PositiveInt = 1_048_576  # one line of an input file
     # Where file contents are kept: "redis" (every gateway reads them; up to redis_max_file_bytes

@@ -7,7 +7,7 @@ backends' own settings and static API keys. Pure: `validate` returns every probl
 from __future__ import annotations
 
 from .capabilities import LOCAL_MODELS
-from .settings import TIER_NAMES, LatencyModel, PoolSettings, Settings
+from .settings import TIER_NAMES, BatchSettings, LatencyModel, PoolSettings, Settings
 
 
 def validate(s: Settings) -> list[str]:
@@ -37,18 +37,28 @@ def validate(s: Settings) -> list[str]:
             f"supervisor.restart_backoff_max_s: {s.supervisor.restart_backoff_max_s:g} is below "
             f"restart_backoff_s ({s.supervisor.restart_backoff_s:g})"
         )
-    if s.batches.storage == "directory" and not s.batches.directory:
+    problems += _check_batches(s.batches)
+    problems += _check_routing(s)
+    problems += _check_keys(s)
+    return problems
+
+
+def _check_batches(b: BatchSettings) -> list[str]:
+    problems = []
+    if b.storage == "directory" and not b.directory:
         problems.append('batches.directory: storage = "directory" needs the directory files are kept in')
-    if s.batches.storage == "s3" and not s.batches.s3_bucket:
+    if b.storage == "s3" and not b.s3_bucket:
         problems.append('batches.s3_bucket: storage = "s3" needs the bucket files are kept in')
-    b = s.batches
     if b.pace == "adaptive" and b.max_lines_per_s and b.min_lines_per_s > b.max_lines_per_s:
         problems.append(
             f"batches.min_lines_per_s: {b.min_lines_per_s:g} is above max_lines_per_s ({b.max_lines_per_s:g}), "
             "the adaptive pace's ceiling"
         )
-    problems += _check_routing(s)
-    problems += _check_keys(s)
+    if b.max_uploading_bytes < b.max_file_bytes:
+        problems.append(
+            f"batches.max_uploading_bytes: {b.max_uploading_bytes} is below max_file_bytes ({b.max_file_bytes}): "
+            "a file of the largest size could never be uploaded"
+        )
     return problems
 
 

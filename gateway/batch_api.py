@@ -7,8 +7,10 @@ Handlers only translate: files and batch records are `BatchStore`'s, running a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -17,7 +19,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from msgspec import Meta
 
 from core import protocol
-from core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UploadsFull
+from core.settings import BatchSettings
 
 from .batch_runner import CANCELLING, IN_PROGRESS, TERMINAL, VALIDATING, BatchRunner, window_s
 from .batch_store import COMPLETED, FAILED, BatchStore, FileGone
@@ -31,6 +34,7 @@ UPLOAD_PATH = "/v1/files"  # its body is read here, in parts, against the file s
 STORE: web.AppKey[BatchStore] = web.AppKey("batch_store", BatchStore)
 RUNNER: web.AppKey[BatchRunner] = web.AppKey("batch_runner", BatchRunner)  # where this gateway runs batches
 PAGE_DEFAULT, PAGE_MAX = 20, 100
+MULTIPART_SLACK_BYTES = 65_536  # a multipart body's own bytes beyond its file: boundaries, part headers, purpose
 UPLOAD_CHUNK_BYTES = 262_144  # an upload is read this much at a time: 18 % less CPU than 64 KiB, no more with 1 MiB
 
 
@@ -114,10 +118,7 @@ async def _read_part(part: BodyPartReader, limit: int, timeout_s: float) -> list
 async def _upload(request: web.Request) -> tuple[str, str, list[bytes]]:
     """(purpose, filename, content in parts) of a multipart upload."""
     settings = request.app[STATE].settings
-    limits = settings.batches
-    limit = limits.max_file_bytes
-    if limits.storage == "redis":
-        limit = min(limit, limits.redis_max_file_bytes)
+    limit = _file_limit(settings.batches)
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("upload a file as multipart/form-data with the fields `file` and `purpose`")
     purpose, filename, data = "", "", None
@@ -141,6 +142,12 @@ async def _upload(request: web.Request) -> tuple[str, str, list[bytes]]:
     return purpose, filename, data
 
 
+def _file_limit(limits: BatchSettings) -> int:
+    if limits.storage == "redis":
+        return min(limits.max_file_bytes, limits.redis_max_file_bytes)
+    return limits.max_file_bytes
+
+
 async def _purpose(part: BodyPartReader, timeout_s: float) -> str:
     """The `purpose` field, judged as soon as it is read (before a file that follows it)."""
     try:
@@ -154,10 +161,46 @@ async def _purpose(part: BodyPartReader, timeout_s: float) -> str:
     return purpose
 
 
+class Intake:
+    """The bytes of the uploads a gateway takes in at once, held in its memory until each is
+    stored: up to `limit` (`[batches] max_uploading_bytes`), each counted at its declared size."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        if self.held + size > self.limit:
+            raise UploadsFull(
+                f"this gateway is taking in {self.held} bytes of uploads; {size} more would pass its limit of "
+                f"{self.limit} (batches.max_uploading_bytes): retry after the Retry-After seconds"
+            )
+        self.held += size
+        try:
+            yield
+        finally:
+            self.held -= size
+
+
+INTAKE: web.AppKey[Intake] = web.AppKey("upload_intake", Intake)
+
+
+def _declared_size(request: web.Request) -> int:
+    """What an upload counts against the intake: its Content-Length (413 at once if that alone
+    passes the file size limit), or the limit where it has none (a chunked body)."""
+    limit = _file_limit(request.app[STATE].settings.batches)
+    declared = request.content_length
+    if declared is not None and declared > limit + MULTIPART_SLACK_BYTES:
+        raise PayloadTooLarge(f"the upload is {declared} bytes; a file exceeds the limit of {limit} bytes")
+    return min(declared, limit + MULTIPART_SLACK_BYTES) if declared is not None else limit
+
+
 @openai_errors
 async def create_file(request: web.Request) -> web.StreamResponse:
     try:
-        purpose, filename, parts = await _upload(request)
+        with request.app[INTAKE].hold(_declared_size(request)):
+            purpose, filename, parts = await _upload(request)
     except TimeoutError as exc:
         raise InvalidRequest("the upload stalled: no data arrived in time") from exc
     now_s = int(_now_ms(request) / 1000)

@@ -285,6 +285,64 @@ async def test_files_larger_than_a_piece_are_judged_run_and_sent_back_whole(
     await aio.close()
 
 
+def multipart(content: bytes, boundary: str = "tgboundary") -> tuple[bytes, str]:
+    """A multipart upload body of `content` with purpose `batch`, and its Content-Type."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return head.encode() + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def open_upload(url: str, body: bytes, content_type: str, send: int) -> tuple[Any, Any]:
+    """An upload on its own connection with only its first `send` bytes sent: (reader, writer)."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+    writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:send])
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_of(reader: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """(status, headers, JSON body) of an HTTP/1.1 answer with a Content-Length."""
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) != b"\r\n":
+        name, value = line.decode().split(":", 1)
+        headers[name.lower()] = value.strip()
+    return status, headers, json.loads(await reader.readexactly(int(headers["content-length"])))
+
+
+async def test_uploads_beyond_what_a_gateway_takes_in_at_once_are_refused_at_once(
+    stack: StartStack, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for_batches(make_settings, max_file_bytes=100_000, max_uploading_bytes=150_000)
+    s: Stack = await stack(settings, pools=[])
+    aio = client(s)
+    big, content_type = multipart(b"{}\n" * 30_000)  # 90 kB
+    reader, writer = await open_upload(s.url, big, content_type, send=1_000)  # held: most of it still to come
+    small = b"{}\n" * 20_000  # 60 kB more would pass 150 kB
+    async with asyncio.timeout(10):  # refused at once, not after the first upload ends
+        with pytest.raises(openai.RateLimitError, match="max_uploading_bytes") as refused:
+            await aio.files.create(file=("small.jsonl", small), purpose="batch")
+    assert refused.value.response.headers["Retry-After"] == "1"
+    assert refused.value.body["code"] == "uploads_full"  # type: ignore[index]
+    writer.write(big[1_000:])
+    status, _, stored = await answer_of(reader)
+    assert (status, stored["bytes"]) == (200, 90_000)
+    writer.close()
+    assert (await aio.files.create(file=("small.jsonl", small), purpose="batch")).bytes == 60_000  # room again
+    too_big, content_type = multipart(b"x" * 200_000)
+    reader, writer = await open_upload(s.url, too_big, content_type, send=0)  # judged by its Content-Length
+    status, _, error = await answer_of(reader)
+    assert (status, error["error"]["code"]) == (413, "payload_too_large")
+    assert "limit of 100000 bytes" in error["error"]["message"]
+    writer.close()
+    await aio.close()
+
+
 async def test_batches_take_turns_and_files_may_live_in_a_directory(
     stack: StartStack, make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
