@@ -269,8 +269,8 @@ class BatchSettings(_Frozen, frozen=True):
     """The OpenAI Batch API (docs/batch.md): limits on its files, and how its runner feeds lines."""
 
     max_file_bytes: PositiveInt = 104_857_600  # an uploaded file's size limit
-    # Bytes of file uploads one gateway takes in at once, each counted at its Content-Length (at
-    # max_file_bytes without one): an upload is held in memory until it is stored.
+    # Bytes of file uploads one gateway holds in memory at once (an upload is held until stored):
+    # one is let in if its Content-Length (max_file_bytes without one) fits, then counts what it sent.
     max_uploading_bytes: PositiveInt = 419_430_400
     max_lines: PositiveInt = 50_000  # lines of one batch's input file
     max_line_bytes: PositiveInt = 1_048_576  # one line of an input file

@@ -215,7 +215,7 @@ def _lifecycle(
         calls = app[CALLS] = Calls(state, app[metrics.METRICS], tracing, tenants)
         reader = ResultReader(state.queue, gateway_id, waiters, calls.async_reply)
         store = app[batch_api.STORE] = BatchStore(redis, settings.batches)
-        app[batch_api.INTAKE] = batch_api.Intake(settings.batches.max_uploading_bytes)
+        app[batch_api.INTAKE] = batch_api.Intake(settings.batches.max_uploading_bytes, app[metrics.METRICS].batch)
         runner = BatchRunner(calls, store, app[metrics.METRICS].batch)
         stop = asyncio.Event()
         tasks = [

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -22,6 +22,7 @@ from core import protocol
 from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UploadsFull
 from core.settings import BatchSettings
 
+from .batch_metrics import BatchMetrics
 from .batch_runner import CANCELLING, IN_PROGRESS, TERMINAL, VALIDATING, BatchRunner, window_s
 from .batch_store import COMPLETED, FAILED, BatchStore, FileGone
 from .http_shared import GATEWAY_HEADER, decode_json, grant_of, json_response
@@ -99,9 +100,12 @@ async def _own_file(request: web.Request) -> protocol.FileRecord:
     return record
 
 
-async def _read_part(part: BodyPartReader, limit: int, timeout_s: float) -> list[bytes]:
+async def _read_part(
+    part: BodyPartReader, limit: int, timeout_s: float, take: Callable[[int], None] = lambda _: None
+) -> list[bytes]:
     """A part's content in the chunks it came in (a large file is never joined into one bytes
-    object on the event loop), each chunk within `timeout_s`, refused once it passes `limit` bytes."""
+    object on the event loop), each chunk within `timeout_s` and given to `take` (the intake's
+    count), refused once it passes `limit` bytes."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -112,11 +116,12 @@ async def _read_part(part: BodyPartReader, limit: int, timeout_s: float) -> list
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"the file exceeds the limit of {limit} bytes")
+        take(len(chunk))
         chunks.append(chunk)
 
 
-async def _upload(request: web.Request) -> tuple[str, str, list[bytes]]:
-    """(purpose, filename, content in parts) of a multipart upload."""
+async def _upload(request: web.Request, take: Callable[[int], None]) -> tuple[str, str, list[bytes]]:
+    """(purpose, filename, content in parts) of a multipart upload; `take` counts the file's bytes."""
     settings = request.app[STATE].settings
     limit = _file_limit(settings.batches)
     if not request.content_type.startswith("multipart/"):
@@ -130,7 +135,7 @@ async def _upload(request: web.Request) -> tuple[str, str, list[bytes]]:
                 raise InvalidRequest(f"unexpected field {name!r}; an upload has only `file` and `purpose`")
             if part.name == "file":
                 filename = os.path.basename(part.filename or "upload.jsonl")
-                data = await _read_part(part, limit, settings.gateway.body_timeout_s)
+                data = await _read_part(part, limit, settings.gateway.body_timeout_s, take)
             else:
                 purpose = await _purpose(part, settings.gateway.body_timeout_s)
     except (HttpProcessingError, ValueError, AssertionError) as exc:  # aiohttp's parser on a malformed body
@@ -162,25 +167,43 @@ async def _purpose(part: BodyPartReader, timeout_s: float) -> str:
 
 
 class Intake:
-    """The bytes of the uploads a gateway takes in at once, held in its memory until each is
-    stored: up to `limit` (`[batches] max_uploading_bytes`), each counted at its declared size."""
+    """The bytes of file uploads a gateway holds in memory until each is stored, up to `limit`
+    (`[batches] max_uploading_bytes`). An upload is let in if its declared size fits beside the
+    bytes the others hold, and counts its own bytes as they arrive: one that says it is large
+    and sends slowly holds only what it sent."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, metrics: BatchMetrics) -> None:
         self.limit = limit
         self.held = 0
+        self.metrics = metrics
+        metrics.uploading.set_function(lambda: self.held)
 
     @contextlib.contextmanager
-    def hold(self, size: int) -> Iterator[None]:
+    def upload(self, declared: int) -> Iterator[Callable[[int], None]]:
+        """Let an upload of `declared` bytes in, or raise `UploadsFull`; yields `take(n)`, to call
+        as each `n` bytes arrive (it raises `UploadsFull` past the limit). Its bytes are let go at
+        the end."""
+        self._fits(declared)
+        taken = 0
+
+        def take(size: int) -> None:
+            nonlocal taken
+            self._fits(size)
+            self.held += size
+            taken += size
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
+
+    def _fits(self, size: int) -> None:
         if self.held + size > self.limit:
+            self.metrics.uploads_refused.inc()
             raise UploadsFull(
-                f"this gateway is taking in {self.held} bytes of uploads; {size} more would pass its limit of "
+                f"this gateway holds {self.held} bytes of uploads; {size} more would pass its limit of "
                 f"{self.limit} (batches.max_uploading_bytes): retry after the Retry-After seconds"
             )
-        self.held += size
-        try:
-            yield
-        finally:
-            self.held -= size
 
 
 INTAKE: web.AppKey[Intake] = web.AppKey("upload_intake", Intake)
@@ -198,17 +221,17 @@ def _declared_size(request: web.Request) -> int:
 
 @openai_errors
 async def create_file(request: web.Request) -> web.StreamResponse:
-    try:
-        with request.app[INTAKE].hold(_declared_size(request)):
-            purpose, filename, parts = await _upload(request)
-    except TimeoutError as exc:
-        raise InvalidRequest("the upload stalled: no data arrived in time") from exc
-    now_s = int(_now_ms(request) / 1000)
-    size = sum(map(len, parts))
-    record = protocol.FileRecord(
-        f"file-{protocol.new_request_id()}", size, now_s, filename, purpose, grant_of(request).tenant
-    )
-    await request.app[STORE].put_file(record, parts)
+    with request.app[INTAKE].upload(_declared_size(request)) as take:
+        try:
+            purpose, filename, parts = await _upload(request, take)
+        except TimeoutError as exc:
+            raise InvalidRequest("the upload stalled: no data arrived in time") from exc
+        now_s = int(_now_ms(request) / 1000)
+        size = sum(map(len, parts))
+        record = protocol.FileRecord(
+            f"file-{protocol.new_request_id()}", size, now_s, filename, purpose, grant_of(request).tenant
+        )
+        await request.app[STORE].put_file(record, parts)
     return json_response(_file_object(record))
 
 

@@ -40,6 +40,14 @@ class BatchMetrics:
             "tiergate_event_loop_lag_seconds", "The event loop's worst lateness in the last pace interval",
             registry=r,
         )  # fmt: skip
+        self.uploading = Gauge(
+            "tiergate_uploads_in_bytes", "Bytes of file uploads this gateway holds in memory, not yet stored",
+            registry=r,
+        )  # fmt: skip
+        self.uploads_refused = Counter(
+            "tiergate_uploads_refused", "File uploads refused because [batches] max_uploading_bytes was held",
+            registry=r,
+        )  # fmt: skip
         for status in STATUSES:
             self.batches.labels(status)
         for outcome in ("completed", "failed"):

@@ -26,10 +26,10 @@ import redis
 
 from core import protocol
 from core.settings import Settings
-from gateway import batch_store
+from gateway import batch_api, batch_store
 from gateway.batch_lines import idempotency_key
 from gateway.batch_runner import BatchRunner
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, wait_until
 from tests.integration.test_tenants import make_key
 from workers.models import embed
 
@@ -305,6 +305,14 @@ async def open_upload(url: str, body: bytes, content_type: str, send: int) -> tu
     return reader, writer
 
 
+async def held_bytes(s: Stack, holds: Callable[[float], bool]) -> bool:
+    """Whether the gateway's bytes of uploads held (`tiergate_uploads_in_bytes`) satisfy `holds`."""
+    async with s.http.get(f"{s.url}/metrics") as response:
+        text = await response.text()
+    (line,) = [line for line in text.splitlines() if line.startswith("tiergate_uploads_in_bytes ")]
+    return holds(float(line.split()[1]))
+
+
 async def answer_of(reader: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
     """(status, headers, JSON body) of an HTTP/1.1 answer with a Content-Length."""
     status = int((await reader.readline()).split()[1])
@@ -316,24 +324,31 @@ async def answer_of(reader: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
 
 
 async def test_uploads_beyond_what_a_gateway_takes_in_at_once_are_refused_at_once(
-    stack: StartStack, make_settings: Callable[..., Settings]
+    stack: StartStack, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings_for_batches(make_settings, max_file_bytes=100_000, max_uploading_bytes=150_000)
+    monkeypatch.setattr(batch_api, "UPLOAD_CHUNK_BYTES", 4096)  # the reader holds back a chunk or two, not 512 kB
+    settings = settings_for_batches(make_settings, max_file_bytes=100_000, max_uploading_bytes=130_000)
     s: Stack = await stack(settings, pools=[])
     aio = client(s)
     big, content_type = multipart(b"{}\n" * 30_000)  # 90 kB
-    reader, writer = await open_upload(s.url, big, content_type, send=1_000)  # held: most of it still to come
-    small = b"{}\n" * 20_000  # 60 kB more would pass 150 kB
+    reader, writer = await open_upload(s.url, big, content_type, send=len(big) - 100)  # its end still to come
+    await wait_until(lambda: held_bytes(s, lambda held: held >= 80_000))
+    small = b"{}\n" * 20_000  # 60 kB more would pass 130 kB
     async with asyncio.timeout(10):  # refused at once, not after the first upload ends
         with pytest.raises(openai.RateLimitError, match="max_uploading_bytes") as refused:
             await aio.files.create(file=("small.jsonl", small), purpose="batch")
     assert refused.value.response.headers["Retry-After"] == "1"
     assert refused.value.body["code"] == "uploads_full"  # type: ignore[index]
-    writer.write(big[1_000:])
+    writer.write(big[-100:])
     status, _, stored = await answer_of(reader)
     assert (status, stored["bytes"]) == (200, 90_000)
     writer.close()
+    assert await held_bytes(s, lambda held: held == 0)  # let go once stored
     assert (await aio.files.create(file=("small.jsonl", small), purpose="batch")).bytes == 60_000  # room again
+    slow, content_type = multipart(b"{}\n" * 40_000)  # says 120 kB, sends 1 kB: holds only that
+    reader, writer = await open_upload(s.url, slow, content_type, send=1_000)
+    assert (await aio.files.create(file=("small.jsonl", small), purpose="batch")).bytes == 60_000
+    writer.close()
     too_big, content_type = multipart(b"x" * 200_000)
     reader, writer = await open_upload(s.url, too_big, content_type, send=0)  # judged by its Content-Length
     status, _, error = await answer_of(reader)
