@@ -188,26 +188,27 @@ class BatchStore:
                 raws = await asyncio.gather(*(self.redis.get(protocol.file_key(i)) for i in ids))
             return [None if raw is None else protocol.file_decoder.decode(_bytes(raw)) for raw in raws]
 
-        index = protocol.file_index_key(tenant)
-        return await self._listing(index, after, limit, load, lambda r: purpose in (None, r.purpose))
+        index, at_once = protocol.file_index_key(tenant), max(limit, FILES_READ_AT_ONCE)
+        return await self._listing(index, after, limit, at_once, load, lambda r: purpose in (None, r.purpose))
 
     async def _listing(
-        self, index: str, after: str | None, limit: int, load: Callable[[list[str]], Awaitable[list[Any]]],
-        keep: Callable[[Any], bool] = lambda _: True,
+        self, index: str, after: str | None, limit: int, at_once: int,
+        load: Callable[[list[str]], Awaitable[list[Any]]], keep: Callable[[Any], bool] = lambda _: True,
     ) -> tuple[list[Any], bool]:  # fmt: skip
-        """Up to `limit` of an index's members as `load` gives them, newest first, after the one
-        named `after`, skipping those `keep` refuses; and whether more follow. The index is read on
-        past skipped members and those whose record expired (which it drops, so it does not grow
-        forever), so a page is short only at the end. `InvalidRequest` if `after` is not listed."""
+        """Up to `limit` of an index's members as `load` gives them (`at_once` at a time), newest
+        first, after the one named `after`, skipping those `keep` refuses; and whether more follow.
+        The index is read on past skipped members and those whose record expired (which it drops,
+        so it does not grow forever): a page is short only at the end. `InvalidRequest` if `after`
+        is not listed."""
         below = await self._place_of(index, after)
         found: list[Any] = []
         while True:  # until one member beyond the page is found, or the index ends
             async with _redis("the list was not read"):
                 raw: list[Any] = await self.redis.zrevrangebyscore(
-                    index, f"({below}", "-inf", start=0, num=max(limit, FILES_READ_AT_ONCE) + 1, withscores=True
+                    index, f"({below}", "-inf", start=0, num=at_once + 1, withscores=True
                 )
-            more = len(raw) > max(limit, FILES_READ_AT_ONCE)
-            page = raw[: max(limit, FILES_READ_AT_ONCE)]
+            more = len(raw) > at_once
+            page = raw[:at_once]
             ids = [_text(member) for member, _ in page]
             loaded = await load(ids)
             if gone := [i for i, item in zip(ids, loaded, strict=True) if item is None]:
@@ -260,7 +261,8 @@ class BatchStore:
         async def load(ids: list[str]) -> list[Any]:
             return list(await asyncio.gather(*(self.batch(i) for i in ids)))
 
-        return await self._listing(protocol.batch_index_key(tenant), after, limit, load)
+        # one beyond the page: whether more follow, as a rule without a second step
+        return await self._listing(protocol.batch_index_key(tenant), after, limit, limit + 1, load)
 
     async def save(self, record: protocol.BatchRecord) -> None:
         async with _redis("the batch was not saved"):
