@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from core import protocol
-from core.errors import BackendUnavailable, ConfigError, InvalidRequest
+from core.errors import BackendUnavailable, ConfigError, NotFound
 from core.redis_client import Client
 from core.settings import BatchSettings
 
@@ -198,8 +198,8 @@ class BatchStore:
         """Up to `limit` of an index's members as `load` gives them (`at_once` at a time), newest
         first, after the one named `after`, skipping those `keep` refuses; and whether more follow.
         The index is read on past skipped members and those whose record expired (which it drops,
-        so it does not grow forever): a page is short only at the end. `InvalidRequest` if `after`
-        is not listed."""
+        so it does not grow forever): a page is short only at the end. `NotFound` if `after` is not
+        listed."""
         below = await self._place_of(index, after)
         found: list[Any] = []
         while True:  # until one member beyond the page is found, or the index ends
@@ -226,7 +226,7 @@ class BatchStore:
         async with _redis("the list was not read"):
             place = await self.redis.zscore(index, after)
         if place is None:
-            raise InvalidRequest(f"after is {after!r}, which is not in this list (deleted, or expired) - at `$.after`")
+            raise NotFound(f"after is {after!r}, which is not in this list (deleted, or expired) - at `$.after`")
         return float(place)
 
     # ------------------------------------------------------------ batches

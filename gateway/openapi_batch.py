@@ -15,10 +15,11 @@ REF = "#/components/schemas/{name}"
 _ERROR = {"$ref": REF.format(name="Error")}
 _TEXT = {
     400: "invalid request (the message names the field)",
-    404: "no such file or batch",
+    404: "no such file or batch (for a list: `after` names none it holds)",
     405: "method not allowed",
     408: "the body did not arrive within the body timeout",
     413: "the body or file exceeds its limit",
+    429: "the gateway holds [batches] max_uploading_bytes of uploads (uploads_full); Retry-After says when to retry",
     503: "Redis is unreachable",
 }
 
@@ -87,7 +88,7 @@ def _upload() -> dict[str, Any]:
         "operationId": "createFile",
         "summary": "Upload a batch input file (multipart: `file`, `purpose=batch`)",
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}},
-        "responses": {**_ok(_object("file"), "the File object", links), **_errors(400, 408, 413, 503)},
+        "responses": {**_ok(_object("file"), "the File object", links), **_errors(400, 408, 413, 429, 503)},
     }
 
 
@@ -109,7 +110,7 @@ def _files() -> dict[str, Any]:
                 "operationId": "listFiles",
                 "summary": "The caller's files, newest first",
                 "parameters": _page(purpose),
-                "responses": {**_ok(_list("file"), "a page of File objects"), **_errors(400, 503)},
+                "responses": {**_ok(_list("file"), "a page of File objects"), **_errors(400, 404, 503)},
             },
         },
         "/v1/files/{file_id}": {
@@ -152,7 +153,7 @@ def _batches() -> dict[str, Any]:
                 "operationId": "listBatches",
                 "summary": "The caller's batches, newest first",
                 "parameters": _page(),
-                "responses": {**_ok(_list("batch"), "a page of Batch objects"), **_errors(400, 503)},
+                "responses": {**_ok(_list("batch"), "a page of Batch objects"), **_errors(400, 404, 503)},
             },
         },
         "/v1/batches/{batch_id}": {

@@ -599,7 +599,7 @@ async def test_files_listed_by_purpose_come_in_full_pages(
     assert newest_first[2] in index and newest_first[1] not in index  # the expired one dropped from it
     held.close()
     await aio.files.delete(newest_first[2])
-    with pytest.raises(openai.BadRequestError, match=f"after is '{newest_first[2]}', which is not in this list"):
+    with pytest.raises(openai.NotFoundError, match=f"after is '{newest_first[2]}', which is not in this list"):
         await aio.files.list(limit=2, after=newest_first[2])  # not the first page again: a client would loop
     await aio.close()
 
