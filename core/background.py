@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 
 # Redis out of reach, in redis-py's words, the socket's or tiergate's own: the next step retries.
 UNREACHABLE = (RedisError, OSError, BackendUnavailable)
+
+
+def leave_signals_to_the_main_thread() -> None:
+    """Block SIGINT and SIGTERM in the calling (background) thread. The kernel gives a process's
+    signal to any thread that does not block it; one given to a helper thread leaves the main
+    thread asleep in its event loop's poll, which wakes only at its next timer (a Ctrl-C of
+    `tiergate dlq` then waited for Redis's 5 s socket timeout)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 async def join(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:

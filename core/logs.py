@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import msgspec
 
+from .background import leave_signals_to_the_main_thread
+
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 _encoder = msgspec.json.Encoder()
 
@@ -108,6 +110,7 @@ class BatchedHandler(logging.Handler):
                 pass
 
     def _flush_every(self) -> None:
+        leave_signals_to_the_main_thread()
         while not self._stop.wait(self.flush_s):
             self.flush()
 

@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from core.background import leave_signals_to_the_main_thread
+
 log = logging.getLogger(__name__)
 
 # What `tiergate up --embedded-redis` (or $TIERGATE_EMBEDDED_REDIS) may choose.
@@ -127,7 +129,12 @@ class EmbeddedRedis:
         from fakeredis import TcpFakeServer
 
         server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
-        threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
+
+        def serve() -> None:
+            leave_signals_to_the_main_thread()
+            server.serve_forever()
+
+        threading.Thread(target=serve, name="fakeredis", daemon=True).start()
         self._fake = server
 
     def stop(self) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
+import sys
+import threading
 import time
 
 import pytest
@@ -117,3 +120,23 @@ def test_info_line_goes_through_logging_where_other_handlers_listen(caplog: pyte
         info_line(log, "request done", {"id": "r1", "total_ms": 0.5})
     [record] = [r for r in caplog.records if r.name == "tests.captured_line"]
     assert (record.getMessage(), record.id, record.total_ms) == ("request done", "r1", 0.5)  # type: ignore[attr-defined]
+
+
+def blocked_signals(native_id: int) -> set[int]:
+    """The signals a thread of this process blocks, from Linux's /proc."""
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        mask = int(next(line for line in status if line.startswith("SigBlk:")).split()[1], 16)
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_flusher_thread_leaves_ctrl_c_and_sigterm_to_the_main_thread() -> None:
+    handler = BatchedHandler(io.BytesIO(), flush_s=0.01)
+    native_id = handler._flusher.native_id
+    assert native_id is not None
+    deadline = time.monotonic() + 5
+    while not {signal.SIGINT, signal.SIGTERM} <= blocked_signals(native_id) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert {signal.SIGINT, signal.SIGTERM} <= blocked_signals(native_id)
+    assert signal.SIGINT not in blocked_signals(threading.get_native_id())  # the main thread still takes them
+    handler.close()
