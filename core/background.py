@@ -1,4 +1,5 @@
-"""Stopping background loops: ask through an Event, wait, and cancel only what is still late.
+"""Stopping background loops: ask through an Event, wait, and cancel only what is still late; and
+keeping Ctrl-C and SIGTERM off background threads.
 
 Both gateways and workers use it; cancelling a task mid Redis command is the last resort,
 because an in-flight command may absorb the cancellation.

@@ -181,7 +181,7 @@ class RateLimited(QueueFull):
 
 
 class UploadsFull(QueueFull):
-    """A gateway already takes in `[batches] max_uploading_bytes` of file uploads at once."""
+    """A gateway holds `[batches] max_uploading_bytes` of file uploads, or would with this one."""
 
     code = UPLOADS_FULL
 
