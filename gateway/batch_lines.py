@@ -37,7 +37,7 @@ MAX_ERRORS = 1000  # a refused batch names at most this many bad lines
 RETRY = (QueueFull, BackendUnavailable)  # a line refused with one of these is offered again later
 ATTEMPTS = 3  # idempotency keys a line goes through when it finds its first copies never queued
 # Judging a file works this long, then rests as long: the requests on the event loop wait at most
-# this, and get at least half of it (a 100 MB file takes 2 s; see docs/benchmarks.md).
+# this, and get at least half of it (a 100 MB file took 0.9 s; see docs/benchmarks.md).
 HOLD_S = 0.001
 
 
